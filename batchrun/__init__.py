@@ -1,0 +1,18 @@
+"""batchrun: cost-limited batch inference jobs against inference endpoints."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from batchrun.errors import BatchrunError, EndpointError, EndpointRestError, JobError
+from batchrun.job import Job, load_job
+
+__all__ = [
+    "BatchrunError",
+    "EndpointError",
+    "EndpointRestError",
+    "Job",
+    "JobError",
+    "__version__",
+    "load_job",
+]

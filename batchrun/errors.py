@@ -1,0 +1,194 @@
+"""batchrun's exceptions: one tree, each class carrying the CLI exit code it maps to.
+
+```
+BatchrunError (exit 1)
+├── JobError (exit 2)                      bad job file, option or input, found before anything is sent
+│   ├── InputError                         a missing/unreadable input file, an empty glob, a bad first row
+│   └── RunStateError                      the run state does not match the job (changed input, changed job)
+│       └── RunLockedError                 another live run holds this output
+├── APIError (exit 1)                      the endpoints control plane answered with an HTTP error
+│   ├── APIClientError (exit 2)            4xx: the API refused; carries status and the server's message
+│   │   ├── AuthenticationError            401
+│   │   ├── PermissionDeniedError          403
+│   │   ├── NotFoundError                  404
+│   │   ├── ConflictError                  409
+│   │   └── UnprocessableError             422
+│   └── APIServerError                     5xx
+├── APIConnectionError (exit 1)            the control plane could not be reached, or timed out
+├── EndpointError (exit 5)                 the endpoint is not usable
+│   ├── EndpointFailedError                state failed / updateFailed, or it died mid-run
+│   ├── EndpointTimeoutError (TimeoutError)  not ready in time
+│   ├── EndpointNotRunningError            paused / scaledToZero where running was needed
+│   └── EndpointNotDeployedError           no URL yet
+├── EndpointRestError (exit 6)             the endpoint could not be put in its on_exit state
+└── InferenceError (exit 1)                one data-plane request failed (never escapes the pool)
+    ├── InferenceStatusError               an HTTP status from the endpoint; carries status, message, retry_after
+    └── InferenceConnectionError           connection refused/reset, or the per-request timeout
+```
+
+Budget and deadline stops, SIGINT and SIGTERM are not errors: `run_job` returns a `RunSummary`
+for them (exit 4, 130, 143).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIClientError",
+    "APIConnectionError",
+    "APIError",
+    "APIServerError",
+    "AuthenticationError",
+    "BatchrunError",
+    "ConflictError",
+    "EndpointError",
+    "EndpointFailedError",
+    "EndpointNotDeployedError",
+    "EndpointNotRunningError",
+    "EndpointRestError",
+    "EndpointTimeoutError",
+    "InferenceConnectionError",
+    "InferenceError",
+    "InferenceStatusError",
+    "InputError",
+    "JobError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RunLockedError",
+    "RunStateError",
+    "UnprocessableError",
+]
+
+
+class BatchrunError(Exception):
+    """Root of batchrun's exceptions; `exit_code` is what the CLI exits with."""
+
+    exit_code: int = 1
+
+
+class JobError(BatchrunError):
+    """The job file, an option or the input is wrong; found before anything is sent."""
+
+    exit_code = 2
+
+
+class InputError(JobError):
+    """An input file is missing, unreadable, or does not fit the job."""
+
+
+class RunStateError(JobError):
+    """The run state next to the output does not match this job or its input."""
+
+
+class RunLockedError(RunStateError):
+    """Another live run holds this output."""
+
+
+class APIError(BatchrunError):
+    """The endpoints API answered with an HTTP error status.
+
+    Attributes:
+        status: the HTTP status code.
+        message: the server's own message (its ``error`` field), or a short body excerpt.
+    """
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+
+class APIClientError(APIError):
+    """The API refused the call (4xx)."""
+
+    exit_code = 2
+
+
+class AuthenticationError(APIClientError):
+    """401: no token, or a token the API does not accept."""
+
+
+class PermissionDeniedError(APIClientError):
+    """403: the token may not do this."""
+
+
+class NotFoundError(APIClientError):
+    """404: no such endpoint or namespace."""
+
+
+class ConflictError(APIClientError):
+    """409: the name is taken, or the call conflicts with the endpoint's state."""
+
+
+class UnprocessableError(APIClientError):
+    """422: the request body was rejected."""
+
+
+class APIServerError(APIError):
+    """5xx from the endpoints API."""
+
+
+class APIConnectionError(BatchrunError):
+    """The endpoints API could not be reached or did not answer in time."""
+
+
+class EndpointError(BatchrunError):
+    """The endpoint cannot serve the run."""
+
+    exit_code = 5
+
+
+class EndpointFailedError(EndpointError):
+    """The endpoint is in state failed or updateFailed, or died during the run."""
+
+
+class EndpointTimeoutError(EndpointError, TimeoutError):
+    """The endpoint did not become ready in time."""
+
+
+class EndpointNotRunningError(EndpointError):
+    """The endpoint is paused or scaled to zero where a running one was needed."""
+
+
+class EndpointNotDeployedError(EndpointError):
+    """The endpoint has no URL yet."""
+
+
+class EndpointRestError(BatchrunError):
+    """The endpoint could not be put in its on_exit state; it may still be billing."""
+
+    exit_code = 6
+
+
+class InferenceError(BatchrunError):
+    """One data-plane request failed. Raised inside the pool, recorded per row."""
+
+    status: str = "error"
+
+
+class InferenceStatusError(InferenceError):
+    """The endpoint answered with an HTTP error status.
+
+    Attributes:
+        http_status: the HTTP status code.
+        message: the server's message (its ``error`` field), or a short body excerpt.
+        retry_after: seconds from a ``Retry-After`` header, if any.
+    """
+
+    def __init__(self, message: str, *, http_status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> str:  # type: ignore[override]
+        return f"http_{self.http_status}"
+
+
+class InferenceConnectionError(InferenceError):
+    """The connection failed, was dropped, or the per-request timeout passed."""
+
+    status = "connection_error"
