@@ -1,0 +1,357 @@
+"""The run state next to the output (`<output>.batchrun/`): the truth about what is committed.
+
+One SQLite database in WAL mode (`state.sqlite`, `synchronous=FULL`) holds:
+
+- `meta`: the fingerprint (input files and the job fields that change results), the committed
+  low watermark (every row below it is committed) with a position to seek to, the committed
+  output offsets (JSONL bytes / Parquet part count, errors-file bytes), and counters;
+- `done`: the committed rows above the watermark (few: bounded by the dispatch window);
+- `ids`: the on-disk index of `id_field` values (first position wins), for `duplicate_id`;
+- `retry_done`: rows of the errors file settled by an interrupted `--retry-errors`.
+
+A commit is one transaction, made after the outputs were flushed and fsynced, so the outputs are
+never behind the state; on resume the outputs are cut back to the state. A `lock` file held with
+`flock` keeps a second live run off the same output; the kernel drops it when the process dies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrun.errors import RunLockedError, RunStateError
+
+__all__ = ["Committed", "RunState", "describe_changes", "discard", "fingerprint_files"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS done (seq INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retry_done (seq INTEGER PRIMARY KEY, ok INTEGER NOT NULL);
+"""
+_HASH_SPAN = 64 * 1024
+STATE_VERSION = 1
+
+
+@dataclass(slots=True, kw_only=True)
+class Committed:
+    """What the state says is committed: where outputs end and where reading resumes.
+
+    Attributes:
+        watermark: every row with a lower sequence number is committed.
+        anchor_seq: the sequence number of the row at `anchor_pos` (<= watermark).
+        anchor_pos: a reader `Position` to seek to; None means the start of the input.
+        done_above: committed rows at or above the watermark.
+        results_offset: committed bytes of a JSONL results file.
+        parts: committed Parquet part files.
+        errors_offset: committed bytes of the errors file.
+        results_count / errors_count: committed rows in each.
+        retry_offset: committed bytes of the retry file during `--retry-errors`, or None.
+        swap_size: the size of the rewritten errors file while it is being swapped in, or None.
+    """
+
+    watermark: int = 0
+    anchor_seq: int = 0
+    anchor_pos: tuple[int, int, int, int] | None = None
+    done_above: set[int] = field(default_factory=set)
+    results_offset: int = 0
+    parts: int = 0
+    errors_offset: int = 0
+    results_count: int = 0
+    errors_count: int = 0
+    retry_offset: int | None = None
+    swap_size: int | None = None
+
+    def meta(self) -> dict[str, Any]:
+        """The scalar fields, as stored in `meta`."""
+        return {
+            "watermark": self.watermark,
+            "anchor_seq": self.anchor_seq,
+            "anchor_pos": list(self.anchor_pos) if self.anchor_pos is not None else None,
+            "results_offset": self.results_offset,
+            "parts": self.parts,
+            "errors_offset": self.errors_offset,
+            "results_count": self.results_count,
+            "errors_count": self.errors_count,
+            "retry_offset": self.retry_offset,
+            "swap_size": self.swap_size,
+        }
+
+
+class RunState:
+    """The SQLite run state of one output, held under an exclusive lock.
+
+    Use `RunState.open`; call `close` (or use it as a context manager) when done.
+    """
+
+    def __init__(self, directory: Path, db: sqlite3.Connection, lock_fd: int) -> None:
+        self.directory = directory
+        self._db = db
+        self._lock_fd = lock_fd
+        self._in_tx = False
+        self.committed = self._load()
+        self.created = not bool(self._get("fingerprint"))
+
+    @classmethod
+    def open(cls, directory: Path, *, fingerprint: dict[str, Any] | None, output: str) -> RunState:
+        """Lock the run state and check it against this job's fingerprint.
+
+        A missing state is created with `fingerprint`. Call `discard` first to start over.
+
+        Args:
+            directory: the state directory, `<output>.batchrun`.
+            fingerprint: `fingerprint_files(...)` plus the job's `fingerprint_fields()`;
+                None opens the state as it is, without checking (to report what it holds).
+            output: the output path, named in messages.
+
+        Raises:
+            RunLockedError: another live run holds the lock; the message names its pid.
+            RunStateError: the state belongs to a different input or job (the message names
+                what changed), or it cannot be read.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(directory, output)
+        try:
+            db = _connect(directory / "state.sqlite")
+            state = cls(directory, db, lock_fd)
+        except sqlite3.Error as e:
+            _unlock(lock_fd)
+            raise RunStateError(f"{directory}: cannot read the run state: {e}") from e
+        stored = state._get("fingerprint")
+        if fingerprint is None:
+            return state
+        if stored is None:
+            now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            state._set_many(
+                {"fingerprint": fingerprint, "version": STATE_VERSION, "created_at": now}
+            )
+            state._db.execute("COMMIT")
+            state._in_tx = False
+            return state
+        changes = describe_changes(stored, fingerprint)
+        if changes:
+            state.close()
+            raise RunStateError(
+                f"{output}: the run state was made for a different "
+                f"{'input' if any(c.startswith('input') for c in changes) else 'job'}: "
+                + "; ".join(changes)
+                + ". Run again with --restart to start over (discards the results so far)."
+            )
+        return state
+
+    @property
+    def created_at(self) -> str | None:
+        """When the state was made (ISO time)."""
+        value = self._get("created_at")
+        return str(value) if value is not None else None
+
+    def first_seq(self, id_value: Any, seq: int) -> int | None:
+        """Record `id_value` at `seq` in the id index; return the earlier row holding it, if any.
+
+        Indexing is idempotent: the first position of each id depends on the input alone, so
+        entries made for rows that were never committed stay true after a crash.
+        """
+        key = orjson.dumps(id_value, default=str)
+        self._begin()
+        cur = self._db.execute("INSERT OR IGNORE INTO ids (id, seq) VALUES (?, ?)", (key, seq))
+        if cur.rowcount:
+            return None
+        (first,) = self._db.execute("SELECT seq FROM ids WHERE id = ?", (key,)).fetchone()
+        return None if first >= seq else int(first)
+
+    def commit(
+        self,
+        committed: Committed,
+        *,
+        new_done: Iterable[int] = (),
+        retry_settled: Iterable[tuple[int, bool]] = (),
+    ) -> None:
+        """Record one commit in one transaction (the outputs were fsynced before).
+
+        Args:
+            committed: the new committed offsets, watermark, anchor and counters.
+            new_done: rows committed above the new watermark in this commit.
+            retry_settled: (seq, succeeded) for errors-file rows settled by `--retry-errors`.
+        """
+        self._begin()
+        db = self._db
+        db.execute("DELETE FROM done WHERE seq < ?", (committed.watermark,))
+        db.executemany(
+            "INSERT OR IGNORE INTO done (seq) VALUES (?)",
+            ((s,) for s in new_done if s >= committed.watermark),
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO retry_done (seq, ok) VALUES (?, ?)",
+            ((s, int(ok)) for s, ok in retry_settled),
+        )
+        self._set_many(committed.meta())
+        db.execute("COMMIT")
+        self._in_tx = False
+        self.committed = committed
+
+    def retry_settled(self) -> dict[int, bool]:
+        """Errors-file rows settled by an interrupted `--retry-errors` (seq -> succeeded)."""
+        rows = self._db.execute("SELECT seq, ok FROM retry_done").fetchall()
+        return {int(s): bool(ok) for s, ok in rows}
+
+    def clear_retry(self, committed: Committed) -> None:
+        """Forget a finished `--retry-errors` and store `committed` in the same transaction."""
+        self._begin()
+        self._db.execute("DELETE FROM retry_done")
+        self._set_many(committed.meta())
+        self._db.execute("COMMIT")
+        self._in_tx = False
+        self.committed = committed
+
+    def close(self) -> None:
+        """Roll back an open id-index transaction, close the database and release the lock."""
+        try:
+            if self._in_tx:
+                self._db.execute("COMMIT")  # the id index is true whether or not rows committed
+                self._in_tx = False
+            self._db.close()
+        finally:
+            _unlock(self._lock_fd)
+
+    def __enter__(self) -> RunState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def _get(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def _set_many(self, values: dict[str, Any]) -> None:
+        self._begin()
+        self._db.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            ((k, orjson.dumps(v).decode()) for k, v in values.items()),
+        )
+
+    def _load(self) -> Committed:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        c = Committed()
+        for key in Committed.__dataclass_fields__:
+            if key in meta and key != "done_above":
+                value = orjson.loads(meta[key])
+                setattr(c, key, tuple(value) if key == "anchor_pos" and value else value)
+        c.done_above = {int(s) for (s,) in self._db.execute("SELECT seq FROM done")}
+        return c
+
+
+def discard(directory: Path, *, output: str) -> None:
+    """Delete a run state (for `--restart`), refusing while another live run holds it.
+
+    Raises:
+        RunLockedError: another live run holds the lock.
+    """
+    if not directory.exists():
+        return
+    fd = _lock(directory, output)
+    try:
+        for entry in directory.iterdir():
+            if entry.name == "lock":
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    finally:
+        _unlock(fd)
+
+
+def fingerprint_files(files: list[Path], relpaths: list[str]) -> list[dict[str, Any]]:
+    """Path, size, mtime and a hash of the head and tail of each input file."""
+    out = []
+    for path, rel in zip(files, relpaths, strict=True):
+        st = path.stat()
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            h.update(f.read(_HASH_SPAN))
+            if st.st_size > 2 * _HASH_SPAN:
+                f.seek(st.st_size - _HASH_SPAN)
+            h.update(f.read(_HASH_SPAN))
+        out.append(
+            {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": h.hexdigest()}
+        )
+    return out
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints; empty when they match."""
+    changes: list[str] = []
+    old_files = {f["path"]: f for f in old.get("files", [])}
+    new_files = {f["path"]: f for f in new.get("files", [])}
+    for path in sorted(old_files.keys() - new_files.keys()):
+        changes.append(f"input file {path} is gone")
+    for path in sorted(new_files.keys() - old_files.keys()):
+        changes.append(f"input file {path} is new")
+    for path in sorted(old_files.keys() & new_files.keys()):
+        a, b = old_files[path], new_files[path]
+        if a["size"] != b["size"]:
+            changes.append(f"input file {path} changed size ({a['size']} -> {b['size']} bytes)")
+        elif a["hash"] != b["hash"]:
+            changes.append(f"input file {path} changed content")
+        elif a["mtime_ns"] != b["mtime_ns"]:
+            changes.append(f"input file {path} was modified (mtime changed)")
+    if old.get("input") != new.get("input"):
+        changes.append(f"input path changed ({old.get('input')!r} -> {new.get('input')!r})")
+    old_job, new_job = old.get("job", {}), new.get("job", {})
+    for key in sorted(set(old_job) | set(new_job)):
+        if old_job.get(key) != new_job.get(key):
+            changes.append(f"job {key} changed ({old_job.get(key)!r} -> {new_job.get(key)!r})")
+    return changes
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _lock(directory: Path, output: str) -> int:
+    path = directory / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        try:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise RunLockedError(
+            f"{output}: another run is live on this output (pid {pid}); "
+            "wait for it to end or stop it first"
+        ) from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
