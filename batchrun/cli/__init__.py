@@ -54,3 +54,9 @@ def main(verbose: int) -> None:
 
 
 # Subcommands register here, one import and one add_command each.
+from batchrun.cli.endpoints import endpoints  # noqa: E402
+
+main.add_command(endpoints)
+from batchrun.cli.serve import serve  # noqa: E402
+
+main.add_command(serve)

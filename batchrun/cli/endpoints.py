@@ -1,0 +1,586 @@
+"""`batchrun endpoints …`: every operation of the Inference Endpoints API from the shell.
+
+The commands mirror huggingface_hub's `hf endpoints` where they overlap (`ls`, `describe`,
+`deploy`, `--repo`, `--json`, `-q/--quiet`, `--scaling-metric`, ...). Each one parses its
+options and calls `EndpointsClient`; errors surface as batchrun errors, which the top-level
+group prints as one line with the documented exit code: 0 done; 2 bad arguments or the API
+refused; 5 the endpoint failed or `wait` timed out; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+
+from batchrun.endpoints import Endpoint, EndpointsClient, Hardware
+from batchrun.endpoints.payloads import ENDPOINT_TYPES, SCALING_METRICS
+from batchrun.errors import BatchrunError
+from batchrun.job import parse_duration
+
+__all__ = ["api_options", "endpoints"]
+
+T = TypeVar("T")
+
+_ALIASES = {"ls": "list", "describe": "get", "deploy": "create"}
+
+
+class _EndpointsGroup(click.Group):
+    """Resolves `hf endpoints` aliases; an unexpected error becomes one line and exit 1."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, _ALIASES.get(cmd_name, cmd_name))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BatchrunError:
+            raise
+        except Exception as e:
+            if os.environ.get("BATCHRUN_DEBUG"):
+                raise
+            click.echo(f"batchrun: error: internal error: {type(e).__name__}: {e}", err=True)
+            ctx.exit(1)
+
+
+@dataclass(slots=True)
+class _Api:
+    """The shared `--api-url/--namespace/--token` options of one command."""
+
+    api_url: str | None
+    namespace: str | None
+    token: str | None = field(repr=False)
+
+    def run(self, call: Callable[[EndpointsClient], Awaitable[T]]) -> T:
+        """Run `call` with a client built from the options, on a fresh event loop."""
+
+        async def go() -> T:
+            namespace = None if self.namespace == "*" else self.namespace
+            async with EndpointsClient(
+                api_url=self.api_url, token=self.token, namespace=namespace
+            ) as client:
+                return await call(client)
+
+        return asyncio.run(go())
+
+    def single_namespace(self) -> None:
+        if self.namespace == "*":
+            raise click.BadParameter(
+                "'*' lists every namespace; it only works with `list`", param_hint="--namespace"
+            )
+
+
+def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--api-url`, `--namespace` and `--token` to a command; it receives them as `api`."""
+
+    @click.option(
+        "--api-url",
+        metavar="URL",
+        help="Endpoints API base URL [default: $BATCHRUN_ENDPOINTS_API, else Hugging Face's].",
+    )
+    @click.option(
+        "--namespace",
+        metavar="NS",
+        help="User or organization [default: yours, from whoami]; `list` also takes '*'.",
+    )
+    @click.option(
+        "--token",
+        metavar="TOKEN",
+        help="Token [default: $HF_TOKEN, $HUGGING_FACE_HUB_TOKEN, $HF_HOME/token]. "
+        "Prefer those: a flag shows in `ps`.",
+    )
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any, api_url: str | None, namespace: str | None, token: str | None, **kwargs: Any
+    ) -> Any:
+        return fn(*args, api=_Api(api_url, namespace, token), **kwargs)
+
+    return wrapper
+
+
+class _Duration(click.ParamType[float]):
+    name = "DURATION"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _pairs(values: Sequence[str], option: str) -> dict[str, str] | None:
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        out[key.strip()] = value
+    return out
+
+
+def _custom_image(
+    url: str | None, health_route: str | None, port: int | None
+) -> dict[str, Any] | None:
+    if url is None:
+        if health_route is not None or port is not None:
+            raise click.UsageError("--health-route and --port need --custom-image")
+        return None
+    image: dict[str, Any] = {"url": url}
+    if health_route is not None:
+        image["health_route"] = health_route
+    if port is not None:
+        image["port"] = port
+    return image
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in [list(headers), *rows]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(line[:-1])] + [line[-1]]
+        click.echo("  ".join(cells).rstrip())
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _instance(e: Endpoint) -> str:
+    return " ".join(v for v in (e.instance_type, e.instance_size) if v) or "-"
+
+
+def _replicas(e: Endpoint) -> str:
+    now = f"{_text(e.ready_replica)}/{_text(e.target_replica)}"
+    return f"{now} ({_text(e.min_replica)}-{_text(e.max_replica)})"
+
+
+def _describe(e: Endpoint) -> None:
+    rows = [
+        ("name", e.name),
+        ("namespace", e.namespace),
+        ("state", e.state_text),
+        ("message", e.message),
+        ("url", e.url),
+        ("model", e.repository),
+        ("revision", e.revision),
+        ("task", e.task),
+        ("framework", e.framework),
+        ("type", e.type),
+        ("provider", " ".join(v for v in (e.vendor, e.region) if v)),
+        ("instance", f"{_text(e.accelerator)} {_instance(e)}"),
+        ("replicas", _replicas(e) + " ready/target (min-max)"),
+        ("scale to zero", f"{e.scale_to_zero_timeout} min" if e.scale_to_zero_timeout else None),
+        ("health route", e.health_route),
+        ("created", e.created_at.isoformat() if e.created_at else None),
+        ("updated", e.updated_at.isoformat() if e.updated_at else None),
+    ]
+    width = max(len(k) for k, _ in rows) + 1
+    for key, value in rows:
+        click.echo(f"{key + ':':<{width}} {_text(value)}")
+
+
+def _json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _show(endpoint: Endpoint, *, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        _json(endpoint.raw)
+    elif quiet:
+        click.echo(endpoint.name)
+    else:
+        _describe(endpoint)
+
+
+def _hint(text: str) -> None:
+    click.echo(text, err=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the server's JSON.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print only names, one a line.")
+
+
+def _wait_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--refresh-every",
+        type=_Duration(),
+        default=5.0,
+        show_default=True,
+        help="Seconds between two looks at the state.",
+    )(fn)
+    return click.option(
+        "--timeout",
+        type=_Duration(),
+        default=None,
+        help="Give up after this long (e.g. 600, 10m) [default: no limit].",
+    )(fn)
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+@click.group(cls=_EndpointsGroup)
+def endpoints() -> None:
+    """Manage Inference Endpoints: Hugging Face's, or the local service's (`batchrun serve`).
+
+    Names from `hf endpoints` work too: `ls`, `describe`, `deploy`, `--repo`.
+    """
+
+
+@endpoints.command("list")
+@api_options
+@json_option
+@quiet_option
+def list_(api: _Api, as_json: bool, quiet: bool) -> None:
+    """List endpoints (alias: ls); `--namespace '*'` lists yours and every organization's."""
+    found = api.run(lambda c: c.list(api.namespace))
+    if as_json:
+        _json([e.raw for e in found])
+        return
+    if quiet:
+        for e in found:
+            click.echo(e.name)
+        return
+    if not found:
+        _hint(f"no endpoints in namespace {api.namespace or '(yours)'}")
+        return
+    headers = ["NAME", "STATE", "MODEL", "TASK", "INSTANCE", "REPLICAS", "URL"]
+    rows = [
+        [
+            e.name,
+            e.state_text,
+            _text(e.repository),
+            _text(e.task),
+            _instance(e),
+            _replicas(e),
+            _text(e.url),
+        ]
+        for e in found
+    ]
+    if api.namespace == "*":
+        headers.insert(0, "NAMESPACE")
+        rows = [[e.namespace, *row] for e, row in zip(found, rows, strict=True)]
+    _table(headers, rows)
+
+
+@endpoints.command("get")
+@click.argument("name")
+@api_options
+@json_option
+@quiet_option
+def get(name: str, api: _Api, as_json: bool, quiet: bool) -> None:
+    """Show one endpoint (alias: describe)."""
+    api.single_namespace()
+    _show(api.run(lambda c: c.get(name)), as_json=as_json, quiet=quiet)
+
+
+def _model_options(fn: Callable[..., Any], *, create: bool) -> Callable[..., Any]:
+    """Options shared by create and update; create gives them defaults, update sends only those given."""
+
+    def default(value: Any) -> Any:
+        return value if create else None
+
+    options = [
+        click.option(
+            "--repository",
+            "--repo",
+            "repository",
+            required=create,
+            metavar="REPO",
+            help="Model repository, e.g. gpt2 or batchrun/echo.",
+        ),
+        click.option(
+            "--task",
+            required=create,
+            metavar="TASK",
+            help="Hugging Face task, e.g. text-generation, feature-extraction.",
+        ),
+        click.option("--framework", default=default("pytorch"), show_default=create),
+        click.option("--revision", metavar="REV", help="Model revision."),
+        click.option("--accelerator", default=default("cpu"), show_default=create),
+        click.option("--instance-type", default=default("intel-icl"), show_default=create),
+        click.option("--instance-size", default=default("x2"), show_default=create),
+        click.option(
+            "--min-replica", type=click.IntRange(min=0), default=default(1), show_default=create
+        ),
+        click.option(
+            "--max-replica", type=click.IntRange(min=1), default=default(1), show_default=create
+        ),
+        click.option(
+            "--scale-to-zero-timeout",
+            type=click.IntRange(min=1),
+            metavar="MINUTES",
+            help="Idle minutes before it scales to zero.",
+        ),
+        click.option("--scaling-metric", type=click.Choice(SCALING_METRICS)),
+        click.option("--scaling-threshold", type=float),
+        click.option(
+            "--custom-image",
+            metavar="URL",
+            help="Container image to run instead of Hugging Face's.",
+        ),
+        click.option(
+            "--health-route", metavar="PATH", help="Health route of --custom-image, e.g. /health."
+        ),
+        click.option(
+            "--port", type=click.IntRange(1, 65535), help="Port --custom-image listens on."
+        ),
+        click.option(
+            "--env",
+            "env",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Container environment (repeatable).",
+        ),
+        click.option(
+            "--secret",
+            "--secrets",
+            "secrets",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Secret container environment (repeatable).",
+        ),
+        click.option("--tag", "tags", multiple=True, help="Tag (repeatable)."),
+        click.option(
+            "--type",
+            "endpoint_type",
+            type=click.Choice(ENDPOINT_TYPES),
+            default=default("protected"),
+            show_default=create,
+            help="Who may call it; protected = authenticated (a token is required).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _fields(kw: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for create/update from the shared options."""
+    return {
+        "repository": kw["repository"],
+        "task": kw["task"],
+        "framework": kw["framework"],
+        "revision": kw["revision"],
+        "accelerator": kw["accelerator"],
+        "instance_type": kw["instance_type"],
+        "instance_size": kw["instance_size"],
+        "min_replica": kw["min_replica"],
+        "max_replica": kw["max_replica"],
+        "scale_to_zero_timeout": kw["scale_to_zero_timeout"],
+        "scaling_metric": kw["scaling_metric"],
+        "scaling_threshold": kw["scaling_threshold"],
+        "custom_image": _custom_image(kw["custom_image"], kw["health_route"], kw["port"]),
+        "env": _pairs(kw["env"], "--env"),
+        "secrets": _pairs(kw["secrets"], "--secret"),
+        "tags": list(kw["tags"]) or None,
+        "type": kw["endpoint_type"],
+    }
+
+
+@endpoints.command("create")
+@click.argument("name")
+@functools.partial(_model_options, create=True)
+@click.option("--vendor", default="aws", show_default=True)
+@click.option("--region", default="us-east-1", show_default=True)
+@click.option("--wait", "wait_ready", is_flag=True, help="Wait until it is ready.")
+@_wait_options
+@api_options
+@json_option
+@quiet_option
+def create(
+    name: str,
+    api: _Api,
+    as_json: bool,
+    quiet: bool,
+    wait_ready: bool,
+    timeout: float | None,
+    refresh_every: float,
+    vendor: str,
+    region: str,
+    **kw: Any,
+) -> None:
+    """Create an endpoint (alias: deploy); see `hardware` for valid instance choices."""
+    api.single_namespace()
+    fields = _fields(kw)
+
+    async def go(c: EndpointsClient) -> Endpoint:
+        endpoint = await c.create(name, vendor=vendor, region=region, **fields)
+        if wait_ready:
+            endpoint = await c.wait(
+                name, namespace=endpoint.namespace, timeout=timeout, refresh_every=refresh_every
+            )
+        return endpoint
+
+    endpoint = api.run(go)
+    _show(endpoint, as_json=as_json, quiet=quiet)
+    if not wait_ready and not quiet and not as_json:
+        _hint(f"wait for it with: batchrun endpoints wait {name} --namespace {endpoint.namespace}")
+
+
+@endpoints.command("update")
+@click.argument("name")
+@functools.partial(_model_options, create=False)
+@api_options
+@json_option
+@quiet_option
+def update(name: str, api: _Api, as_json: bool, quiet: bool, **kw: Any) -> None:
+    """Change an endpoint: only the options given are sent."""
+    api.single_namespace()
+    fields = {k: v for k, v in _fields(kw).items() if v is not None}
+    _show(api.run(lambda c: c.update(name, **fields)), as_json=as_json, quiet=quiet)
+
+
+def _lifecycle(action: str, doc: str) -> click.Command:
+    @click.argument("name")
+    @api_options
+    @json_option
+    @quiet_option
+    def command(name: str, api: _Api, as_json: bool, quiet: bool) -> None:
+        api.single_namespace()
+        _show(api.run(lambda c: getattr(c, action)(name)), as_json=as_json, quiet=quiet)
+
+    command.__doc__ = doc
+    return endpoints.command(action.replace("_", "-"))(command)
+
+
+_lifecycle("pause", "Pause an endpoint: it stops billing and starts again only on `resume`.")
+_lifecycle(
+    "scale_to_zero", "Scale an endpoint to zero: it stops billing and wakes on the next request."
+)
+
+
+@endpoints.command("resume")
+@click.argument("name")
+@click.option("--fail-if-already-running", is_flag=True, help="Fail (exit 2) if it already runs.")
+@click.option("--wait", "wait_ready", is_flag=True, help="Wait until it is ready.")
+@_wait_options
+@api_options
+@json_option
+@quiet_option
+def resume(
+    name: str,
+    api: _Api,
+    as_json: bool,
+    quiet: bool,
+    fail_if_already_running: bool,
+    wait_ready: bool,
+    timeout: float | None,
+    refresh_every: float,
+) -> None:
+    """Resume a paused or scaled-to-zero endpoint."""
+    api.single_namespace()
+
+    async def go(c: EndpointsClient) -> Endpoint:
+        endpoint = await c.resume(name, running_ok=not fail_if_already_running)
+        if wait_ready:
+            endpoint = await c.wait(name, timeout=timeout, refresh_every=refresh_every)
+        return endpoint
+
+    _show(api.run(go), as_json=as_json, quiet=quiet)
+
+
+@endpoints.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@api_options
+@quiet_option
+def delete(name: str, api: _Api, yes: bool, quiet: bool) -> None:
+    """Delete an endpoint for good (pause it instead to keep it)."""
+    api.single_namespace()
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"deleting {name!r} cannot be undone; pass --yes to confirm")
+        click.confirm(f"Delete endpoint {name!r} for good?", abort=True, err=True)
+    api.run(lambda c: c.delete(name))
+    click.echo(name if quiet else f"deleted {name}")
+
+
+@endpoints.command("wait")
+@click.argument("name")
+@_wait_options
+@api_options
+@json_option
+@quiet_option
+def wait(
+    name: str, api: _Api, as_json: bool, quiet: bool, timeout: float | None, refresh_every: float
+) -> None:
+    """Wait until an endpoint runs and answers its health route (exit 5 if it fails or times out)."""
+    api.single_namespace()
+    endpoint = api.run(lambda c: c.wait(name, timeout=timeout, refresh_every=refresh_every))
+    _show(endpoint, as_json=as_json, quiet=quiet)
+
+
+@endpoints.command("hardware")
+@click.option("--vendor", help="Only this cloud vendor, e.g. aws.")
+@click.option("--accelerator", help="Only this accelerator: cpu, gpu, neuron.")
+@click.option("--region", help="Only this region, e.g. us-east-1.")
+@click.option("--instance-type", help="Only this instance type, e.g. nvidia-l4.")
+@api_options
+@json_option
+def hardware(
+    api: _Api,
+    as_json: bool,
+    vendor: str | None,
+    accelerator: str | None,
+    region: str | None,
+    instance_type: str | None,
+) -> None:
+    """List the hardware you can deploy on, with prices in USD per replica-hour."""
+    api.single_namespace()
+    found = api.run(
+        lambda c: c.hardware(
+            vendor=vendor, accelerator=accelerator, region=region, instance_type=instance_type
+        )
+    )
+    found.sort(key=lambda h: (h.vendor, h.region, h.accelerator, h.price_per_hour, h.instance_type))
+    if as_json:
+        _json([{"vendor": h.vendor, "region": h.region, **h.raw} for h in found])
+        return
+    if not found:
+        _hint("no hardware matches these filters")
+        return
+    _table(
+        [
+            "VENDOR",
+            "REGION",
+            "ACCELERATOR",
+            "INSTANCE_TYPE",
+            "INSTANCE_SIZE",
+            "MEMORY",
+            "$/HOUR",
+            "STATUS",
+        ],
+        [_hardware_row(h) for h in found],
+    )
+
+
+def _hardware_row(h: Hardware) -> list[str]:
+    memory = f"{h.memory_gb:g} GB" if h.memory_gb is not None else "-"
+    return [
+        h.vendor,
+        h.region,
+        h.accelerator,
+        h.instance_type,
+        h.instance_size,
+        memory,
+        f"{h.price_per_hour:.3f}",
+        _text(h.status),
+    ]

@@ -1,0 +1,301 @@
+"""The one place where the control plane's httpx responses and errors become batchrun's errors.
+
+Every call of `EndpointsClient` goes through `send`, which maps:
+
+| what happened                          | raised                                 |
+| -------------------------------------- | -------------------------------------- |
+| 401                                    | AuthenticationError (says how to set a token) |
+| 403                                    | PermissionDeniedError                  |
+| 404                                    | NotFoundError (names endpoint and namespace) |
+| 409                                    | ConflictError                          |
+| 422                                    | UnprocessableError                     |
+| other 4xx                              | APIClientError                         |
+| 5xx, or a 2xx that is not JSON         | APIServerError                         |
+| connection error, timeout              | APIConnectionError                     |
+
+Each carries the status and the server's message (`error`, `error_description`,
+`errors[].message`, `X-Error-Message`, else a short body excerpt, as Hugging Face sends them).
+The token is scrubbed from every message, and `RetryPolicy` is the one retry policy of the
+control plane: connection errors, 5xx and 429 retry with exponential backoff, honouring
+`Retry-After`, logged as `retry n/max` at WARNING.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from batchrun.endpoints.auth import TOKEN_HELP
+from batchrun.errors import (
+    APIClientError,
+    APIConnectionError,
+    APIError,
+    APIServerError,
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnprocessableError,
+)
+
+__all__ = ["RetryPolicy", "error_for_response", "probe", "retryable", "scrub", "send"]
+
+logger = logging.getLogger(__name__)
+
+_EXCERPT = 300
+_BY_STATUS: dict[int, type[APIClientError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableError,
+}
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """`text` with every occurrence of `secret` replaced by `***`.
+
+    Args:
+        text: a message that may echo a token.
+        secret: the token (None or empty: nothing to scrub).
+    """
+    return text.replace(secret, "***") if secret else text
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The server's own words, as Hugging Face's APIs put them, on one line."""
+    parts: list[str] = []
+    header = response.headers.get("X-Error-Message")
+    if header:
+        parts.append(header)
+    try:
+        data: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, httpx.ResponseNotRead):
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        description = data.get("error_description")
+        if isinstance(error, list):
+            parts.extend(str(e) for e in error)
+        elif error is not None and description is not None:
+            parts.append(f"{error}: {description}")
+        elif error is not None:
+            parts.append(str(error))
+        elif description is not None:
+            parts.append(str(description))
+        for item in data.get("errors") or []:
+            if isinstance(item, dict) and "message" in item:
+                parts.append(str(item["message"]))
+        if not parts:
+            for key in ("message", "detail"):
+                if key in data:
+                    parts.append(str(data[key]))
+    elif data is None:
+        content_type = response.headers.get("Content-Type", "").lower()
+        if response.content and "html" not in content_type:
+            parts.append(response.text[:_EXCERPT])
+    cleaned = list(dict.fromkeys(" ".join(str(p).split()) for p in parts if str(p).strip()))
+    return "; ".join(cleaned)
+
+
+def error_for_response(
+    response: httpx.Response,
+    *,
+    name: str | None = None,
+    namespace: str | None = None,
+    secret: str | None = None,
+) -> APIError:
+    """The batchrun error for an HTTP error response (status >= 400).
+
+    Args:
+        response: the response.
+        name: the endpoint the call was about, for the message.
+        namespace: the namespace the call was about, for the message.
+        secret: the token, scrubbed from the message.
+    """
+    status = response.status_code
+    server = _server_message(response)
+    request = response.request
+    call = f"{request.method} {request.url.copy_with(query=None)}"
+    what = (
+        f"endpoint {name!r} in namespace {namespace!r}"
+        if name and namespace
+        else f"namespace {namespace!r}"
+        if namespace
+        else call
+    )
+    if status == 401:
+        lead = f"not authorized for {what}; {TOKEN_HELP}"
+    elif status == 403:
+        lead = f"permission denied for {what}; the token may not do this"
+    elif status == 404:
+        lead = f"{what} not found" if (name or namespace) else f"not found: {call}"
+    elif status == 409:
+        lead = f"conflict on {what}"
+    elif status >= 500:
+        lead = f"server error on {call}"
+    else:
+        lead = f"{call} refused"
+    message = scrub(f"{lead}: {server}" if server else lead, secret)
+    cls: type[APIError] = (
+        APIServerError if status >= 500 else _BY_STATUS.get(status, APIClientError)
+    )
+    error = cls(message, status=status)
+    # Read by RetryPolicy and by callers that want the server's words alone.
+    setattr(error, "retry_after", _retry_after(response))  # noqa: B010
+    setattr(error, "server_message", scrub(server, secret))  # noqa: B010
+    return error
+
+
+async def send(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    name: str | None = None,
+    namespace: str | None = None,
+    secret: str | None = None,
+) -> Any:
+    """One control-plane call: the decoded JSON of a 2xx answer (None when it has no body).
+
+    Args:
+        http: the client's one AsyncClient (its timeout applies).
+        method: the HTTP method.
+        url: the absolute URL.
+        headers: extra headers (the Authorization header).
+        json_body: the JSON body, if any.
+        name: the endpoint the call is about, for error messages.
+        namespace: the namespace the call is about, for error messages.
+        secret: the token, scrubbed from every message.
+
+    Raises:
+        APIError: an HTTP error status (a subclass per status, see the module docstring).
+        APIConnectionError: the API could not be reached or did not answer in time.
+    """
+    try:
+        response = await http.request(method, url, headers=headers, json=json_body)
+    except httpx.TimeoutException as e:
+        raise APIConnectionError(
+            scrub(f"{method} {url}: no answer in time ({type(e).__name__})", secret)
+        ) from e
+    except httpx.HTTPError as e:
+        detail = str(e) or type(e).__name__
+        raise APIConnectionError(scrub(f"{method} {url}: cannot connect: {detail}", secret)) from e
+    logger.debug("%s %s -> %d", method, url, response.status_code)
+    if response.status_code >= 400:
+        raise error_for_response(response, name=name, namespace=namespace, secret=secret)
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        excerpt = scrub(response.text[:_EXCERPT], secret)
+        raise APIServerError(
+            f"{method} {url} answered {response.status_code} with a body that is not JSON: {excerpt!r}",
+            status=response.status_code,
+        ) from e
+
+
+async def probe(
+    http: httpx.AsyncClient, url: str, *, headers: dict[str, str] | None, timeout: float
+) -> int | None:
+    """GET `url` once; its status code, or None when it could not be reached.
+
+    Args:
+        http: the client's AsyncClient.
+        url: the absolute URL (an endpoint's health route).
+        headers: the Authorization header.
+        timeout: seconds for this one request.
+    """
+    try:
+        response = await http.get(url, headers=headers, timeout=timeout)
+    except httpx.HTTPError as e:
+        logger.debug("health probe %s: %s", url, type(e).__name__)
+        return None
+    return response.status_code
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether an idempotent call may be repeated after `error`: connection errors, 5xx, 429."""
+    if isinstance(error, APIConnectionError | APIServerError):
+        return True
+    return isinstance(error, APIError) and error.status == 429
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How idempotent control-plane calls retry.
+
+    Attributes:
+        attempts: tries in all, the first included.
+        backoff_initial: seconds before the first retry (doubling, with jitter, up to backoff_max).
+        backoff_max: the longest wait between two tries.
+        retry_after_max: the longest `Retry-After` honoured, in seconds.
+    """
+
+    attempts: int = 5
+    backoff_initial: float = 0.5
+    backoff_max: float = 10.0
+    retry_after_max: float = 60.0
+
+    def retrying(self, what: str) -> AsyncRetrying:
+        """A tenacity controller for one call: `async for attempt in policy.retrying(...)`.
+
+        Args:
+            what: the call, for the `retry n/max` log line (e.g. "GET /endpoint/me/x").
+        """
+        backoff = wait_exponential_jitter(
+            initial=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
+        )
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            retry_after = getattr(error, "retry_after", None)
+            if isinstance(retry_after, int | float):
+                return min(float(retry_after), self.retry_after_max)
+            return float(backoff(state))
+
+        def log(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            sleep = state.next_action.sleep if state.next_action else 0.0
+            logger.warning(
+                "%s: retry %d/%d in %.1fs after: %s",
+                what,
+                state.attempt_number,
+                self.attempts - 1,
+                sleep,
+                error,
+            )
+
+        return AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.attempts)),
+            wait=wait,
+            retry=retry_if_exception(retryable),
+            before_sleep=log,
+            reraise=True,
+        )

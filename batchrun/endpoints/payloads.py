@@ -1,0 +1,237 @@
+"""Request bodies for create and update, exactly as huggingface_hub 2.4 sends them.
+
+Create: ``{"name", "type", "provider": {"vendor", "region"}, "compute": {"accelerator",
+"instanceType", "instanceSize", "scaling": {"minReplica", "maxReplica", "scaleToZeroTimeout"}},
+"model": {"repository", "framework", "revision", "task", "image", "env", "secrets"}, "tags"}``.
+Update: the same shape holding only the keys given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from batchrun.errors import JobError
+
+__all__ = ["ENDPOINT_TYPES", "SCALING_METRICS", "create_payload", "image_payload", "update_payload"]
+
+ENDPOINT_TYPES = ("public", "protected", "authenticated", "private")
+SCALING_METRICS = ("pendingRequests", "hardwareUsage")
+
+
+def _api_type(value: str) -> str:
+    kind = value.strip().lower()
+    if kind not in ENDPOINT_TYPES:
+        raise JobError(f"endpoint type must be one of {', '.join(ENDPOINT_TYPES)}, got {value!r}")
+    return "authenticated" if kind == "protected" else kind
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def image_payload(custom_image: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """`model.image` for a `custom_image` argument, and the env it carried.
+
+    A flat container description (it has a `url`) becomes ``{"custom": {...}}`` with its keys
+    in the API's camelCase (`health_route` → `healthRoute`); its `env` moves to `model.env`,
+    where the API reads it. A dict keyed by image variant (``{"tgi": {...}}``) is sent as is.
+
+    Args:
+        custom_image: ``{"url", "health_route", "port", "env", ...}``, a variant-keyed image,
+            or None for Hugging Face's default image.
+
+    Raises:
+        JobError: the dict is empty or its env is not a string mapping.
+    """
+    if custom_image is None:
+        return {"huggingface": {}}, {}
+    if not custom_image:
+        raise JobError("custom_image is empty: give at least its url")
+    if "url" not in custom_image:
+        return dict(custom_image), {}
+    container: dict[str, Any] = {}
+    env: dict[str, str] = {}
+    for key, value in custom_image.items():
+        if key == "env":
+            if not isinstance(value, Mapping):
+                raise JobError(f"custom_image.env must be a table of strings, got {value!r}")
+            env = {str(k): str(v) for k, v in value.items()}
+        else:
+            container[_camel(key)] = value
+    return {"custom": container}, env
+
+
+def _scaling(
+    min_replica: int | None,
+    max_replica: int | None,
+    scale_to_zero_timeout: int | None,
+    scaling_metric: str | None,
+    scaling_threshold: float | None,
+) -> dict[str, Any]:
+    scaling: dict[str, Any] = {}
+    if min_replica is not None:
+        scaling["minReplica"] = min_replica
+    if max_replica is not None:
+        scaling["maxReplica"] = max_replica
+    if scale_to_zero_timeout is not None:
+        scaling["scaleToZeroTimeout"] = scale_to_zero_timeout
+    if scaling_metric:
+        if scaling_metric not in SCALING_METRICS:
+            raise JobError(
+                f"scaling metric must be one of {', '.join(SCALING_METRICS)}, got {scaling_metric!r}"
+            )
+        scaling["measure"] = {scaling_metric: scaling_threshold}
+    return scaling
+
+
+def create_payload(
+    name: str,
+    *,
+    repository: str,
+    task: str | None,
+    framework: str,
+    accelerator: str,
+    vendor: str,
+    region: str,
+    type: str,
+    instance_size: str,
+    instance_type: str,
+    min_replica: int,
+    max_replica: int,
+    scale_to_zero_timeout: int | None = None,
+    scaling_metric: str | None = None,
+    scaling_threshold: float | None = None,
+    revision: str | None = None,
+    custom_image: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
+    tags: list[str] | None = None,
+) -> dict[str, Any]:
+    """The body of `POST /endpoint/{namespace}`.
+
+    Args:
+        name: the new endpoint's name.
+        repository: the model repository, e.g. "gpt2" or "batchrun/echo".
+        task: the Hugging Face task; left out of the body when None (the API rejects null).
+        framework: e.g. "pytorch" or "custom".
+        accelerator: e.g. "cpu" or "gpu".
+        vendor: e.g. "aws".
+        region: e.g. "us-east-1".
+        type: "public", "protected" (sent as "authenticated"), "authenticated" or "private".
+        instance_size: e.g. "x2".
+        instance_type: e.g. "intel-icl".
+        min_replica: 0 lets it scale to zero.
+        max_replica: the autoscaling ceiling.
+        scale_to_zero_timeout: idle minutes before scaling to zero.
+        scaling_metric: "pendingRequests" or "hardwareUsage".
+        scaling_threshold: the metric's scale-up threshold.
+        revision: the model revision.
+        custom_image: see `image_payload`.
+        env: environment for the container (merged over the custom image's env).
+        secrets: secret environment for the container.
+        tags: tags for the endpoint.
+
+    Raises:
+        JobError: a value the API would reject for sure (type, scaling metric, image).
+    """
+    image, image_env = image_payload(custom_image)
+    scaling = _scaling(min_replica, max_replica, None, scaling_metric, scaling_threshold)
+    scaling["scaleToZeroTimeout"] = scale_to_zero_timeout
+    model: dict[str, Any] = {
+        "repository": repository,
+        "framework": framework,
+        "revision": revision,
+        "image": image,
+    }
+    if task is not None:
+        model["task"] = task
+    merged_env = {**image_env, **dict(env or {})}
+    if merged_env:
+        model["env"] = merged_env
+    if secrets:
+        model["secrets"] = dict(secrets)
+    payload: dict[str, Any] = {
+        "name": name,
+        "type": _api_type(type),
+        "provider": {"vendor": vendor, "region": region},
+        "compute": {
+            "accelerator": accelerator,
+            "instanceType": instance_type,
+            "instanceSize": instance_size,
+            "scaling": scaling,
+        },
+        "model": model,
+    }
+    if tags is not None:
+        payload["tags"] = list(tags)
+    return payload
+
+
+def update_payload(
+    *,
+    repository: str | None = None,
+    framework: str | None = None,
+    revision: str | None = None,
+    task: str | None = None,
+    accelerator: str | None = None,
+    instance_size: str | None = None,
+    instance_type: str | None = None,
+    min_replica: int | None = None,
+    max_replica: int | None = None,
+    scale_to_zero_timeout: int | None = None,
+    scaling_metric: str | None = None,
+    scaling_threshold: float | None = None,
+    custom_image: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
+    tags: list[str] | None = None,
+    type: str | None = None,
+) -> dict[str, Any]:
+    """The body of `PUT /endpoint/{namespace}/{name}`: only the keys given (None = not given).
+
+    Raises:
+        JobError: nothing to update, or a value the API would reject for sure.
+    """
+    compute: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    payload: dict[str, Any] = {}
+    for key, value in (
+        ("accelerator", accelerator),
+        ("instanceSize", instance_size),
+        ("instanceType", instance_type),
+    ):
+        if value is not None:
+            compute[key] = value
+    scaling = _scaling(
+        min_replica, max_replica, scale_to_zero_timeout, scaling_metric, scaling_threshold
+    )
+    if scaling:
+        compute["scaling"] = scaling
+    for key, value in (
+        ("repository", repository),
+        ("framework", framework),
+        ("revision", revision),
+        ("task", task),
+    ):
+        if value is not None:
+            model[key] = value
+    image_env: dict[str, str] = {}
+    if custom_image is not None:
+        model["image"], image_env = image_payload(custom_image)
+    if env is not None or image_env:
+        model["env"] = {**image_env, **dict(env or {})}
+    if secrets is not None:
+        model["secrets"] = dict(secrets)
+    if compute:
+        payload["compute"] = compute
+    if model:
+        payload["model"] = model
+    if tags is not None:
+        payload["tags"] = list(tags)
+    if type is not None:
+        payload["type"] = _api_type(type)
+    if not payload:
+        raise JobError("update: nothing to change; give at least one field")
+    return payload
