@@ -1,0 +1,31 @@
+"""The local Inference Endpoints service (`batchrun serve`): the embedded default.
+
+It speaks Hugging Face's Inference Endpoints REST API under `/v2` and runs each endpoint as
+its own worker process on 127.0.0.1 (`batchrun.local.worker`), with the echo model, MiniLM,
+or a local transformers model directory (`batchrun.local.backends`). State lives in SQLite in
+the state directory (`batchrun.local.store`); the state machine is `batchrun.local.supervisor`,
+the HTTP API `batchrun.local.app`, and `ensure_service` (`batchrun.local.service`) finds or
+starts the service a `provider = "local"` job talks to.
+"""
+
+from __future__ import annotations
+
+from batchrun.local.app import run_service
+from batchrun.local.service import (
+    DEFAULT_API_URL,
+    LocalServiceInfo,
+    default_state_dir,
+    ensure_service,
+    service_status,
+    stop_service,
+)
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "LocalServiceInfo",
+    "default_state_dir",
+    "ensure_service",
+    "run_service",
+    "service_status",
+    "stop_service",
+]

@@ -1,0 +1,378 @@
+"""The endpoints of the local service and their worker processes: the state machine.
+
+Every operation (create, update, delete, pause, resume, scale to zero) runs under the
+endpoint's lock, writes the new state to the store, and starts, commands or stops the
+endpoint's worker. Workers report back over their stdout (see `batchrun.local.worker`);
+their events move the state on:
+
+```
+create ─> pending ─(loading)─> initializing ─(ready)─> running ─(idle/scale-to-zero)─> scaledToZero
+                                    └─(failed)─> failed              ▲       └─(request)─> initializing
+update ─> updating ─(ready)─> running | (failed)─> updateFailed     │
+pause ─> paused (worker stopped) ─ resume ─> pending ─> …          └─ a worker that exits unasked ─> failed
+```
+A command carries a sequence number and the worker echoes the last one it saw, so an event
+sent before the latest command cannot undo it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrun.errors import APIClientError, ConflictError, NotFoundError
+from batchrun.local.schema import config_from_create, config_from_update
+from batchrun.local.store import EndpointRecord, EndpointStore, utc_now
+
+__all__ = ["Supervisor", "WorkerHandle"]
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE = frozenset({"pending", "initializing", "running", "updating"})
+_STOP_TIMEOUT = 5.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class WorkerHandle:
+    """One worker process and the link to it."""
+
+    def __init__(
+        self, key: tuple[str, str], proc: asyncio.subprocess.Process, *, updating: bool
+    ) -> None:
+        self.key = key
+        self.proc = proc
+        self.updating = updating
+        self.seq = 0
+        self.expected_exit = False
+        self.loaded = False
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and not self.expected_exit
+
+    async def command(self, cmd: str) -> None:
+        self.seq += 1
+        stdin = self.proc.stdin
+        if stdin is None or stdin.is_closing():
+            return
+        stdin.write(orjson.dumps({"cmd": cmd, "seq": self.seq}) + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await stdin.drain()
+
+    async def stop(self) -> None:
+        """Stop the process and wait for it (SIGTERM, then SIGKILL)."""
+        self.expected_exit = True
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), _STOP_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+class Supervisor:
+    """Endpoints, their states and their workers, for one state directory.
+
+    Args:
+        store: where endpoints live.
+        token: the service token; workers of non-public endpoints require it.
+        minute: seconds in a service "minute" (`scaleToZeroTimeout` is in minutes).
+        models_dir: where local model directories are looked for by repository name.
+    """
+
+    def __init__(
+        self, store: EndpointStore, *, token: str | None, minute: float, models_dir: Path
+    ) -> None:
+        self.store = store
+        self.token = token
+        self.minute = minute
+        self.models_dir = models_dir
+        self.workers: dict[tuple[str, str], WorkerHandle] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, namespace: str, name: str) -> EndpointRecord:
+        """Raises: NotFoundError: no such endpoint."""
+        rec = self.store.get(namespace, name)
+        if rec is None:
+            raise NotFoundError(
+                f"Endpoint '{name}' not found in namespace '{namespace}'", status=404
+            )
+        return rec
+
+    def active_count(self) -> int:
+        return sum(1 for r in self.store.list() if r.state in _ACTIVE)
+
+    def worker_pids(self) -> list[int]:
+        return [h.pid for h in self.workers.values() if h.proc.returncode is None]
+
+    # -- operations --------------------------------------------------------------------
+
+    async def create(self, namespace: str, body: Any) -> EndpointRecord:
+        """Raises: UnprocessableError: a bad body. ConflictError: the name is taken."""
+        config = config_from_create(body)
+        now = utc_now()
+        rec = EndpointRecord(
+            namespace=namespace,
+            name=config["name"],
+            config=config,
+            state="pending",
+            message="Endpoint is pending",
+            port=_free_port(),
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.lock(rec.key):
+            if not self.store.insert(rec):
+                raise ConflictError(
+                    f"Endpoint '{rec.name}' already exists in namespace '{namespace}'", status=409
+                )
+            await self._spawn(rec, load=True)
+        return rec
+
+    async def update(self, namespace: str, name: str, body: Any) -> EndpointRecord:
+        """Raises: NotFoundError, UnprocessableError."""
+        async with self.lock((namespace, name)):
+            rec = self.get(namespace, name)
+            rec.config = config_from_update(rec.config, body)
+            await self._stop_worker(rec.key)
+            if rec.state == "paused":
+                self.store.save(rec)
+            elif rec.state == "scaledToZero":
+                self.store.save(rec)
+                await self._spawn(rec, load=False)
+            else:
+                self._set(rec, "updating", "Endpoint is updating")
+                await self._spawn(rec, load=True, updating=True)
+            return rec
+
+    async def delete(self, namespace: str, name: str) -> None:
+        """Raises: NotFoundError."""
+        async with self.lock((namespace, name)):
+            self.get(namespace, name)
+            await self._stop_worker((namespace, name))
+            self.store.delete(namespace, name)
+
+    async def pause(self, namespace: str, name: str) -> EndpointRecord:
+        """Raises: NotFoundError."""
+        async with self.lock((namespace, name)):
+            rec = self.get(namespace, name)
+            await self._stop_worker(rec.key)
+            self._set(rec, "paused", "Endpoint is paused")
+            return rec
+
+    async def resume(self, namespace: str, name: str) -> EndpointRecord:
+        """Raises: NotFoundError. APIClientError: 400, the endpoint is already running."""
+        async with self.lock((namespace, name)):
+            rec = self.get(namespace, name)
+            if rec.state == "running":
+                raise APIClientError(f"Endpoint '{name}' is already running", status=400)
+            if rec.state in ("pending", "initializing", "updating"):
+                return rec
+            handle = self.workers.get(rec.key)
+            if rec.state == "scaledToZero" and handle is not None and handle.alive:
+                await handle.command("load")
+                self._set(rec, "initializing", "Endpoint is initializing")
+                return rec
+            await self._stop_worker(rec.key)
+            self._set(rec, "pending", "Endpoint is pending")
+            await self._spawn(rec, load=True)
+            return rec
+
+    async def scale_to_zero(self, namespace: str, name: str) -> EndpointRecord:
+        """Raises: NotFoundError."""
+        async with self.lock((namespace, name)):
+            rec = self.get(namespace, name)
+            handle = self.workers.get(rec.key)
+            if handle is not None and handle.alive:
+                await handle.command("unload")
+                handle.updating = False
+                self._set(rec, "scaledToZero", "Endpoint is scaled to zero")
+            else:
+                await self._stop_worker(rec.key)
+                self._set(rec, "scaledToZero", "Endpoint is scaled to zero")
+                await self._spawn(rec, load=False)
+            return rec
+
+    async def recover(self) -> None:
+        """After a (re)start: bring back the workers the stored states say should exist."""
+        for rec in self.store.list():
+            async with self.lock(rec.key):
+                if rec.state in ("pending", "initializing", "running"):
+                    self._set(rec, "pending", "Endpoint is pending (the service restarted)")
+                    await self._spawn(rec, load=True)
+                elif rec.state == "updating":
+                    await self._spawn(rec, load=True, updating=True)
+                elif rec.state == "scaledToZero":
+                    await self._spawn(rec, load=False)
+
+    async def shutdown(self) -> None:
+        """Stop every worker; stored states stay as they are, for the next start."""
+        await asyncio.gather(*(h.stop() for h in list(self.workers.values())))
+        self.workers.clear()
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _set(self, rec: EndpointRecord, state: str, message: str) -> None:
+        if rec.state != state:
+            logger.info("endpoint %s/%s: %s -> %s", rec.namespace, rec.name, rec.state, state)
+        rec.state = state
+        rec.message = message
+        self.store.save(rec)
+
+    async def _stop_worker(self, key: tuple[str, str]) -> None:
+        handle = self.workers.pop(key, None)
+        if handle is not None:
+            await handle.stop()
+
+    def _worker_config(self, rec: EndpointRecord, *, load: bool) -> dict[str, Any]:
+        cfg = rec.config
+        model = cfg["model"]
+        env: dict[str, str] = {}
+        for variant in model.get("image", {}).values():
+            if isinstance(variant, dict) and isinstance(variant.get("env"), dict):
+                env.update({str(k): str(v) for k, v in variant["env"].items()})
+        env.update(model.get("env") or {})
+        scaling = cfg["compute"]["scaling"]
+        idle_s = None
+        if scaling.get("minReplica") == 0 and scaling.get("scaleToZeroTimeout"):
+            idle_s = float(scaling["scaleToZeroTimeout"]) * self.minute
+        return {
+            "namespace": rec.namespace,
+            "name": rec.name,
+            "repository": model["repository"],
+            "task": model["task"],
+            "revision": model.get("revision"),
+            "env": env,
+            "type": cfg["type"],
+            "token": self.token,
+            "port": rec.port,
+            "health_route": cfg.get("healthRoute", "/health"),
+            "idle_s": idle_s,
+            "load": load,
+            "models_dir": str(self.models_dir),
+        }
+
+    async def _spawn(self, rec: EndpointRecord, *, load: bool, updating: bool = False) -> None:
+        if rec.port is None:
+            rec.port = _free_port()
+            self.store.save(rec)
+        env = {k: v for k, v in os.environ.items() if k != "BATCHRUN_SERVE_TOKEN"}
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "batchrun.local.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(orjson.dumps(self._worker_config(rec, load=load)) + b"\n")
+        await proc.stdin.drain()
+        handle = WorkerHandle(rec.key, proc, updating=updating)
+        self.workers[rec.key] = handle
+        handle.task = asyncio.get_running_loop().create_task(self._pump(handle))
+        logger.info("endpoint %s/%s: worker pid %d", rec.namespace, rec.name, proc.pid)
+
+    async def _pump(self, handle: WorkerHandle) -> None:
+        stdout = handle.proc.stdout
+        assert stdout is not None
+        while True:
+            line = await stdout.readline()
+            if not line:
+                break
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                logger.warning("worker %d: unreadable event %r", handle.pid, line[:200])
+                continue
+            self._on_event(handle, event)
+        code = await handle.proc.wait()
+        self._on_exit(handle, code)
+
+    def _current(self, handle: WorkerHandle) -> EndpointRecord | None:
+        if self.workers.get(handle.key) is not handle:
+            return None
+        return self.store.get(*handle.key)
+
+    def _on_event(self, handle: WorkerHandle, event: dict[str, Any]) -> None:
+        rec = self._current(handle)
+        if rec is None:
+            return
+        kind = event.get("event")
+        stale = int(event.get("seq", 0)) < handle.seq
+        if kind == "listening":
+            port = int(event["port"])
+            if port != rec.port:
+                rec.port = port
+                self.store.save(rec)
+        elif kind == "failed":
+            handle.expected_exit = True
+            state = "updateFailed" if handle.updating else "failed"
+            self._set(rec, state, str(event.get("message") or "the model failed to load"))
+        elif stale:
+            return
+        elif kind == "loading":
+            if rec.state not in ("updating", "initializing"):
+                self._set(rec, "initializing", "Endpoint is initializing")
+        elif kind == "ready":
+            handle.updating = False
+            handle.loaded = True
+            self._set(rec, "running", "Endpoint is ready")
+        elif kind == "unloaded":
+            handle.loaded = False
+            if event.get("reason") == "idle":
+                minutes = rec.config["compute"]["scaling"].get("scaleToZeroTimeout")
+                message = f"Endpoint scaled to zero after {minutes} minutes without requests"
+            else:
+                message = "Endpoint is scaled to zero"
+            self._set(rec, "scaledToZero", message)
+
+    def _on_exit(self, handle: WorkerHandle, code: int) -> None:
+        rec = self._current(handle)
+        if rec is None:
+            return
+        self.workers.pop(handle.key, None)
+        if not handle.expected_exit:
+            logger.warning(
+                "endpoint %s/%s: worker %d exited with code %d",
+                rec.namespace,
+                rec.name,
+                handle.pid,
+                code,
+            )
+            self._set(
+                rec,
+                "failed",
+                f"The endpoint's worker process exited unexpectedly (exit code {code})",
+            )
