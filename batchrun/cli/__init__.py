@@ -60,3 +60,6 @@ main.add_command(endpoints)
 from batchrun.cli.serve import serve  # noqa: E402
 
 main.add_command(serve)
+from batchrun.cli.run import run  # noqa: E402
+
+main.add_command(run)

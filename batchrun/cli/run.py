@@ -1,0 +1,102 @@
+"""`batchrun run JOB.toml`: parse options, install signal handlers, call `arun_job`, print JSON.
+
+SIGINT and SIGTERM stop dispatching and give in-flight requests the job's grace period; a
+second signal skips the grace. The summary goes to stdout as one JSON object and the process
+exits with its code (DESIGN.md, "Exit codes"); errors are handled by the `batchrun` group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from batchrun.job import Job, load_job, parse_overrides
+from batchrun.runner import RunControl, RunSummary, arun_job
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+@click.command("run")
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--restart", is_flag=True, help="Discard the output and run state; start over.")
+@click.option("--retry-errors", is_flag=True, help="Send the errors file's rows again, then go on.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight.")
+@click.option("--limit", type=click.IntRange(min=0), help="Only the first N input rows.")
+@click.option("--output", "output", help="Results path (.jsonl file or .parquet directory).")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a job key, e.g. --set run.parameters.max_new_tokens=16 (repeatable).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
+def run(
+    job_file: Path,
+    restart: bool,
+    retry_errors: bool,
+    concurrency: int | None,
+    limit: int | None,
+    output: str | None,
+    assignments: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Run JOB_FILE: send every uncommitted input row once; resume by default.
+
+    Prints a JSON summary on stdout. Exit codes: 0 all rows succeeded, 2 bad job or input,
+    3 rows in the errors file, 4 budget or deadline, 5 endpoint failed, 6 endpoint not put to
+    rest, 130/143 interrupted (resumable).
+    """
+    overrides = parse_overrides(list(assignments))
+    if concurrency is not None:
+        overrides.setdefault("run", {})["concurrency"] = concurrency
+    if output is not None:
+        overrides.setdefault("output", {})["path"] = output
+    job = load_job(job_file, **overrides)
+    if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("batchrun.runner").setLevel(logging.INFO)  # progress lines off a TTY
+    summary = asyncio.run(
+        _run_with_signals(job, restart=restart, retry_errors=retry_errors, limit=limit, quiet=quiet)
+    )
+    sys.stdout.buffer.write(orjson.dumps(summary.to_json()) + b"\n")
+    sys.stdout.flush()
+    sys.exit(summary.exit_code)
+
+
+async def _run_with_signals(
+    job: Job, *, restart: bool, retry_errors: bool, limit: int | None, quiet: bool
+) -> RunSummary:
+    loop = asyncio.get_running_loop()
+    control = RunControl()
+
+    def on_signal(name: str) -> None:
+        if control.reason is None:
+            log.warning("%s: finishing the requests in flight; again to stop now", name.upper())
+            control.stop(name)
+        else:
+            log.warning("%s again: not waiting for requests in flight", name.upper())
+            control.stop(name, grace=0)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, "sigint" if sig == signal.SIGINT else "sigterm")
+    try:
+        return await arun_job(
+            job,
+            restart=restart,
+            retry_errors=retry_errors,
+            limit=limit,
+            progress=not quiet,
+            control=control,
+        )
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

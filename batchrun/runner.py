@@ -1,0 +1,611 @@
+"""run_job: the input, the ledger, the pool, the target and the progress, put together.
+
+```
+open_input ──> rows ──> (skip committed, id index, render) ──> Pool ──> on_outcome ──> Ledger
+                                                                 │                  (commit)
+open_target(job) ──> url + headers + stop event ─────────────────┘
+```
+
+The target is an async context manager giving the URL, the headers and a way to say "stop
+dispatching" (`Target`). For `provider = "url"` it is `UrlTarget`; the lifecycle helper's
+`EndpointLease` takes the same place for "hf"/"local" by changing `open_target` alone.
+
+A `RunControl` stops a run from outside: the CLI's signal handlers call `stop("sigint")`, a
+second Ctrl-C `stop("sigint", grace=0)`; budget and lease stops arrive through the target's
+event. Dispatch stops, in-flight requests get `[run] grace_period`, what finished is
+committed, and the summary carries the exit code. Only the CLI installs signal handlers; a
+library caller can cancel the task (what completed is still committed).
+
+Rows are dispatched in input order but finish out of order; the reader never runs more than a
+window of rows ahead of the committed watermark, so memory stays bounded by the concurrency and
+the commit size, never by the input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import time
+from bisect import bisect_left
+from collections.abc import AsyncGenerator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from batchrun.errors import EndpointFailedError, JobError
+from batchrun.io.ledger import Ledger
+from batchrun.io.readers import InputReader, Position, Row, open_input
+from batchrun.job import Job
+from batchrun.pool import Outcome, Pool, Request
+from batchrun.tasks import RequestCodec, RowInputError, codec_for
+
+__all__ = [
+    "RunControl",
+    "RunSummary",
+    "Target",
+    "UrlTarget",
+    "arun_job",
+    "exit_code_for",
+    "open_target",
+    "run_job",
+]
+
+log = logging.getLogger(__name__)
+
+NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
+"""Errors-file statuses `--retry-errors` leaves alone: sending them again cannot help."""
+
+_LOG_EVERY_S = 30.0
+_STOP_CODES = {"sigint": 130, "sigterm": 143, "budget": 4, "deadline": 4}
+
+
+@dataclass(slots=True, kw_only=True)
+class RunSummary:
+    """What a run did; `to_json()` is what `batchrun run` prints.
+
+    Attributes:
+        rows: rows settled in this run (succeeded + failed).
+        succeeded / failed: rows of this run written to the results / the errors file.
+        skipped_done: rows committed by earlier runs, not sent again.
+        retries: HTTP retries in this run.
+        elapsed_s / rows_per_s: wall time and settled rows per second.
+        exit_code: 0, 3, 4, 130 or 143 (DESIGN.md, "Exit codes").
+        stop_reason: None, "budget", "deadline", "sigint", "sigterm" or "endpoint_failed".
+        output / errors_path: where results and errors are.
+        resumable: whether rows are left for a later run (stopped early).
+        results_total / errors_total: committed rows in each file, over all runs.
+        input_rows: rows in the input (after `limit`) when cheap to know, else None.
+        discarded: what `--restart` discarded, if anything.
+        endpoint, on_exit, endpoint_state_at_exit, cost_usd, billed_s, idle_billed_s: set by
+            a lifecycle target (`Target.summary_fields`), None for `provider = "url"`.
+    """
+
+    rows: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped_done: int = 0
+    retries: int = 0
+    elapsed_s: float = 0.0
+    rows_per_s: float = 0.0
+    exit_code: int = 0
+    stop_reason: str | None = None
+    output: str = ""
+    errors_path: str = ""
+    resumable: bool = False
+    results_total: int = 0
+    errors_total: int = 0
+    input_rows: int | None = None
+    retried_errors: int = 0
+    discarded: str | None = None
+    endpoint: str | None = None
+    on_exit: str | None = None
+    endpoint_state_at_exit: str | None = None
+    cost_usd: float | None = None
+    billed_s: float | None = None
+    idle_billed_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+class Target(Protocol):
+    """Where requests go, and a way for the target to stop the run (endpoint failed, budget).
+
+    `stop_reason` is read once `stop_event` is set. A target may also have
+    ``summary_fields() -> dict[str, Any]``, copied into the `RunSummary` after it is closed.
+    """
+
+    url: str
+    headers: dict[str, str]
+    stop_event: asyncio.Event
+    stop_reason: str | None
+
+
+class UrlTarget:
+    """The target for `provider = "url"`: a fixed URL, an optional Bearer token, no lifecycle."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.headers = dict(headers or {})
+        self.stop_event = asyncio.Event()
+        self.stop_reason: str | None = None
+
+    def __repr__(self) -> str:  # the headers may carry a token
+        return f"UrlTarget(url={self.url!r})"
+
+    async def __aenter__(self) -> UrlTarget:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def open_target(job: Job) -> AbstractAsyncContextManager[Target]:
+    """The target for the job's `[endpoint]`.
+
+    Raises:
+        JobError: `token_env` names an unset variable; a provider this build cannot run.
+    """
+    ep = job.endpoint
+    if ep.provider == "url":
+        assert ep.url is not None  # Job.validate
+        headers: dict[str, str] = {}
+        if ep.token_env:
+            token = os.environ.get(ep.token_env)
+            if not token:
+                raise JobError(
+                    f"{job.source}: [endpoint] token_env = {ep.token_env!r}, "
+                    "but that environment variable is not set"
+                )
+            headers["Authorization"] = f"Bearer {token}"
+        return UrlTarget(ep.url, headers)
+    raise JobError(f'{job.source}: [endpoint] provider = "{ep.provider}" is not yet supported')
+
+
+class RunControl:
+    """Stops a run from outside: signal handlers, a budget watcher, a caller.
+
+    Call `stop` from the event loop's thread. The first call sets the reason; a later call
+    with a shorter `grace` cuts the grace short (a second Ctrl-C).
+    """
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.reason: str | None = None
+        self.grace: float | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` on every later `stop` (the runner shortens the grace with it)."""
+        self._listeners.append(listener)
+
+    def stop(self, reason: str, *, grace: float | None = None) -> None:
+        """Stop dispatching, with `reason` ("sigint", "sigterm", "budget", "deadline", ...).
+
+        Args:
+            reason: why; decides the exit code.
+            grace: seconds in-flight requests get (None: the job's `grace_period`; 0: none).
+        """
+        if self.reason is None:
+            self.reason = reason
+        if grace is not None and (self.grace is None or grace < self.grace):
+            self.grace = grace
+        self.event.set()
+        for listener in list(self._listeners):
+            listener()
+
+
+def exit_code_for(stop_reason: str | None, errors_total: int) -> int:
+    """The exit code of a run that returns (DESIGN.md order: 4, 130/143, 3, 0)."""
+    if stop_reason is not None and stop_reason in _STOP_CODES:
+        return _STOP_CODES[stop_reason]
+    return 3 if errors_total else 0
+
+
+def run_job(
+    job: Job,
+    *,
+    restart: bool = False,
+    retry_errors: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Run a job to the end (or to a stop) and return its summary. See `arun_job`."""
+    return asyncio.run(
+        arun_job(job, restart=restart, retry_errors=retry_errors, limit=limit, progress=progress)
+    )
+
+
+async def arun_job(
+    job: Job,
+    *,
+    restart: bool = False,
+    retry_errors: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    control: RunControl | None = None,
+) -> RunSummary:
+    """Send every uncommitted row of the job's input once, committing results as they come.
+
+    Args:
+        job: the job.
+        restart: discard the output, errors and run state, and start over.
+        retry_errors: first send the errors file's rows again (not `bad_input` or
+            `duplicate_id`), moving each success to the results.
+        limit: only the first `limit` rows of the input (the same ones on every resume).
+        progress: a tqdm bar on stderr when it is a terminal, else an INFO line every 30 s.
+        control: lets the caller stop the run (the CLI's signal handlers use it).
+
+    Returns:
+        the summary, for exit codes 0, 3, 4, 130 and 143.
+
+    Raises:
+        JobError: a bad job, option or input, found before anything is sent (exit 2);
+            `RunStateError` / `RunLockedError` for a changed input or a live run.
+        EndpointError: the endpoint failed or never became ready (exit 5).
+        EndpointRestError: the endpoint could not be put in its on_exit state (exit 6).
+    """
+    if limit is not None:
+        job = dataclasses.replace(job, run=dataclasses.replace(job.run, limit=limit))
+    control = control or RunControl()
+    reader = open_input(job.input, limit=job.run.limit, source=job.source)
+    codec = codec_for(job)
+    first = reader.first_record()
+    if first is not None and first.record is not None:
+        codec.check_first_row(first.record)
+    target_cm = open_target(job)
+    ledger = Ledger(job, reader, restart=restart)
+    run = _Run(job, reader, codec, ledger, control, progress)
+    try:
+        async with target_cm as target:
+            await run.execute(target, retry_errors=retry_errors)
+            summary_fields = getattr(target, "summary_fields", None)
+        if summary_fields is not None:
+            for key, value in summary_fields().items():
+                setattr(run.summary, key, value)
+    finally:
+        run.close()
+    if run.summary.stop_reason == "endpoint_failed":
+        raise EndpointFailedError(
+            f"the endpoint failed mid-run; {run.summary.results_total} result(s) are committed "
+            "and a rerun resumes"
+        )
+    return run.summary
+
+
+@dataclass(slots=True)
+class _Handle:
+    seq: int
+    id: Any
+    keep: dict[str, Any] | None
+    pos: Position
+
+
+class _Run:
+    """One run's moving parts; `arun_job` is its only user."""
+
+    def __init__(
+        self,
+        job: Job,
+        reader: InputReader,
+        codec: RequestCodec,
+        ledger: Ledger,
+        control: RunControl,
+        progress: bool,
+    ) -> None:
+        self.job = job
+        self.reader = reader
+        self.codec = codec
+        self.ledger = ledger
+        self.control = control
+        self.keep = list(job.output.keep_fields)
+        self.check_ids = job.input.id_field is not None
+        per_request = job.run.concurrency * job.run.batch_size
+        self.window = max(4 * ledger.commit_rows, 16 * per_request, 4096)
+        self.moved = asyncio.Event()
+        self.stopping = False
+        self.start = time.monotonic()
+        self.summary = RunSummary(
+            output=job.output.path,
+            errors_path=job.output.errors_path,
+            skipped_done=ledger.committed_at_start,
+            discarded=ledger.discarded,
+        )
+        self.bar: Any = None
+        self.progress = progress
+        self.total = reader.count_rows() if progress else None
+        self._pools: list[Pool] = []
+
+    # -- the run -----------------------------------------------------------------------------
+    async def execute(self, target: Target, *, retry_errors: bool) -> None:
+        tasks = [
+            asyncio.create_task(self._watch_stop(target)),
+            asyncio.create_task(self._commit_timer()),
+        ]
+        self._start_progress()
+        try:
+            if retry_errors:
+                seqs = sorted(
+                    int(e["row"])
+                    for e in self.ledger.errors_to_retry()
+                    if e.get("status") not in NOT_RETRIED and isinstance(e.get("row"), int)
+                )
+                self.summary.retried_errors = len(seqs)
+                if seqs:
+                    self.ledger.start_retry()
+                    try:
+                        await self._dispatch(target, self._retry_rows(seqs), track=False)
+                    finally:
+                        self.ledger.finish_retry()
+            if not self.stopping:
+                seq, pos = self.ledger.anchor
+                rows = self.reader.rows(start_seq=seq, start=pos)
+                await self._dispatch(target, self._new_rows(rows), track=True)
+            self.ledger.commit()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._finish_summary(target)
+
+    async def _dispatch(
+        self, target: Target, rows: Iterable[tuple[Row, bool]], *, track: bool
+    ) -> None:
+        run = self.job.run
+        pool = Pool(
+            url=target.url,
+            codec=self.codec,
+            concurrency=run.concurrency,
+            request_timeout=run.request_timeout,
+            max_attempts=run.max_attempts,
+            headers=target.headers,
+            max_requests_per_minute=run.max_requests_per_minute,
+            backoff_max=run.backoff_max,
+            retry_after_max=run.retry_after_max,
+            scale_up_timeout=run.scale_up_timeout,
+        )
+        self._pools.append(pool)
+        source = self._requests(rows, track=track)
+        try:
+            if self.stopping:
+                return
+            await pool.run(source, self._on_outcome)
+        finally:
+            self.summary.retries += pool.stats.retries
+            await source.aclose()
+
+    def _new_rows(self, rows: Iterable[Row]) -> Iterable[tuple[Row, bool]]:
+        """Rows not yet committed, each with whether to check its id for a duplicate."""
+        is_done = self.ledger.is_done
+        check = self.check_ids
+        for row in rows:
+            if not is_done(row.seq):
+                yield row, check
+
+    def _retry_rows(self, seqs: list[int]) -> Iterable[tuple[Row, bool]]:
+        """The input rows at `seqs` (sorted), for `--retry-errors`."""
+        if not seqs:
+            return
+        last = seqs[-1]
+        for row in self.reader.rows():
+            i = bisect_left(seqs, row.seq)
+            if i < len(seqs) and seqs[i] == row.seq:
+                yield row, False
+            if row.seq >= last:
+                return
+
+    async def _requests(
+        self, rows: Iterable[tuple[Row, bool]], *, track: bool
+    ) -> AsyncGenerator[Request, None]:
+        """Requests for `rows`; bad rows and duplicates settle here without being sent.
+
+        With `track`, every row read is noted in the ledger (for the watermark) and reading
+        pauses while the window of rows above the watermark is full.
+        """
+        ledger = self.ledger
+        codec = self.codec
+        batch_size = self.job.run.batch_size
+        keep = self.keep
+        tracking = ledger.track
+        handles: list[_Handle] = []
+        items: list[Any] = []
+        for row, check_id in rows:
+            if self.stopping:
+                break
+            if track:
+                if ledger.window >= self.window:
+                    if handles:
+                        yield Request(handles, codec.encode_rendered(items), len(handles))
+                        handles, items = [], []
+                    while ledger.window >= self.window and not self.stopping:
+                        self.moved.clear()
+                        await self.moved.wait()
+                    if self.stopping:
+                        break
+                tracking(row.seq, row.pos)
+            record = row.record
+            if record is None:
+                self._bad_row(row, "bad_input", row.error or "unusable row")
+                continue
+            if check_id:
+                first = ledger.first_seq(row.id, row.seq)
+                if first is not None:
+                    self._bad_row(
+                        row,
+                        "duplicate_id",
+                        f"id {row.id!r} already at row {first} (the first one wins)",
+                    )
+                    continue
+            try:
+                item = codec.render(record)
+            except RowInputError as e:
+                self._bad_row(row, "bad_input", str(e))
+                continue
+            kept = {k: record.get(k) for k in keep} if keep else None
+            handles.append(_Handle(row.seq, row.id, kept, row.pos))
+            items.append(item)
+            if len(handles) >= batch_size:
+                yield Request(handles, codec.encode_rendered(items), len(handles))
+                handles, items = [], []
+        if handles and not self.stopping:
+            yield Request(handles, codec.encode_rendered(items), len(handles))
+
+    def _bad_row(self, row: Row, status: str, message: str) -> None:
+        self.ledger.add_error(
+            row.seq,
+            {
+                "id": row.id,
+                "status": status,
+                "error": message,
+                "attempts": 0,
+                "source": self.reader.where(row.pos),
+                "row": row.seq,
+            },
+        )
+        self.summary.failed += 1
+        self._tick(0, 1)
+        self._maybe_commit()
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        ledger = self.ledger
+        handles: list[_Handle] = outcome.request.key
+        attempts = outcome.attempts
+        if outcome.results is not None:
+            latency = round(outcome.latency_ms, 1)
+            for h, fields in zip(handles, outcome.results, strict=True):
+                row: dict[str, Any] = {"id": h.id}
+                if h.keep:
+                    row.update(h.keep)
+                row.update(fields)
+                row["attempts"] = attempts
+                row["latency_ms"] = latency
+                ledger.add_result(h.seq, row)
+            self.summary.succeeded += len(handles)
+            self._tick(len(handles), 0)
+        else:
+            error = outcome.error
+            status = error.status if error is not None else "error"
+            message = str(error) if error is not None else "unknown error"
+            for h in handles:
+                ledger.add_error(
+                    h.seq,
+                    {
+                        "id": h.id,
+                        "status": status,
+                        "error": message,
+                        "attempts": attempts,
+                        "source": self.reader.where(h.pos),
+                        "row": h.seq,
+                    },
+                )
+            self.summary.failed += len(handles)
+            self._tick(0, len(handles))
+        self._maybe_commit()
+
+    def _maybe_commit(self) -> None:
+        if self.ledger.due() and self.ledger.commit():
+            self.moved.set()
+
+    async def _commit_timer(self) -> None:
+        period = max(0.05, self.ledger.commit_seconds / 2)
+        last_log = time.monotonic()
+        while True:
+            await asyncio.sleep(period)
+            self._maybe_commit()
+            if self.bar is None and self.progress and time.monotonic() - last_log >= _LOG_EVERY_S:
+                last_log = time.monotonic()
+                self._log_progress()
+
+    async def _watch_stop(self, target: Target) -> None:
+        control_wait = asyncio.ensure_future(self.control.event.wait())
+        target_wait = asyncio.ensure_future(target.stop_event.wait())
+        try:
+            await asyncio.wait({control_wait, target_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            control_wait.cancel()
+            target_wait.cancel()
+        reason = self.control.reason if self.control.event.is_set() else target.stop_reason
+        self.summary.stop_reason = reason or "stopped"
+        self.stopping = True
+        self.moved.set()
+        grace = self._grace()
+        log.warning("stopping (%s): no new requests; %.0f s for those in flight", reason, grace)
+        self._stop_pools()
+        self.control.add_listener(self._stop_pools)
+
+    def _grace(self) -> float:
+        return self.control.grace if self.control.grace is not None else self.job.run.grace_period
+
+    def _stop_pools(self) -> None:
+        grace = self._grace()
+        for pool in self._pools:
+            pool.stop(grace=grace)
+
+    # -- progress and summary ----------------------------------------------------------------
+    def _start_progress(self) -> None:
+        if not self.progress or not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.ledger.committed_at_start,
+            unit="row",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+
+    def _tick(self, ok: int, failed: int) -> None:
+        bar = self.bar
+        if bar is not None:
+            bar.update(ok + failed)
+            if bar.n % 256 == 0:
+                bar.set_postfix(
+                    ok=self.summary.succeeded,
+                    errors=self.summary.failed,
+                    retries=sum(p.stats.retries for p in self._pools),
+                    refresh=False,
+                )
+
+    def _log_progress(self) -> None:
+        s = self.summary
+        done = s.succeeded + s.failed
+        elapsed = time.monotonic() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        total = f"/{self.total}" if self.total is not None else ""
+        log.info(
+            "progress: %d%s rows (ok %d, errors %d, retries %d, already done %d), %.0f rows/s",
+            done + s.skipped_done,
+            total,
+            s.succeeded,
+            s.failed,
+            sum(p.stats.retries for p in self._pools),
+            s.skipped_done,
+            rate,
+        )
+
+    def _finish_summary(self, target: Target) -> None:
+        s = self.summary
+        s.rows = s.succeeded + s.failed
+        s.elapsed_s = round(time.monotonic() - self.start, 3)
+        s.rows_per_s = round(s.rows / s.elapsed_s, 1) if s.elapsed_s > 0 else 0.0
+        s.results_total = self.ledger.results_count
+        s.errors_total = self.ledger.errors_count
+        s.input_rows = self.total
+        s.resumable = s.stop_reason is not None
+        s.exit_code = exit_code_for(s.stop_reason, s.errors_total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        try:
+            with contextlib.suppress(Exception):
+                self.ledger.commit()
+        finally:
+            self.ledger.close()
