@@ -1,0 +1,582 @@
+"""The bounded async pool: C workers, one aiohttp session, one retry policy.
+
+Each of the ``concurrency`` workers pulls a `Request` from the source only when it is free, so
+at most ``concurrency`` requests are held at any time, however large the input. A request's
+first attempt is a plain ``await``; only when it fails does the request enter the retry policy
+(`RetryPolicy`, one tenacity object), which:
+
+- retries connection errors, the per-attempt timeout, and HTTP 408, 425, 429, 500, 502, 503,
+  504 with exponential backoff and jitter, capped at ``backoff_max``; any other status (a 4xx,
+  a 501) and an unreadable 200 answer are final for that request's rows;
+- honours ``Retry-After`` (seconds or an HTTP date, capped at ``retry_after_max``) by holding
+  the *whole pool's* dispatch until then: a rate limit is shared by every worker;
+- does not count a 503 (an endpoint scaled to zero answers 503 while a replica starts) against
+  ``max_attempts`` until the row has seen 503s for ``scale_up_timeout`` seconds; every request
+  carries ``X-Scale-Up-Timeout`` so a Hugging Face endpoint holds it while it wakes instead;
+- logs ``retry n/max`` at WARNING, once per retry.
+
+aiohttp's exceptions and HTTP error statuses become batchrun's `InferenceConnectionError` and
+`InferenceStatusError` in one place (`Pool._attempt`); nothing outside this module sees an
+aiohttp type. `Pool.stop` stops pulling and gives in-flight requests a grace period; those
+still running after it are cancelled and *not* reported, so the caller leaves their rows
+uncommitted and a resume sends them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from batchrun.errors import InferenceConnectionError, InferenceError, InferenceStatusError
+from batchrun.tasks import RequestCodec, excerpt, request_url
+
+__all__ = [
+    "RETRY_STATUSES",
+    "Outcome",
+    "Pool",
+    "PoolStats",
+    "Request",
+    "RetryPolicy",
+    "parse_retry_after",
+]
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+"""HTTP statuses that are retried; any other error status is final for the request's rows."""
+
+_WAKING_STATUS = 503
+
+
+@dataclass(slots=True)
+class Request:
+    """One HTTP request carrying 1..batch_size rows.
+
+    Attributes:
+        key: opaque to the pool (the caller's row handles), handed back in the `Outcome`.
+        body: the encoded body (`RequestCodec.encode`).
+        n: how many rows it carries.
+    """
+
+    key: Any
+    body: bytes
+    n: int = 1
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a request ended: results (one dict per row) or a final error.
+
+    Attributes:
+        request: the request.
+        results: decoded per-row result fields on success (``len == request.n``), else None.
+        error: the final failure on error (``.status`` such as ``http_400``, ``str(error)`` the
+            server's message), else None.
+        attempts: HTTP attempts made, retries included.
+        latency_ms: from the first attempt's dispatch to the end, retries and waits included.
+    """
+
+    request: Request
+    results: list[dict[str, Any]] | None
+    error: InferenceError | None
+    attempts: int
+    latency_ms: float
+
+
+@dataclass(slots=True, kw_only=True)
+class PoolStats:
+    """Counters of one `Pool.run`, readable while it runs."""
+
+    sent: int = 0  # requests taken from the source and sent (first attempts)
+    attempts: int = 0  # HTTP attempts, retries included
+    succeeded: int = 0  # requests reported with results
+    failed: int = 0  # requests reported with a final error
+    retries: int = 0  # retries scheduled
+    in_flight: int = 0  # requests sent and not yet reported
+    cancelled: int = 0  # in-flight requests cancelled by stop() (not reported)
+    throttled: int = 0  # 429 answers
+    held_s: float = 0.0  # total time dispatch was held by Retry-After
+
+
+class _Tries:
+    """Per-request retry bookkeeping (only created once the first attempt has failed)."""
+
+    __slots__ = ("attempts", "counted", "pending", "wake_since", "waking")
+
+    def __init__(self, first: InferenceError) -> None:
+        self.pending: InferenceError | None = first  # replayed as tenacity's attempt 1
+        self.attempts = 1
+        self.counted = 0  # failed attempts that use up max_attempts
+        self.wake_since: float | None = None
+        self.waking = False
+
+
+class RetryPolicy:
+    """Which failures are retried, how long to wait, when to give up: one tenacity object.
+
+    Args:
+        max_attempts: attempts per request, the first included (503s while the endpoint wakes
+            up excepted).
+        backoff_max: cap of the exponential backoff between attempts, seconds.
+        backoff_initial: the first backoff, seconds; it doubles per failed attempt.
+        scale_up_timeout: how long 503s are taken for an endpoint waking up, per request.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int,
+        backoff_max: float = 30.0,
+        backoff_initial: float = 0.5,
+        scale_up_timeout: float = 600.0,
+    ) -> None:
+        self.max_attempts = max_attempts
+        self.backoff_max = backoff_max
+        self.backoff_initial = min(backoff_initial, backoff_max)
+        self.scale_up_timeout = scale_up_timeout
+        self.retrying = AsyncRetrying(
+            retry=retry_if_exception(self.retryable),
+            stop=self._stop,
+            wait=self._wait,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    @staticmethod
+    def retryable(error: BaseException) -> bool:
+        """True for failures worth another attempt."""
+        if isinstance(error, InferenceStatusError):
+            return error.http_status in RETRY_STATUSES
+        return isinstance(error, InferenceConnectionError)
+
+    def note(self, tries: _Tries, error: InferenceError) -> None:
+        """Count a failed attempt; a 503 inside the wake-up window does not count."""
+        if isinstance(error, InferenceStatusError) and error.http_status == _WAKING_STATUS:
+            now = time.monotonic()
+            if tries.wake_since is None:
+                tries.wake_since = now
+            if now - tries.wake_since < self.scale_up_timeout:
+                tries.waking = True
+                return
+        tries.waking = False
+        tries.counted += 1
+
+    def _stop(self, state: RetryCallState) -> bool:
+        tries: _Tries = state.args[0]
+        return not tries.waking and tries.counted >= self.max_attempts
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after `failures` failed attempts: exponential, half of it jitter."""
+        base = min(self.backoff_max, self.backoff_initial * 2.0 ** max(failures - 1, 0))
+        return base / 2 + random.uniform(0, base / 2)
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, InferenceStatusError) and error.retry_after is not None:
+            return 0.0  # the pool holds dispatch until Retry-After; no backoff on top
+        return self.backoff(state.attempt_number)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        tries: _Tries = state.args[0]
+        pool: Pool = state.args[2]
+        pool.stats.retries += 1
+        error = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        if pool._loop is not None:  # a Retry-After hold is part of the wait
+            wait = max(wait, pool._hold_until - pool._loop.time())
+        if tries.waking and tries.wake_since is not None:
+            log.warning(
+                "retry (endpoint waking up, %.0fs of %.0fs) in %.1fs: %s %s",
+                time.monotonic() - tries.wake_since,
+                self.scale_up_timeout,
+                wait,
+                getattr(error, "status", "error"),
+                error,
+            )
+        else:
+            log.warning(
+                "retry %d/%d in %.1fs: %s %s",
+                tries.counted,
+                self.max_attempts - 1,
+                wait,
+                getattr(error, "status", "error"),
+                error,
+            )
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One worker's state, so stop() knows what to cancel."""
+
+    scope: asyncio.Timeout | None = None
+    busy: bool = False  # a request is in flight (else: pulling from the source)
+
+
+class _End(Exception):
+    """The source is exhausted."""
+
+
+class Pool:
+    """C workers sending requests to one endpoint URL, with retries; see the module docstring.
+
+    Args:
+        url: the endpoint's base URL; the codec's path is appended (`request_url`).
+        codec: decodes answers into per-row result fields.
+        concurrency: workers, and the connection limit of the session.
+        request_timeout: seconds per attempt (connect, send, wait, read).
+        max_attempts: attempts per request, the first included.
+        headers: sent with every request (e.g. Authorization); never logged.
+        max_requests_per_minute: pace attempts to at most this many a minute; 0: no limit.
+        backoff_max: cap of the backoff between attempts, seconds.
+        retry_after_max: cap of a Retry-After hold, seconds.
+        scale_up_timeout: how long a waking endpoint's 503s do not use up attempts, seconds;
+            also sent as ``X-Scale-Up-Timeout`` (at most the request timeout).
+        backoff_initial: the first backoff, seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        codec: RequestCodec,
+        concurrency: int,
+        request_timeout: float,
+        max_attempts: int,
+        headers: Mapping[str, str] | None = None,
+        max_requests_per_minute: int = 0,
+        backoff_max: float = 30.0,
+        retry_after_max: float = 120.0,
+        scale_up_timeout: float = 600.0,
+        backoff_initial: float = 0.5,
+    ) -> None:
+        if concurrency < 1 or max_attempts < 1 or request_timeout <= 0:
+            raise ValueError("concurrency and max_attempts must be >= 1, request_timeout > 0")
+        self.url = request_url(url, codec.path)
+        self.codec = codec
+        self.concurrency = concurrency
+        self.request_timeout = request_timeout
+        self.retry_after_max = retry_after_max
+        self.policy = RetryPolicy(
+            max_attempts=max_attempts,
+            backoff_max=backoff_max,
+            backoff_initial=backoff_initial,
+            scale_up_timeout=scale_up_timeout,
+        )
+        hold = max(1, int(min(scale_up_timeout, request_timeout * 0.9)))
+        self._headers = {
+            "Content-Type": codec.content_type,
+            "Accept": "application/json",
+            "X-Scale-Up-Timeout": str(hold),
+            **(headers or {}),
+        }
+        self._interval = 60.0 / max_requests_per_minute if max_requests_per_minute > 0 else 0.0
+        self.stats = PoolStats()
+        self._stopping = False
+        self._slots: list[_Slot] = []
+        self._hold_until = 0.0
+        self._next_slot = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"Pool(url={self.url!r}, concurrency={self.concurrency})"
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        requests: AsyncIterable[Request] | Iterable[Request],
+        on_outcome: Callable[[Outcome], Awaitable[None] | None],
+    ) -> None:
+        """Send every request from `requests`; call `on_outcome` once per request as each ends.
+
+        Requests are pulled only when a worker is free. Returns when the source is exhausted
+        and every request was reported, or after `stop` once the in-flight requests finished
+        or were cancelled. An exception from the source or from `on_outcome` cancels the
+        in-flight requests (unreported) and propagates.
+        """
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.stats = PoolStats()
+        if isinstance(requests, AsyncIterable):
+            pull = self._async_puller(aiter(requests))
+        else:
+            pull = self._sync_puller(iter(requests))
+        self._slots = [_Slot() for _ in range(self.concurrency)]
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=self._headers
+        ) as session:
+            self._session = session
+            workers = [
+                asyncio.create_task(self._work(slot, pull, on_outcome), name=f"batchrun-pool-{i}")
+                for i, slot in enumerate(self._slots)
+            ]
+            try:
+                done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+                failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+                if failed:
+                    error = failed[0].exception()
+                    assert error is not None
+                    raise error
+            finally:
+                self._stopping = True
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                self._session = None
+                self._slots = []
+                self._stopping = False  # the pool can run another source
+
+    def stop(self, *, grace: float = 10.0) -> None:
+        """Stop pulling requests; cancel those still in flight after `grace` seconds.
+
+        Cancelled requests are not reported: their rows stay uncommitted. ``grace=0`` cancels
+        at once; calling again with a shorter grace shortens it. Call from the loop's thread.
+        """
+        self._stopping = True
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        for slot in self._slots:
+            scope = slot.scope
+            if scope is None or scope.expired():
+                continue
+            deadline = now + grace if slot.busy else now
+            when = scope.when()
+            if when is None or deadline < when:
+                scope.reschedule(deadline)
+
+    # --- one worker ------------------------------------------------------------------------
+
+    async def _work(
+        self,
+        slot: _Slot,
+        pull: Callable[[], Awaitable[Request]],
+        on_outcome: Callable[[Outcome], Awaitable[None] | None],
+    ) -> None:
+        stats = self.stats
+        while not self._stopping:
+            slot.busy = False
+            try:
+                async with asyncio.timeout(None) as scope:
+                    slot.scope = scope
+                    request = await pull()
+                    slot.busy = True
+                    stats.in_flight += 1
+                    stats.sent += 1
+                    outcome = await self._send(request)
+            except _End:
+                return
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                if slot.busy:  # cancelled by stop(): not reported
+                    stats.in_flight -= 1
+                    stats.cancelled += 1
+                return
+            finally:
+                slot.scope = None
+            stats.in_flight -= 1
+            if outcome.error is None:
+                stats.succeeded += 1
+            else:
+                stats.failed += 1
+            result = on_outcome(outcome)
+            if result is not None:
+                await result
+
+    def _sync_puller(self, it: Iterator[Request]) -> Callable[[], Awaitable[Request]]:
+        async def pull() -> Request:
+            if self._stopping:
+                raise _End
+            for request in it:
+                return request
+            self._stopping = True
+            raise _End
+
+        return pull
+
+    def _async_puller(self, it: AsyncIterator[Request]) -> Callable[[], Awaitable[Request]]:
+        lock = asyncio.Lock()
+
+        async def pull() -> Request:
+            async with lock:
+                if self._stopping:
+                    raise _End
+                try:
+                    return await anext(it)
+                except StopAsyncIteration:
+                    self._stopping = True
+                    raise _End from None
+
+        return pull
+
+    async def _send(self, request: Request) -> Outcome:
+        loop_time = self._loop.time  # type: ignore[union-attr]
+        start = loop_time()
+        if self._hold_until > start or self._interval:
+            await self._gate()
+        try:
+            results = await self._attempt(request)
+        except InferenceError as error:
+            return await self._retry(request, error, start)
+        return Outcome(request, results, None, 1, (loop_time() - start) * 1000.0)
+
+    async def _retry(self, request: Request, first: InferenceError, start: float) -> Outcome:
+        """The slow path: the first attempt failed; tenacity decides what happens next."""
+        tries = _Tries(first)
+        self._failed(tries, first)
+        try:
+            results: list[dict[str, Any]] = await self.policy.retrying.copy()(
+                self._again, tries, request, self
+            )
+        except InferenceError as error:
+            outcome = Outcome(request, None, error, tries.attempts, 0.0)
+        else:
+            outcome = Outcome(request, results, None, tries.attempts, 0.0)
+        outcome.latency_ms = (self._loop.time() - start) * 1000.0  # type: ignore[union-attr]
+        return outcome
+
+    async def _again(self, tries: _Tries, request: Request, pool: Pool) -> list[dict[str, Any]]:
+        """One attempt under tenacity; attempt 1 replays the fast path's failure."""
+        if tries.pending is not None:
+            error, tries.pending = tries.pending, None
+            raise error
+        await self._gate()
+        tries.attempts += 1
+        try:
+            return await self._attempt(request)
+        except InferenceError as error:
+            self._failed(tries, error)
+            raise
+
+    def _failed(self, tries: _Tries, error: InferenceError) -> None:
+        self.policy.note(tries, error)
+        if isinstance(error, InferenceStatusError):
+            if error.http_status == 429:
+                self.stats.throttled += 1
+            if error.retry_after is not None:
+                self._hold(error.retry_after, error.http_status)
+
+    # --- dispatch gate: Retry-After holds and the rate limit -------------------------------
+
+    def _hold(self, seconds: float, status: int) -> None:
+        """Hold every worker's next dispatch for `seconds` (capped at retry_after_max)."""
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        until = now + min(max(seconds, 0.0), self.retry_after_max)
+        if until <= self._hold_until:
+            return
+        if self._hold_until <= now:
+            log.warning(
+                "endpoint answered %d with Retry-After %.1fs: holding all dispatch until then",
+                status,
+                until - now,
+            )
+        self.stats.held_s += until - max(self._hold_until, now)
+        self._hold_until = until
+
+    async def _gate(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            wait = self._hold_until - loop.time()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        if self._interval:
+            now = loop.time()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self._interval
+            if slot > now:
+                await asyncio.sleep(slot - now)
+
+    # --- one attempt: the one place aiohttp meets batchrun's errors -------------------------
+
+    async def _attempt(self, request: Request) -> list[dict[str, Any]]:
+        """One HTTP attempt; the answer decoded into per-row result fields.
+
+        Raises:
+            InferenceStatusError: the endpoint answered an error status (its message inside).
+            InferenceConnectionError: no answer: refused, dropped, or the per-attempt timeout.
+            BadResponseError: a 200 batchrun cannot read for this task.
+        """
+        session = self._session
+        assert session is not None
+        self.stats.attempts += 1
+        try:
+            async with session.post(self.url, data=request.body) as response:
+                body = await response.read()
+                status = response.status
+                if status >= 300:
+                    raise status_error(status, body, response.headers.get("Retry-After"))
+        except aiohttp.ClientError as e:
+            raise InferenceConnectionError(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+        except TimeoutError as e:
+            raise InferenceConnectionError(
+                f"no answer within request_timeout = {self.request_timeout:g}s"
+            ) from e
+        return self.codec.decode_body(body, request.n)
+
+
+def status_error(status: int, body: bytes, retry_after: str | None) -> InferenceStatusError:
+    """An `InferenceStatusError` carrying the server's own message (its ``error`` field)."""
+    message = _server_message(body) or f"HTTP {status}"
+    return InferenceStatusError(
+        message, http_status=status, retry_after=parse_retry_after(retry_after)
+    )
+
+
+def _server_message(body: bytes) -> str:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return excerpt(body)
+    if isinstance(payload, dict):
+        for key in ("error", "message", "detail"):
+            value = payload.get(key)
+            if isinstance(value, dict):  # OpenAI: {"error": {"message": ...}}
+                value = value.get("message") or value
+            if value:
+                return excerpt(value if isinstance(value, str) else orjson.dumps(value))
+    return excerpt(body)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - time.time(), 0.0)

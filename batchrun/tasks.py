@@ -1,0 +1,429 @@
+"""How rows become one HTTP request, and how the answer becomes per-row result fields.
+
+One `RequestCodec` per `[run] request_format`, built from the job by `codec_for`:
+
+| format | request | result fields |
+| --- | --- | --- |
+| ``inputs`` | ``POST {url}`` ``{"inputs": text or [texts], "parameters": {...}}`` | by task, below |
+| ``chat`` | ``POST {url}/v1/chat/completions`` (OpenAI; ``max_new_tokens`` → ``max_tokens``) | ``content``, ``usage`` |
+| ``embeddings`` | ``POST {url}/v1/embeddings`` ``{"input": text or [texts], "model"}`` | ``embedding`` |
+| ``raw`` | ``POST {url}`` with the row's field as the body (dict/list as JSON, str as is) | ``response`` |
+
+With ``inputs``, the task names the answer's field: text-generation (and text2text-generation)
+``generated_text``, summarization ``summary_text``, translation ``translation_text``,
+text-classification ``labels`` (a list of ``{"label", "score"}``), feature-extraction (and
+sentence-similarity, sentence-embeddings) ``embedding``, any other task ``response`` (the
+answer as is). An answer of an unexpected shape is a `BadResponseError` (status
+``bad_response``) for every row of the request; a row the job cannot render is a
+`RowInputError` (status ``bad_input``) for that row only.
+
+The per-row work is one dict lookup or a ``str.format_map`` and one ``orjson.dumps``: the
+client must never be the bottleneck.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from batchrun.errors import BatchrunError, InferenceError, InputError, JobError
+from batchrun.job import Job
+
+__all__ = [
+    "BadResponseError",
+    "ChatCodec",
+    "EmbeddingsCodec",
+    "InputsCodec",
+    "RawCodec",
+    "RequestCodec",
+    "RowInputError",
+    "check_first_row",
+    "codec_for",
+    "excerpt",
+    "render_row",
+    "request_url",
+]
+
+_EXCERPT = 200
+
+
+class RowInputError(BatchrunError):
+    """A row cannot become a request (a missing template field, a null value): status bad_input.
+
+    Met mid-run, the row goes to the errors file and the run goes on.
+    """
+
+    status = "bad_input"
+
+
+class BadResponseError(InferenceError):
+    """The endpoint answered 200 with a body batchrun cannot read for this task."""
+
+    status = "bad_response"
+
+
+def request_url(base: str, path: str) -> str:
+    """The URL a codec's requests go to.
+
+    ``path`` "" or "/" means the endpoint URL itself (Hugging Face's default container answers
+    at its root; a URL with a path, such as TGI's ``.../generate``, is used as given).
+    """
+    if path in ("", "/"):
+        return base if urlsplit(base).path not in ("", "/") else base.rstrip("/") + "/"
+    return base.rstrip("/") + path
+
+
+class RequestCodec:
+    """Rows → one request body; the answer → one dict of result fields per row.
+
+    Attributes:
+        path: appended to the endpoint URL (see `request_url`).
+        result_fields: the fields each decoded row holds.
+        content_type: the request body's content type.
+    """
+
+    path: str = ""
+    result_fields: tuple[str, ...] = ("response",)
+    content_type: str = "application/json"
+
+    def __init__(self, job: Job) -> None:
+        self.field = job.input.field
+        self.template = job.input.template
+        self.parameters: dict[str, Any] = dict(job.run.parameters)
+        self.model = job.run.model
+        self.batch_size = job.run.batch_size
+        self.source = job.input.path
+
+    # --- rows -> request -------------------------------------------------------------
+
+    def default_field(self) -> str:
+        """The field read when the job names neither ``field`` nor ``template``."""
+        return "text"
+
+    def render(self, record: dict[str, Any]) -> Any:
+        """What this row contributes to a request (a text, a messages list, a raw body).
+
+        Raises:
+            RowInputError: the row lacks the field or a template field, or it is null.
+        """
+        if self.template is not None:
+            try:
+                return self.template.format_map(record)
+            except KeyError as e:
+                raise RowInputError(f"template field {e.args[0]!r} missing from the row") from e
+            except (IndexError, ValueError, AttributeError, TypeError) as e:
+                raise RowInputError(f"template cannot be filled from the row: {e}") from e
+        name = self.field or self.default_field()
+        try:
+            value = record[name]
+        except KeyError:
+            raise RowInputError(f"field {name!r} missing from the row") from None
+        if value is None:
+            raise RowInputError(f"field {name!r} is null")
+        return value
+
+    def encode_rendered(self, items: Sequence[Any]) -> bytes:
+        """One request body for already rendered rows (1..batch_size of them)."""
+        raise NotImplementedError
+
+    def encode(self, records: Sequence[dict[str, Any]]) -> bytes:
+        """One request body for 1..batch_size rows.
+
+        Raises:
+            RowInputError: a row cannot be rendered (render rows one by one to tell which).
+        """
+        return self.encode_rendered([self.render(r) for r in records])
+
+    def check_first_row(self, record: dict[str, Any]) -> None:
+        """Check that the input's first row has what the job reads, before anything is sent.
+
+        Raises:
+            InputError: naming the missing field and the input file.
+        """
+        try:
+            self.render(record)
+        except RowInputError as e:
+            fields = ", ".join(repr(k) for k in list(record)[:20]) or "none"
+            raise InputError(f"{self.source}: first row: {e} (its fields: {fields})") from None
+
+    # --- answer -> rows ----------------------------------------------------------------
+
+    def decode(self, payload: Any, n: int) -> list[dict[str, Any]]:
+        """Per-row result fields from a parsed answer to a request of `n` rows.
+
+        Raises:
+            BadResponseError: the answer does not have the shape this task answers with.
+        """
+        if n == 1:
+            return [{"response": payload}]
+        if isinstance(payload, list) and len(payload) == n:
+            return [{"response": item} for item in payload]
+        raise _bad_shape(payload, f"a list of {n} answers")
+
+    def decode_body(self, body: bytes, n: int) -> list[dict[str, Any]]:
+        """Per-row result fields from a raw 200 answer.
+
+        Raises:
+            BadResponseError: not JSON, or not the shape this task answers with.
+        """
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadResponseError(
+                f"the endpoint answered 200 with non-JSON: {excerpt(body)}"
+            ) from None
+        return self.decode(payload, n)
+
+
+class InputsCodec(RequestCodec):
+    """Hugging Face's default container (and TGI's ``/generate``): ``{"inputs", "parameters"}``."""
+
+    path = "/"
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job)
+        task = job.task
+        self.task = task
+        if task in ("text-generation", "text2text-generation"):
+            self.key: str | None = "generated_text"
+        elif task == "summarization":
+            self.key = "summary_text"
+        elif task == "translation":
+            self.key = "translation_text"
+        else:
+            self.key = None
+        if self.key is not None:
+            self.result_fields = (self.key,)
+        elif task == "text-classification":
+            self.result_fields = ("labels",)
+        elif task in _EMBEDDING_TASKS:
+            self.result_fields = ("embedding",)
+
+    def encode_rendered(self, items: Sequence[Any]) -> bytes:
+        inputs = items[0] if self.batch_size == 1 and len(items) == 1 else list(items)
+        if self.parameters:
+            return orjson.dumps({"inputs": inputs, "parameters": self.parameters})
+        return orjson.dumps({"inputs": inputs})
+
+    def decode(self, payload: Any, n: int) -> list[dict[str, Any]]:
+        if self.key is not None:
+            return self._decode_text(payload, n, self.key)
+        if "labels" in self.result_fields:
+            return self._decode_labels(payload, n)
+        if "embedding" in self.result_fields:
+            return self._decode_embeddings(payload, n)
+        return super().decode(payload, n)
+
+    @staticmethod
+    def _decode_text(payload: Any, n: int, key: str) -> list[dict[str, Any]]:
+        # [{"generated_text"}], {"generated_text"} (TGI /generate), [[{"generated_text"}]]
+        items = [payload] if isinstance(payload, dict) else payload
+        if not isinstance(items, list) or len(items) != n:
+            raise _bad_shape(payload, f'a list of {n} {{"{key}": ...}}')
+        out = []
+        for item in items:
+            if isinstance(item, list) and len(item) >= 1:
+                item = item[0]
+            if not isinstance(item, dict) or not isinstance(item.get(key), str):
+                raise _bad_shape(payload, f'a list of {n} {{"{key}": "..."}}')
+            out.append({key: item[key]})
+        return out
+
+    @staticmethod
+    def _decode_labels(payload: Any, n: int) -> list[dict[str, Any]]:
+        if isinstance(payload, dict):  # one input, top label only
+            payload = [payload]
+        if not isinstance(payload, list) or not payload:
+            raise _bad_shape(payload, 'a list of {"label", "score"}')
+        if n == 1:
+            # [{"label", "score"}, ...] (one input, its labels) or [[...]] (a batch of one)
+            labels = payload[0] if isinstance(payload[0], list) and len(payload) == 1 else payload
+            rows = [labels]
+        elif len(payload) == n:
+            # [[...], [...]] (all labels per input) or [{...}, {...}] (top label per input)
+            rows = [item if isinstance(item, list) else [item] for item in payload]
+        else:
+            raise _bad_shape(payload, f'a list of {n} lists of {{"label", "score"}}')
+        for labels in rows:
+            if not all(isinstance(x, dict) and "label" in x for x in labels):
+                raise _bad_shape(payload, 'lists of {"label", "score"}')
+        return [{"labels": labels} for labels in rows]
+
+    @staticmethod
+    def _decode_embeddings(payload: Any, n: int) -> list[dict[str, Any]]:
+        if not isinstance(payload, list) or not payload:
+            raise _bad_shape(payload, "a list of floats (or one per input)")
+        if n == 1:
+            if isinstance(payload[0], int | float):
+                return [{"embedding": payload}]  # [f, f, ...]
+            if len(payload) == 1 and isinstance(payload[0], list):
+                return [{"embedding": payload[0]}]  # [[f, f, ...]]: a batch of one
+            return [{"embedding": payload}]  # token embeddings of one input
+        if len(payload) != n or not all(isinstance(item, list) for item in payload):
+            raise _bad_shape(payload, f"a list of {n} embeddings")
+        return [{"embedding": item} for item in payload]
+
+
+_EMBEDDING_TASKS = frozenset({"feature-extraction", "sentence-similarity", "sentence-embeddings"})
+
+
+class ChatCodec(RequestCodec):
+    """OpenAI chat completions (TGI, vLLM, ...): messages from ``system`` + the text, or a
+    ``messages`` column."""
+
+    path = "/v1/chat/completions"
+    result_fields = ("content", "usage")
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job)
+        self.system = job.input.system
+        params = dict(self.parameters)
+        if "max_new_tokens" in params:
+            max_new = params.pop("max_new_tokens")
+            params.setdefault("max_tokens", max_new)
+        self.extra = params
+
+    def render(self, record: dict[str, Any]) -> Any:
+        if self.field is None and self.template is None and "messages" in record:
+            messages = record["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise RowInputError("column 'messages' must be a non-empty list of messages")
+            if self.system is not None and not (
+                isinstance(messages[0], dict) and messages[0].get("role") == "system"
+            ):
+                messages = [{"role": "system", "content": self.system}, *messages]
+            return messages
+        text = super().render(record)
+        user = {"role": "user", "content": text if isinstance(text, str) else str(text)}
+        if self.system is not None:
+            return [{"role": "system", "content": self.system}, user]
+        return [user]
+
+    def encode_rendered(self, items: Sequence[Any]) -> bytes:
+        body: dict[str, Any] = {"messages": items[0]}
+        if self.model:
+            body["model"] = self.model
+        if self.extra:
+            body.update(self.extra)
+        return orjson.dumps(body)
+
+    def decode(self, payload: Any, n: int) -> list[dict[str, Any]]:
+        try:
+            message = payload["choices"][0]["message"]
+            content = message["content"]
+        except (KeyError, IndexError, TypeError):
+            raise _bad_shape(payload, '{"choices": [{"message": {"content": ...}}]}') from None
+        if content is not None and not isinstance(content, str):
+            raise _bad_shape(payload, "a string message content")
+        usage = payload.get("usage")
+        return [{"content": content, "usage": usage if isinstance(usage, dict) else None}]
+
+
+class EmbeddingsCodec(RequestCodec):
+    """OpenAI embeddings (TEI, vLLM, ...): ``{"input": text or [texts], "model"}``."""
+
+    path = "/v1/embeddings"
+    result_fields = ("embedding",)
+
+    def encode_rendered(self, items: Sequence[Any]) -> bytes:
+        body: dict[str, Any] = {
+            "input": items[0] if self.batch_size == 1 and len(items) == 1 else list(items)
+        }
+        if self.model:
+            body["model"] = self.model
+        if self.parameters:
+            body.update(self.parameters)
+        return orjson.dumps(body)
+
+    def decode(self, payload: Any, n: int) -> list[dict[str, Any]]:
+        try:
+            data = payload["data"]
+            if len(data) != n:
+                raise ValueError
+            if n > 1:
+                data = sorted(data, key=lambda d: d.get("index", 0))
+            return [{"embedding": d["embedding"]} for d in data]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise _bad_shape(payload, f'{{"data": [{n} x {{"embedding": [...]}}]}}') from None
+
+
+class RawCodec(RequestCodec):
+    """The row's field posted as the body (a dict or list as JSON, a str as is)."""
+
+    path = ""
+
+    def encode_rendered(self, items: Sequence[Any]) -> bytes:
+        value = items[0]
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, bytes):
+            return value
+        return orjson.dumps(value)
+
+    def decode_body(self, body: bytes, n: int) -> list[dict[str, Any]]:
+        try:
+            payload: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = body.decode("utf-8", "replace")
+        return [{"response": payload}]
+
+
+_CODECS: dict[str, type[RequestCodec]] = {
+    "inputs": InputsCodec,
+    "chat": ChatCodec,
+    "embeddings": EmbeddingsCodec,
+    "raw": RawCodec,
+}
+
+
+def codec_for(job: Job) -> RequestCodec:
+    """The codec for the job's request format and task.
+
+    Raises:
+        JobError: a combination batchrun cannot send (e.g. batch_size > 1 with chat or raw).
+    """
+    fmt = job.run.request_format
+    try:
+        cls = _CODECS[fmt]
+    except KeyError:
+        raise JobError(
+            f"{job.source}: [run] request_format must be one of {', '.join(_CODECS)}, got {fmt!r}"
+        ) from None
+    if job.run.batch_size > 1 and fmt in ("chat", "raw"):
+        raise JobError(
+            f'{job.source}: [run] batch_size > 1 does not work with request_format "{fmt}"'
+        )
+    return cls(job)
+
+
+def render_row(codec: RequestCodec, record: dict[str, Any]) -> Any:
+    """What `record` contributes to a request; see `RequestCodec.render`.
+
+    Raises:
+        RowInputError: the row lacks a field the job reads.
+    """
+    return codec.render(record)
+
+
+def check_first_row(job: Job, record: dict[str, Any]) -> None:
+    """Check the input's first row against the job before anything is sent.
+
+    Raises:
+        InputError: the row lacks the field or a template field, naming it and the input file.
+    """
+    codec_for(job).check_first_row(record)
+
+
+def excerpt(body: bytes | str, limit: int = _EXCERPT) -> str:
+    """A short, one-line excerpt of a body for error messages."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_shape(payload: Any, expected: str) -> BadResponseError:
+    shown = excerpt(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS))
+    return BadResponseError(f"unexpected answer: expected {expected}, got {shown}")
