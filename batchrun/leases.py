@@ -117,6 +117,12 @@ class HeldLease:
         os.close(self._lock_fd)
         self._lock_fd = None
 
+    def abandon(self) -> None:
+        """Drop the lock but keep the files: the lease is dead, and `batchrun reap` will find it."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def __repr__(self) -> str:
         return f"HeldLease({self.record.id!r}, endpoint={self.record.endpoint!r})"
 

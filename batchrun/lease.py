@@ -1,0 +1,552 @@
+"""`EndpointLease`: a run's hold on its endpoint, from resume (or create) to rest.
+
+```python
+async with EndpointLease(job) as lease:        # get / create / resume, wait until ready
+    ...send requests to lease.url with lease.headers, until lease.stop_event is set...
+# on_exit applied here, whatever ended the block, and confirmed by reading the state back
+```
+
+Entering: resolve the API and token (`provider = "local"` starts the local service if nothing
+answers), register a lease in batchrun's home, read the endpoint (missing → create it from the
+job's create fields, or exit 2 without them; failed → exit 5), learn the price, start the
+watchdog (it survives a kill -9 of this process), resume or create, wait until ready (up to
+`[endpoint] ready_timeout`, exit 5 after). Meanwhile two background tasks watch: the endpoint's
+state (feeding the cost meter; `failed` mid-run sets `stop_reason = "endpoint_failed"`) and the
+budget (`"budget"` / `"deadline"`, early enough that the pause lands inside the limit).
+
+Leaving: unless another live lease holds the endpoint, `apply_on_exit` (retried, confirmed);
+if that fails, `EndpointRestError` (exit 6) naming the endpoint and the pause command, the lease
+is left on disk and the watchdog keeps trying. A cancelled task still waits for the pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from batchrun.budget import Budget, CostMeter, MeterReading
+from batchrun.endpoints import Endpoint, EndpointsClient, EndpointState, RetryPolicy, resolve_token
+from batchrun.errors import (
+    BatchrunError,
+    EndpointFailedError,
+    EndpointRestError,
+    JobError,
+    NotFoundError,
+)
+from batchrun.job import Job
+from batchrun.leases import HeldLease, LeaseRecord, LeaseRegistry
+from batchrun.on_exit import RestOutcome, apply_on_exit
+from batchrun.watchdog import Watchdog, WatchdogOrders
+
+__all__ = ["EndpointLease", "STOP_REASONS"]
+
+logger = logging.getLogger(__name__)
+
+STOP_REASONS = ("budget", "deadline", "endpoint_failed")
+"""What `EndpointLease.stop_reason` can say."""
+
+_FAILED = (EndpointState.FAILED, EndpointState.UPDATE_FAILED)
+
+
+class EndpointLease:
+    """The runner's target for `provider = "hf"` and `"local"`: an async context manager.
+
+    Attributes:
+        url: the endpoint's URL for data-plane requests (set once ready).
+        headers: headers for data-plane requests (the bearer token, if any).
+        endpoint: the endpoint as last read.
+        namespace: its namespace.
+        meter: the cost meter.
+        budget: the run's limits.
+        stop_event: set when dispatching must stop; `stop_reason` says why ("budget",
+            "deadline" or "endpoint_failed") and `stop_message` in one line.
+        found_state: the state the run found ("missing" when it created the endpoint).
+        state_at_exit: the state read back after `on_exit` (None before the exit).
+        rest: what `on_exit` did, once applied.
+
+    Args:
+        job: the job; its `[endpoint]` section says which endpoint and what to do at exit.
+        token: the API token; else the local service's (provider "local"), else
+            `HF_TOKEN` and the other places `resolve_token` looks.
+        watchdog: start the kill -9 watchdog (default: `[endpoint] watchdog`).
+        refresh_every: seconds between two reads of the endpoint's state (default 0.25 s for
+            a local API, 5 s otherwise).
+        clock: the monotonic clock of the meter and the budget.
+        transport: an httpx transport for the control plane (tests).
+
+    Raises:
+        JobError: the job's provider is not "hf" or "local".
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        token: str | None = None,
+        watchdog: bool | None = None,
+        refresh_every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        spec = job.endpoint
+        if spec.provider not in ("hf", "local") or not spec.name:
+            raise JobError(f"{job.source}: EndpointLease needs provider hf or local and a name")
+        self.job = job
+        self.name: str = spec.name
+        self.api_url = spec.resolved_api_url
+        self.on_exit: str = spec.on_exit
+        self._explicit_token = token
+        self._token: str | None = None
+        self._watchdog_wanted = spec.watchdog if watchdog is None else watchdog
+        local_api = "://127.0.0.1" in self.api_url or "://localhost" in self.api_url
+        self.refresh_every = refresh_every or (0.25 if local_api else 5.0)
+        self._clock = clock
+        self._transport = transport
+        self.url = ""
+        self.headers: dict[str, str] = {}
+        self.endpoint: Endpoint | None = None
+        self.namespace = spec.namespace or ""
+        self.meter = CostMeter(
+            price_per_hour=job.budget.price_per_hour,
+            quantum_s=job.budget.billing_quantum_s,
+            clock=clock,
+        )
+        self.budget = Budget.from_spec(job.budget, clock=clock)
+        self.stop_event = asyncio.Event()
+        self.stop_reason: str | None = None
+        self.stop_message: str | None = None
+        self.found_state: str | None = None
+        self.state_at_exit: str | None = None
+        self.rest: RestOutcome | None = None
+        self.rest_requested_at: float | None = None
+        self.idle_at: float | None = None
+        self._client: EndpointsClient | None = None
+        self._registry = LeaseRegistry()
+        self._lease: HeldLease | None = None
+        self._watchdog: Watchdog | None = None
+        self._touched = False  # from here on, leaving must apply on_exit
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rtt = 0.0  # slowest recent control-plane read, seconds
+
+    def __repr__(self) -> str:
+        return (
+            f"EndpointLease({self.namespace or '?'}/{self.name}, on_exit={self.on_exit!r}, "
+            f"url={self.url!r})"
+        )
+
+    # -- the stop signal --------------------------------------------------------------------
+
+    def stop(self, reason: str, message: str) -> None:
+        """Ask the runner to stop dispatching; the first reason given wins."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_message = message
+            logger.warning("%s/%s: %s", self.namespace, self.name, message)
+        self.stop_event.set()
+
+    def reading(self) -> MeterReading:
+        """The cost meter's reading now."""
+        return self.meter.reading()
+
+    def mark_idle(self) -> None:
+        """The runner has its last result: from here on, billed time is idle."""
+        if self.idle_at is None:
+            self.idle_at = self._clock()
+            self.meter.mark_idle(at=self.idle_at)
+
+    # -- entering ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> EndpointLease:
+        try:
+            await self._enter()
+        except BaseException as e:
+            await self._leave(e)
+            raise
+        return self
+
+    async def _enter(self) -> None:
+        spec = self.job.endpoint
+        self._token = await self._resolve_token()
+        self._client = EndpointsClient(
+            api_url=self.api_url,
+            token=self._token,
+            namespace=spec.namespace,
+            transport=self._transport,
+            retry=RetryPolicy(attempts=4, backoff_initial=0.25, backoff_max=4.0),
+        )
+        self.namespace = await self._client.namespace()
+        async with self._registry.alocked():
+            self._lease = self._registry.register(
+                LeaseRecord(
+                    id=self._registry.new_id(self.name),
+                    endpoint=self.name,
+                    namespace=self.namespace,
+                    api_url=self.api_url,
+                    provider=spec.provider,
+                    on_exit=self.on_exit,
+                    output=self.job.output.path,
+                )
+            )
+        found = await self._read()
+        self._check_found(found)
+        self.found_state = found.state_text if found else "missing"
+        self.meter.price_per_hour = await self._price(found)
+        self._check_budget_fits()
+        self._lease.update(found_state=self.found_state)
+        if self._watchdog_wanted:
+            await self._start_watchdog()
+        self._touched = True
+        self.endpoint = await self._wake(found)
+        self.meter.observe(
+            self.endpoint.state_text,
+            target_replica=self.endpoint.target_replica,
+            ready_replica=self.endpoint.ready_replica,
+        )
+        self._tasks = [
+            asyncio.create_task(self._watch_state(), name="lease-state"),
+            asyncio.create_task(self._watch_budget(), name="lease-budget"),
+        ]
+        ready = await self._wait_ready()
+        if ready is None:  # stopped by the budget or the deadline while waiting
+            return
+        self.endpoint = ready
+        self.meter.observe(
+            ready.state_text, target_replica=ready.target_replica, ready_replica=ready.ready_replica
+        )
+        self.meter.mark_ready()
+        self.meter.mark_busy()
+        assert ready.url is not None
+        self.url = ready.url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    async def _resolve_token(self) -> str | None:
+        if self._explicit_token:
+            return self._explicit_token
+        if self.job.endpoint.provider == "local":
+            from batchrun.local import ensure_service  # the service's modules load only here
+
+            info = await asyncio.to_thread(ensure_service, api_url=self.api_url)
+            if info.token:
+                return info.token
+        return resolve_token()
+
+    def _check_found(self, found: Endpoint | None) -> None:
+        spec = self.job.endpoint
+        where = f"endpoint {self.namespace}/{self.name}"
+        if found is None and not spec.repository:
+            raise JobError(
+                f"{self.job.source}: {where} does not exist at {self.api_url}, and [endpoint] "
+                "repository is not set, so it cannot be created"
+            )
+        if found is not None and found.state in _FAILED:
+            raise EndpointFailedError(
+                f"{where} is {found.state_text} ({found.message or 'no message'}); nothing was "
+                "sent. Fix or recreate it, then run again"
+            )
+
+    async def _price(self, found: Endpoint | None) -> float | None:
+        budget = self.job.budget
+        if budget.price_per_hour is not None:
+            return budget.price_per_hour
+        spec = self.job.endpoint
+        want = {
+            "vendor": (found.vendor if found else None) or spec.vendor,
+            "region": (found.region if found else None) or spec.region,
+            "instance_type": (found.instance_type if found else None) or spec.instance_type,
+            "instance_size": (found.instance_size if found else None) or spec.instance_size,
+        }
+        assert self._client is not None
+        try:
+            options = await self._client.hardware(
+                vendor=want["vendor"], region=want["region"], namespace=self.namespace
+            )
+        except BatchrunError as e:
+            options = []
+            logger.warning("no price list from %s: %s", self.api_url, e)
+        for hw in options:
+            if (hw.instance_type, hw.instance_size) == (
+                want["instance_type"],
+                want["instance_size"],
+            ):
+                return hw.price_per_hour
+        described = "{vendor}/{region} {instance_type} {instance_size}".format(**want)
+        if budget.max_cost_usd is not None:
+            raise JobError(
+                f"{self.job.source}: [budget] max_cost_usd is set but {self.api_url} lists no "
+                f"price for {described}; set [budget] price_per_hour"
+            )
+        logger.warning("no price for %s: the cost is not metered", described)
+        return None
+
+    def _check_budget_fits(self) -> None:
+        budget = self.job.budget
+        price = self.meter.price_per_hour
+        src = self.job.source
+        if budget.max_cost_usd is not None and price:
+            replicas = max(self.job.endpoint.min_replica, 1)
+            one = price * replicas * budget.billing_quantum_s / 3600.0
+            if one > budget.max_cost_usd:
+                raise JobError(
+                    f"{src}: [budget] max_cost_usd ${budget.max_cost_usd:g} does not cover one "
+                    f"billing quantum ({budget.billing_quantum_s:g}s at ${price:g}/h × "
+                    f"{replicas} replica = ${one:.4f}); nothing was started"
+                )
+        left = self.budget.seconds_left()
+        if left is not None and left <= 0:
+            raise JobError(f"{src}: [budget] the deadline or max_duration has already passed")
+
+    async def _start_watchdog(self) -> None:
+        assert self._lease is not None
+        orders = WatchdogOrders(
+            lease_id=self._lease.record.id,
+            registry_root=str(self._registry.root),
+            api_url=self.api_url,
+            namespace=self.namespace,
+            name=self.name,
+            on_exit=self.on_exit,
+            found_state=self.found_state,
+            token=self._token,
+        )
+        try:
+            self._watchdog = await asyncio.to_thread(Watchdog.start, orders)
+        except BatchrunError as e:
+            logger.warning("%s; `batchrun reap` still finds this run's lease if it dies", e)
+            return
+        self._lease.update(watchdog_pid=self._watchdog.pid)
+
+    async def _wake(self, found: Endpoint | None) -> Endpoint:
+        """Create a missing endpoint, resume a paused or scaled-to-zero one."""
+        assert self._client is not None
+        spec = self.job.endpoint
+        if found is None:
+            assert spec.repository is not None
+            logger.info("creating endpoint %s/%s (%s)", self.namespace, self.name, spec.repository)
+            return await self._client.create(
+                self.name,
+                repository=spec.repository,
+                task=spec.task,
+                framework=spec.framework,
+                accelerator=spec.accelerator,
+                vendor=spec.vendor,
+                region=spec.region,
+                type=spec.type,
+                instance_size=spec.instance_size,
+                instance_type=spec.instance_type,
+                min_replica=spec.min_replica,
+                max_replica=spec.max_replica,
+                scale_to_zero_timeout=spec.scale_to_zero_timeout,
+                revision=spec.revision,
+                custom_image=spec.custom_image,
+                env=spec.env or None,
+                namespace=self.namespace,
+            )
+        if found.state in (EndpointState.PAUSED, EndpointState.SCALED_TO_ZERO):
+            logger.info("resuming endpoint %s/%s (%s)", self.namespace, self.name, found.state_text)
+            return await self._client.resume(self.name, namespace=self.namespace, running_ok=True)
+        return found
+
+    async def _wait_ready(self) -> Endpoint | None:
+        assert self._client is not None
+        waiting = asyncio.create_task(
+            self._client.wait(
+                self.name,
+                namespace=self.namespace,
+                timeout=self.job.endpoint.ready_timeout,
+                refresh_every=self.refresh_every,
+            )
+        )
+        stopped = asyncio.create_task(self.stop_event.wait())
+        try:
+            await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, stopped):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if waiting.done() and not waiting.cancelled():
+            return waiting.result()  # raises EndpointFailedError / EndpointTimeoutError
+        if self.stop_reason == "endpoint_failed":
+            raise EndpointFailedError(self.stop_message or f"endpoint {self.name} failed")
+        return None
+
+    # -- watching ---------------------------------------------------------------------------
+
+    async def _read(self) -> Endpoint | None:
+        assert self._client is not None
+        start = time.monotonic()
+        try:
+            return await self._client.get(self.name, namespace=self.namespace)
+        except NotFoundError:
+            return None
+        finally:
+            self._rtt = max(self._rtt * 0.8, time.monotonic() - start)
+
+    async def _watch_state(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_every)
+            try:
+                endpoint = await self._read()
+            except BatchrunError as e:
+                logger.warning("could not read %s/%s: %s", self.namespace, self.name, e)
+                continue
+            where = f"endpoint {self.namespace}/{self.name}"
+            if endpoint is None:
+                self.stop("endpoint_failed", f"{where} was deleted during the run")
+                return
+            self.endpoint = endpoint
+            self.meter.observe(
+                endpoint.state_text,
+                target_replica=endpoint.target_replica,
+                ready_replica=endpoint.ready_replica,
+            )
+            if endpoint.state in _FAILED:
+                reason = endpoint.message or "no message from the server"
+                self.stop("endpoint_failed", f"{where} {endpoint.state_text} mid-run: {reason}")
+                return
+            if endpoint.state is EndpointState.PAUSED and self.url:
+                self.stop("endpoint_failed", f"{where} was paused by someone else mid-run")
+                return
+
+    def margin_s(self) -> float:
+        """From a stop decision until billing stops: drain in-flight requests, commit, pause."""
+        drain = min(self.job.run.grace_period, self.job.run.request_timeout)
+        pause = max(0.5, 3 * self._rtt)
+        return drain + pause
+
+    async def _watch_budget(self) -> None:
+        tick = min(1.0, max(self.meter.quantum_s / 8, 0.05))
+        next_note = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            if self.budget.limited and self.stop_reason is None:
+                decision = self.budget.check(self.meter, margin_s=tick + self.margin_s())
+                if decision is not None:
+                    self.stop(decision.reason, decision.message)
+            now = time.monotonic()
+            if self._lease is not None and now >= next_note:
+                next_note = now + 2.0
+                reading = self.meter.reading()
+                with contextlib.suppress(OSError):
+                    self._lease.update(
+                        meter={
+                            "cost_usd": reading.cost_usd,
+                            "billed_s": reading.billed_s,
+                            "idle_billed_s": reading.idle_billed_s,
+                        }
+                    )
+
+    # -- leaving ----------------------------------------------------------------------------
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._leave(exc)
+
+    async def _leave(self, error: BaseException | None) -> None:
+        """Put the endpoint to rest, even while this task is being cancelled."""
+        settling = asyncio.ensure_future(self._settle())
+        cancelled = False
+        while True:
+            try:
+                await asyncio.shield(settling)
+                break
+            except asyncio.CancelledError:
+                if settling.done():
+                    break  # the settle task itself was cancelled (loop shutdown): the watchdog acts
+                cancelled = True  # a second Ctrl-C skips the grace, never the pause
+            except EndpointRestError as rest_error:
+                if error is not None and not isinstance(error, EndpointRestError):
+                    raise rest_error from error
+                raise
+        if cancelled and error is None:
+            raise asyncio.CancelledError
+
+    async def _settle(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self.mark_idle()
+        try:
+            if self._touched and self._lease is not None and self._client is not None:
+                await self._rest()
+        finally:
+            if self._lease is not None and self._lease.held:
+                self._lease.release()
+            if self._client is not None:
+                await self._client.aclose()
+
+    async def _rest(self) -> None:
+        assert self._lease is not None and self._client is not None
+        lease = self._lease
+        async with self._registry.alocked():
+            others = self._registry.live_on(lease.record.key, exclude=lease.record.id)
+            if others:
+                pids = ", ".join(str(r.pid) for r in others)
+                logger.info(
+                    "%s/%s stays up: still leased by pid %s", self.namespace, self.name, pids
+                )
+                with contextlib.suppress(BatchrunError):
+                    current = await self._read()
+                    self.state_at_exit = current.state_text if current else "deleted"
+                self.meter.stop()
+                lease.release()
+                await self._release_watchdog()
+                return
+            self.rest_requested_at = self._clock()
+            if self.idle_at is not None:
+                logger.info(
+                    "last result → %s requested in %.0f ms",
+                    self.on_exit,
+                    (self.rest_requested_at - self.idle_at) * 1000,
+                )
+            try:
+                self.rest = await apply_on_exit(
+                    self._client,
+                    self.name,
+                    namespace=self.namespace,
+                    on_exit=self.on_exit,
+                    found_state=self.found_state,
+                )
+            except EndpointRestError as e:
+                self.state_at_exit = "unknown"
+                lease.abandon()  # the file stays for `batchrun reap`
+                if self._watchdog is None:
+                    raise
+                self._watchdog.abandon()  # and the watchdog tries again at once
+                self._watchdog = None
+                raise EndpointRestError(f"{e}; its watchdog keeps trying") from e.__cause__
+            self.meter.stop()
+            self.state_at_exit = self.rest.state
+            lease.release()
+            await self._release_watchdog()
+
+    async def _release_watchdog(self) -> None:
+        if self._watchdog is not None:
+            await asyncio.to_thread(self._watchdog.release)
+            self._watchdog = None
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The lifecycle fields of the run summary."""
+        reading = self.meter.reading()
+        return {
+            "endpoint": f"{self.namespace}/{self.name}",
+            "on_exit": self.on_exit,
+            "endpoint_state_at_exit": self.state_at_exit,
+            "cost_usd": None if reading.cost_usd is None else round(reading.cost_usd, 6),
+            "billed_s": round(reading.billed_s, 3),
+            "idle_billed_s": round(reading.idle_billed_s, 3),
+        }
