@@ -25,13 +25,13 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
 from batchrun.endpoints.auth import TOKEN_HELP
 from batchrun.errors import (
@@ -269,16 +269,15 @@ class RetryPolicy:
         Args:
             what: the call, for the `retry n/max` log line (e.g. "GET /endpoint/me/x").
         """
-        backoff = wait_exponential_jitter(
-            initial=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
-        )
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             retry_after = getattr(error, "retry_after", None)
             if isinstance(retry_after, int | float):
                 return min(float(retry_after), self.retry_after_max)
-            return float(backoff(state))
+            exponent = min(state.attempt_number - 1, 30)
+            base = min(self.backoff_max, self.backoff_initial * 2**exponent)
+            return min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
 
         def log(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
