@@ -699,7 +699,7 @@ def test_list_star_raises_an_org_failure_instead_of_swallowing_it(hf: FakeHF) ->
             401, method="GET", suffix="/endpoint/bigco", times=99, json={"error": "no billing"}
         )
     )
-    with pytest.raises(AuthenticationError, match="'bigco'.*no billing"):
+    with pytest.raises(AuthenticationError, match=r"'bigco'.*no billing"):
         run(use(hf, lambda c: c.list("*")))
 
 
