@@ -276,7 +276,7 @@ class RetryPolicy:
             if isinstance(retry_after, int | float):
                 return min(float(retry_after), self.retry_after_max)
             exponent = min(state.attempt_number - 1, 30)
-            base = min(self.backoff_max, self.backoff_initial * 2**exponent)
+            base = min(self.backoff_max, self.backoff_initial * 2.0**exponent)
             return min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
 
         def log(state: RetryCallState) -> None:

@@ -70,7 +70,7 @@ def _time(value: Any) -> dt.datetime | None:
         return None
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, repr=False)
 class Endpoint:
     """One Inference Endpoint as the API described it at `updated_at`.
 
@@ -151,6 +151,12 @@ class Endpoint:
             updated_at=_time(status.get("updatedAt")),
             raw=raw,
             _token=token,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Endpoint(name={self.name!r}, namespace={self.namespace!r}, "
+            f"repository={self.repository!r}, state={self.state_text!r}, url={self.url!r})"
         )
 
     @property
