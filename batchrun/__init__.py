@@ -4,13 +4,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from batchrun.endpoints import Endpoint, EndpointsClient
 from batchrun.errors import BatchrunError, EndpointError, EndpointRestError, JobError
 from batchrun.job import Job, load_job
 
 __all__ = [
     "BatchrunError",
+    "Endpoint",
     "EndpointError",
     "EndpointRestError",
+    "EndpointsClient",
     "Job",
     "JobError",
     "__version__",
