@@ -649,6 +649,22 @@ def test_create_after_a_connection_error_posts_again_only_once_it_is_known_missi
     ]
 
 
+def test_create_after_an_ambiguous_failure_does_not_adopt_someone_elses_endpoint(
+    hf: FakeHF,
+) -> None:
+    def someone_else_created_it(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST":
+            hf.faults.remove(someone_else_created_it)
+            hf.add("alice", {**RUNNING, "name": "new-ep"})  # repository gpt2
+            return httpx.Response(502)
+        return None
+
+    hf.faults.append(someone_else_created_it)
+    with pytest.raises(ConflictError, match="'gpt2', not 'distilgpt2'"):
+        run(use(hf, lambda c: c.create("new-ep", repository="distilgpt2", task="t")))
+    assert hf.calls("POST") == 1
+
+
 def test_create_conflict_is_not_retried(hf: FakeHF) -> None:
     with pytest.raises(ConflictError, match="already exists"):
         run(use(hf, lambda c: c.create("my-endpoint", repository="gpt2", task="text-generation")))

@@ -33,6 +33,7 @@ from batchrun.endpoints.models import Endpoint, EndpointState, Hardware
 from batchrun.endpoints.payloads import create_payload, update_payload
 from batchrun.errors import (
     APIClientError,
+    ConflictError,
     EndpointFailedError,
     EndpointNotRunningError,
     EndpointTimeoutError,
@@ -292,7 +293,8 @@ class EndpointsClient:
         it exists, it is returned.
 
         Raises:
-            ConflictError: the name is taken.
+            ConflictError: the name is taken (also when, after an unclear try, an endpoint of
+                that name turns out to serve another repository).
             UnprocessableError: the API rejected the body.
             JobError: a value that is wrong before anything is sent (type, image).
             APIError: another refusal or server error.
@@ -327,6 +329,13 @@ class EndpointsClient:
             with attempt:
                 if uncertain:
                     existing = await self._lookup(name, ns)
+                    if existing is not None and existing.repository != repository:
+                        raise ConflictError(
+                            f"endpoint {name!r} in namespace {ns!r} exists with repository "
+                            f"{existing.repository!r}, not {repository!r}; an earlier create "
+                            "got no clear answer, so it was not created by this call",
+                            status=409,
+                        )
                     if existing is not None:
                         logger.warning(
                             "create %s/%s: an earlier try got no clear answer, and the endpoint "
