@@ -276,4 +276,4 @@ def test_second_live_run_on_the_same_output_is_refused(
     finally:
         if first.poll() is None:
             first.kill()
-            first.wait()
+            first.communicate()
