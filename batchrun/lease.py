@@ -45,7 +45,7 @@ from batchrun.leases import HeldLease, LeaseRecord, LeaseRegistry
 from batchrun.on_exit import RestOutcome, apply_on_exit
 from batchrun.watchdog import Watchdog, WatchdogOrders
 
-__all__ = ["EndpointLease", "STOP_REASONS"]
+__all__ = ["EndpointLease"]
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,7 +141,8 @@ class Watchdog:
         if stdin is not None and not stdin.closed:
             with contextlib.suppress(OSError):
                 stdin.close()
-        # it runs on by design: no wait here
+        # it runs on by design; a daemon thread reaps it if it ends while this process lives
+        threading.Thread(target=self._process.wait, name="watchdog-reaper", daemon=True).start()
 
 
 def _readline(stream: IO[bytes], timeout: float) -> bytes:
