@@ -59,6 +59,7 @@ class WorkerHandle:
         self.seq = 0
         self.expected_exit = False
         self.loaded = False
+        self.listening = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -303,6 +304,13 @@ class Supervisor:
         self.workers[rec.key] = handle
         handle.task = asyncio.get_running_loop().create_task(self._pump(handle))
         logger.info("endpoint %s/%s: worker pid %d", rec.namespace, rec.name, proc.pid)
+        if not load:
+            # A scaled-to-zero endpoint shows its URL at once: have something answer there first.
+            listening = asyncio.ensure_future(handle.listening.wait())
+            await asyncio.wait(
+                {listening, handle.task}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+            )
+            listening.cancel()
 
     async def _pump(self, handle: WorkerHandle) -> None:
         stdout = handle.proc.stdout
@@ -318,6 +326,7 @@ class Supervisor:
                 continue
             self._on_event(handle, event)
         code = await handle.proc.wait()
+        handle.listening.set()
         self._on_exit(handle, code)
 
     def _current(self, handle: WorkerHandle) -> EndpointRecord | None:
@@ -332,6 +341,7 @@ class Supervisor:
         kind = event.get("event")
         stale = int(event.get("seq", 0)) < handle.seq
         if kind == "listening":
+            handle.listening.set()
             port = int(event["port"])
             if port != rec.port:
                 rec.port = port
