@@ -805,6 +805,20 @@ def test_sync_client_runs_the_seed_flow(hf: FakeHF) -> None:
         assert TOKEN not in repr(c)
 
 
+def test_sync_client_says_to_use_the_async_one_inside_a_loop(hf: FakeHF) -> None:
+    c = SyncEndpointsClient(token=TOKEN, transport=hf.transport())
+
+    async def inside() -> None:
+        c.list()
+
+    try:
+        with pytest.raises(RuntimeError, match="EndpointsClient"):
+            run(inside())
+        assert not hf.requests
+    finally:
+        c.close()
+
+
 # -- the token stays secret -------------------------------------------------------------------
 
 

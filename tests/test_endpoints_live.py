@@ -129,7 +129,8 @@ def test_seed_flow_through_the_cli(local_service: Any, monkeypatch: pytest.Monke
     monkeypatch.setenv("HF_TOKEN", local_service.token)
 
     r = cli("deploy", "cli-ep", "--repo", "batchrun/echo", "--task", "text-generation",
-            "--env", "BATCHRUN_ECHO_LATENCY_MS=1", "--wait", "--timeout", "30s",
+            "--env", "BATCHRUN_ECHO_LATENCY_MS=1", "--custom-image", "ghcr.io/tgi:1.1.0",
+            "--health-route", "/ready", "--port", "80", "--wait", "--timeout", "30s",
             "--refresh-every", "0.05")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "state:" in r.stdout and "running" in r.stdout and "http://127.0.0.1:" in r.stdout
@@ -148,7 +149,11 @@ def test_seed_flow_through_the_cli(local_service: Any, monkeypatch: pytest.Monke
     assert (
         items[0]["name"] == "cli-ep" and items[0]["model"]["env"]["BATCHRUN_ECHO_LATENCY_MS"] == "1"
     )
-    assert json.loads(cli("describe", "cli-ep", "--json").stdout)["status"]["state"] == "running"
+    described = json.loads(cli("describe", "cli-ep", "--json").stdout)
+    assert described["status"]["state"] == "running" and described["healthRoute"] == "/ready"
+    assert described["model"]["image"] == {
+        "custom": {"url": "ghcr.io/tgi:1.1.0", "healthRoute": "/ready", "port": 80}
+    }
 
     r = cli("pause", "cli-ep")
     assert r.exit_code == 0 and "paused" in r.stdout

@@ -660,7 +660,15 @@ class SyncEndpointsClient:
         return f"Sync{self.aio!r}"
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run_until_complete(coro)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._loop.run_until_complete(coro)
+        coro.close()
+        raise RuntimeError(
+            "SyncEndpointsClient blocks; inside a running event loop use EndpointsClient "
+            "(await client.get(...)) instead"
+        )
 
     def __enter__(self) -> SyncEndpointsClient:
         return self
