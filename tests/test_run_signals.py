@@ -73,15 +73,18 @@ def test_signal_finishes_in_flight_commits_and_resumes(
 def test_second_sigint_skips_the_grace(tmp_path: Path, endpoint_app: EndpointApp) -> None:
     job_file = _setup(tmp_path, endpoint_app.url, "out/r.jsonl", grace_period=60.0)
     endpoint_app.configure(latency_ms=5)
-    proc = start_run(job_file)
+    log = tmp_path / "stderr.txt"
+    proc = start_run(job_file, stderr=log)
     try:
         wait_for(lambda: endpoint_app.stats()["requests"] >= 100, what="requests")
         endpoint_app.configure(latency_ms=120_000)  # what is in flight now never answers
         wait_for(lambda: endpoint_app.stats()["in_flight"] == 8, what="8 hung requests")
         proc.send_signal(signal.SIGINT)
-        assert proc.poll() is None
+        wait_for(lambda: "finishing the requests in flight" in log.read_text(), what="1st SIGINT")
+        assert proc.poll() is None  # waiting for the hung requests (60 s grace)
         proc.send_signal(signal.SIGINT)
-        rc, summary, err = finish(proc, timeout=20)  # far less than the 60 s grace
+        rc, summary, _ = finish(proc, timeout=20)  # far less than the 60 s grace
+        err = log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

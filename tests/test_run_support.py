@@ -109,18 +109,26 @@ def committed_ids(output: Path, errors: Path) -> set[Any]:
     return ids
 
 
-def start_run(job: Path, *args: str) -> subprocess.Popen[bytes]:
-    """`batchrun run JOB ...` as a real process (its own session, so signals reach it alone)."""
+def start_run(job: Path, *args: str, stderr: Path | None = None) -> subprocess.Popen[bytes]:
+    """`batchrun run JOB ...` as a real process (its own session, so signals reach it alone).
+
+    `stderr`: a file for its stderr (to watch it while it runs); else a pipe.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "run", str(job), "--quiet", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    sink = None if stderr is None else stderr.open("wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "batchrun", "run", str(job), "--quiet", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if sink is None else sink,
+            start_new_session=True,
+        )
+    finally:
+        if sink is not None:
+            sink.close()  # the child holds its own copy
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
@@ -142,4 +150,4 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> tuple[int, d
         proc.communicate()
         raise
     summary = orjson.loads(out) if out.strip() else {}
-    return proc.returncode, summary, err.decode(errors="replace")
+    return proc.returncode, summary, (err or b"").decode(errors="replace")
