@@ -1,0 +1,375 @@
+"""Throughput of the data plane against a local aiohttp endpoint in its own process.
+
+One run, the same server and the same rows for every client:
+
+- ``batchrun Pool``: `batchrun.pool.Pool` with the job's codec (encode + decode per row);
+- ``batchrun run``: `batchrun.runner.run_job` end to end on a JSONL file (reading input,
+  writing results, run state), when `batchrun.runner` exists;
+- ``bare aiohttp``: C workers over one ClientSession, orjson in and out (the reference);
+- ``bare httpx``: the same with httpx.AsyncClient;
+- ``huggingface_hub``: `AsyncInferenceClient.text_generation` + ``asyncio.gather`` over every
+  row (the seed's way; no C of its own, the client's connection limits): once per latency, on
+  the first ``--seed-requests`` rows, run to the end.
+
+For each latency (0 ms and 50 ms) and concurrency C (64 and 256) it prints requests/s, client
+CPU µs per request (process CPU time / requests: the server runs in another process), and
+ratios against the bare aiohttp loop, against the ideal C/L, and against the seed's way.
+Each client gets a short warm-up, then at most ``--requests`` requests or ``--seconds`` s.
+The Pool and the bare aiohttp loop alternate ``--repeat`` times and the best run of each
+counts: the machine is shared, and CPU µs per request is the steadier figure.
+
+    .venv/bin/python tests/perf/bench_throughput.py            # the full table
+    .venv/bin/python tests/perf/bench_throughput.py --requests 1000 --concurrency 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.util
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# Only 127.0.0.1 is contacted; huggingface_hub's offline mode would refuse even that.
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+
+import aiohttp
+import httpx
+import orjson
+
+from batchrun.job import Job
+from batchrun.pool import Outcome, Pool, Request
+from batchrun.tasks import codec_for
+from tests.endpoint_app import EndpointProcess
+
+WARMUP = 200
+
+
+@dataclass
+class Result:
+    client: str
+    latency_ms: float
+    concurrency: int
+    done: int
+    seconds: float
+    cpu_s: float
+    note: str = ""
+
+    @property
+    def rps(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s / self.done * 1e6 if self.done else float("nan")
+
+
+Runner = Callable[[str, list[str], int, float], Awaitable[int]]
+
+
+def make_job(url: str, concurrency: int, **extra: object) -> Job:
+    data: dict[str, dict[str, object]] = {
+        "endpoint": {"provider": "url", "url": url, "task": "text-generation"},
+        "input": {"path": "in.jsonl", "field": "text"},
+        "output": {"path": "out.jsonl"},
+        "run": {"concurrency": concurrency, "max_attempts": 3, "request_timeout": 60},
+    }
+    for section, values in extra.items():
+        assert isinstance(values, dict)
+        data.setdefault(section, {}).update(values)
+    return Job.from_dict(data)
+
+
+# --- clients: each sends texts[:] with C in flight until done or the deadline -----------------
+
+
+async def run_pool(url: str, texts: list[str], concurrency: int, seconds: float) -> int:
+    codec = codec_for(make_job(url, concurrency))
+    pool = Pool(url=url, codec=codec, concurrency=concurrency, request_timeout=60, max_attempts=3)
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    def requests() -> object:
+        for i, text in enumerate(texts):
+            if time.perf_counter() > deadline:
+                return
+            yield Request(i, codec.encode([{"text": text}]), 1)
+
+    def on_outcome(outcome: Outcome) -> None:
+        nonlocal done
+        if outcome.error is None:
+            done += 1
+
+    await pool.run(requests(), on_outcome)  # type: ignore[arg-type]
+    return done
+
+
+async def run_aiohttp(url: str, texts: list[str], concurrency: int, seconds: float) -> int:
+    done = 0
+    it = iter(texts)
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker() -> None:
+            nonlocal done
+            for text in it:
+                if time.perf_counter() > deadline:
+                    return
+                body = orjson.dumps({"inputs": text})
+                async with session.post(url + "/", data=body) as response:
+                    payload = orjson.loads(await response.read())
+                if response.status == 200 and payload[0]["generated_text"]:
+                    done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+async def run_httpx(url: str, texts: list[str], concurrency: int, seconds: float) -> int:
+    done = 0
+    it = iter(texts)
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=60) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            for text in it:
+                if time.perf_counter() > deadline:
+                    return
+                response = await client.post(url + "/", content=orjson.dumps({"inputs": text}))
+                if response.status_code == 200 and orjson.loads(response.content)[0]:
+                    done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+async def run_hf(url: str, texts: list[str], concurrency: int, seconds: float) -> int:
+    from huggingface_hub import AsyncInferenceClient
+
+    async with AsyncInferenceClient(model=url) as client:
+        tasks = [asyncio.ensure_future(client.text_generation(text)) for text in texts]
+        finished, pending = await asyncio.wait(tasks, timeout=seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    return sum(1 for t in finished if not t.cancelled() and t.exception() is None)
+
+
+def runner_available() -> bool:
+    return importlib.util.find_spec("batchrun.runner") is not None
+
+
+def run_batchrun(url: str, texts: list[str], concurrency: int, workdir: Path) -> Result:
+    """`batchrun run` end to end via run_job on a JSONL file (no deadline: it runs to the end)."""
+    from batchrun.runner import run_job
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "in.jsonl"
+    with source.open("wb") as f:
+        for i, text in enumerate(texts):
+            f.write(orjson.dumps({"id": i, "text": text}) + b"\n")
+    out = workdir / "out.jsonl"
+    job = make_job(
+        url,
+        concurrency,
+        input={"path": str(source), "id_field": "id"},
+        output={"path": str(out)},
+    )
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    summary = run_job(job, restart=True, progress=False)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return Result("batchrun run (end to end)", 0, concurrency, summary.succeeded, seconds, cpu)
+
+
+SEED = "huggingface_hub AsyncInferenceClient + gather"
+
+CLIENTS: dict[str, tuple[str, Runner]] = {
+    "pool": ("batchrun Pool", run_pool),
+    "aiohttp": ("bare aiohttp loop", run_aiohttp),
+    "httpx": ("bare httpx loop", run_httpx),
+    "hf": (SEED, run_hf),
+}
+
+
+def measure(
+    name: str,
+    fn: Runner,
+    url: str,
+    texts: list[str],
+    c: int,
+    seconds: float,
+    latency: float,
+    *,
+    warmup: bool = True,
+) -> Result:
+    if warmup:
+        asyncio.run(fn(url, texts[:WARMUP], c, seconds))
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    done = asyncio.run(fn(url, texts, c, seconds))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    note = "" if done == len(texts) else f"time-bounded: {done} of {len(texts)}"
+    return Result(name, latency, c, done, elapsed, cpu, note)
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| latency | C | client | requests | req/s | CPU µs/req | × bare aiohttp "
+        "| of C/L ideal | × seed's way |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        peers = [
+            p for p in results if (p.latency_ms, p.concurrency) == (r.latency_ms, r.concurrency)
+        ]
+        base = next((p for p in peers if p.client == CLIENTS["aiohttp"][0]), None)
+        seed = next((p for p in results if p.client == SEED and p.latency_ms == r.latency_ms), None)
+        ideal = r.concurrency / (r.latency_ms / 1000) if r.latency_ms else None
+        cells = [
+            f"{r.latency_ms:g} ms",
+            str(r.concurrency) if r.client != SEED else "all rows",
+            r.client + (f" ({r.note})" if r.note else ""),
+            f"{r.done:,}",
+            f"{r.rps:,.0f}",
+            f"{r.cpu_us:,.0f}",
+            f"{r.rps / base.rps:.2f}" if base and base.rps else "–",
+            f"{r.rps / ideal:.2f}" if ideal else "–",
+            f"{r.rps / seed.rps:.1f}" if seed and seed.rps else "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals(results: list[Result]) -> list[str]:
+    def get(client: str, latency: float, c: int) -> Result | None:
+        return next(
+            (
+                r
+                for r in results
+                if r.client == client and r.latency_ms == latency and r.concurrency == c
+            ),
+            None,
+        )
+
+    out = []
+    pool, base, seed = CLIENTS["pool"][0], CLIENTS["aiohttp"][0], CLIENTS["hf"][0]
+    p0, a0 = get(pool, 0, 64), get(base, 0, 64)
+    if p0 and a0:
+        ratio = p0.rps / a0.rps
+        out.append(f"Pool ≥ 0.8× bare aiohttp at 0 ms, C=64: {ratio:.2f} {_ok(ratio >= 0.8)}")
+    p50 = get(pool, 50, 64)
+    if p50:
+        ratio = p50.rps / 1280
+        out.append(f"Pool ≥ 0.9 of C/L at 50 ms, C=64: {ratio:.2f} {_ok(ratio >= 0.9)}")
+    for latency in (0, 50):
+        p = get(pool, latency, 64)
+        s = next((r for r in results if r.client == seed and r.latency_ms == latency), None)
+        if p and s and s.rps:
+            ratio = p.rps / s.rps
+            out.append(
+                f"Pool ≥ 3× the seed's way at {latency} ms, C=64: {ratio:.1f} {_ok(ratio >= 3)}"
+            )
+    return out
+
+
+def _ok(passed: bool) -> str:
+    return "(goal met)" if passed else "(GOAL MISSED)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=4000, help="per client and setting")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time bound per client")
+    parser.add_argument("--latencies", default="0,50", help="server latency in ms, comma-separated")
+    parser.add_argument("--concurrency", default="64,256", help="C values, comma-separated")
+    parser.add_argument(
+        "--seed-requests", type=int, default=1000, help="rows for the seed's way (gather)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of Pool and aiohttp (best)")
+    parser.add_argument("--clients", default="pool,aiohttp,httpx,hf,run", help="which clients")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    latencies = [float(x) for x in args.latencies.split(",")]
+    concurrencies = [int(x) for x in args.concurrency.split(",")]
+    chosen = args.clients.split(",")
+    texts = [f"row {i}: the quick brown fox jumps over the lazy dog" for i in range(args.requests)]
+    results: list[Result] = []
+    started = dt.datetime.now(dt.UTC)
+    load_start = os.getloadavg()[0]
+    with EndpointProcess(python=sys.executable) as server, tempfile.TemporaryDirectory() as tmp:
+        for latency in latencies:
+            for c in concurrencies:
+                server.configure(latency_ms=latency, reset=True)
+                # The two fast clients alternate `--repeat` times (the best run counts): the
+                # machine is shared, and alternating spreads its noise over both.
+                best: dict[str, Result] = {}
+                for rep in range(args.repeat):
+                    for key in ("pool", "aiohttp"):
+                        if key not in chosen:
+                            continue
+                        name, fn = CLIENTS[key]
+                        r = measure(
+                            name, fn, server.url, texts, c, args.seconds, latency, warmup=rep == 0
+                        )
+                        if key not in best or r.rps > best[key].rps:
+                            best[key] = r
+                        print(f"  {latency:g} ms C={c} {name}: {r.rps:,.0f} req/s", file=sys.stderr)
+                results.extend(best.values())
+                if "httpx" in chosen:
+                    name, fn = CLIENTS["httpx"]
+                    r = measure(name, fn, server.url, texts, c, args.seconds, latency)
+                    results.append(r)
+                    print(f"  {latency:g} ms C={c} {name}: {r.rps:,.0f} req/s", file=sys.stderr)
+                if "hf" in chosen and not any(
+                    r.client == SEED and r.latency_ms == latency for r in results
+                ):
+                    # gather over every row at once has no C: measured once per latency, on
+                    # fewer rows (its first answers come late, so a time bound would lie).
+                    name, fn = CLIENTS["hf"]
+                    rows = texts[: args.seed_requests]
+                    r = measure(name, fn, server.url, rows, c, 120.0, latency)
+                    results.append(r)
+                    print(f"  {latency:g} ms {name}: {r.rps:,.0f} req/s", file=sys.stderr)
+                if "run" in chosen and runner_available():
+                    try:
+                        r = run_batchrun(server.url, texts, c, Path(tmp) / f"run-{latency}-{c}")
+                    except Exception as e:  # report it, keep the other figures
+                        print(f"  batchrun run failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    else:
+                        r.latency_ms = latency
+                        results.append(r)
+                        print(f"  {latency:g} ms C={c} {r.client}: {r.rps:,.0f}", file=sys.stderr)
+    print(
+        f"\n{started:%Y-%m-%d %H:%M} UTC · {platform.node()} · {os.cpu_count()} cores · "
+        f"Python {platform.python_version()} · aiohttp {aiohttp.__version__} · "
+        f"httpx {httpx.__version__}"
+    )
+    print("command: .venv/bin/python tests/perf/bench_throughput.py " + " ".join(sys.argv[1:]))
+    load_end = os.getloadavg()[0]
+    print(f"load average (1 min) at start {load_start:.2f}, at end {load_end:.2f}")
+    if "run" in chosen and not runner_available():
+        print("(batchrun.runner not present: `batchrun run` end to end not measured)")
+    print()
+    print(table(results))
+    print()
+    for line in goals(results):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
