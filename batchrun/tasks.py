@@ -69,11 +69,15 @@ def request_url(base: str, path: str) -> str:
     """The URL a codec's requests go to.
 
     ``path`` "" or "/" means the endpoint URL itself (Hugging Face's default container answers
-    at its root; a URL with a path, such as TGI's ``.../generate``, is used as given).
+    at its root; a URL with a path, such as TGI's ``.../generate``, is used as given). An
+    OpenAI-style base URL ending in ``/v1`` does not get a second ``/v1``.
     """
     if path in ("", "/"):
         return base if urlsplit(base).path not in ("", "/") else base.rstrip("/") + "/"
-    return base.rstrip("/") + path
+    base = base.rstrip("/")
+    if base.endswith("/v1") and path.startswith("/v1/"):  # an OpenAI base URL, ".../v1"
+        base = base[:-3]
+    return base + path
 
 
 class RequestCodec:

@@ -153,6 +153,9 @@ def test_request_url() -> None:
     assert request_url("http://h:8080/", "") == "http://h:8080/"
     assert request_url("http://h/generate", "/") == "http://h/generate"
     assert request_url("http://h/", "/v1/embeddings") == "http://h/v1/embeddings"
+    assert request_url("http://h:8000/v1/", "/v1/chat/completions") == (
+        "http://h:8000/v1/chat/completions"
+    )
 
 
 # --- answers --------------------------------------------------------------------------------
