@@ -1,5 +1,8 @@
 """Putting an endpoint to rest: what each `on_exit` means, applied with retries, confirmed.
 
+Also the two ways a dead run's endpoint is put to rest: `settle_dead_lease` (the watchdog, and
+`batchrun reap` for each lease) and `reap_dead_leases` (`batchrun reap`).
+
 `apply_on_exit` is the one implementation shared by the runner's `finally` (`EndpointLease`),
 the watchdog (the runner was killed) and `batchrun reap` (the runner died with no watchdog).
 It calls the API, then reads the endpoint back until it is in the state asked for; a call or
@@ -25,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from batchrun.endpoints import Endpoint, EndpointsClient, EndpointState
-from batchrun.endpoints.auth import DEFAULT_API_URL
+from batchrun.endpoints.auth import DEFAULT_API_URL, resolve_token
 from batchrun.errors import (
     APIClientError,
     APIConnectionError,
@@ -36,8 +39,17 @@ from batchrun.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from batchrun.leases import HeldLease, LeaseRegistry
 
-__all__ = ["RestOutcome", "apply_on_exit", "pause_command", "rest_action"]
+__all__ = [
+    "ReapResult",
+    "RestOutcome",
+    "apply_on_exit",
+    "pause_command",
+    "reap_dead_leases",
+    "rest_action",
+    "settle_dead_lease",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -226,3 +238,126 @@ async def _confirm(
             state = endpoint.state_text if endpoint else "deleted"
             raise _NotAtRestYet(f"asked to {action}, still {state} after {timeout:g}s")
         await asyncio.sleep(refresh_every)
+
+
+async def settle_dead_lease(held: HeldLease, *, token: str | None, attempts: int = 3) -> str:
+    """Put a claimed dead lease's endpoint to rest, unless another live lease holds it.
+
+    Deletes the lease when done; keeps it on disk (releasing only its lock) when `on_exit`
+    could not be applied, so that a later `batchrun reap` tries again.
+
+    Args:
+        held: a lease claimed with `LeaseRegistry.claim`.
+        token: the API token for the lease's endpoint.
+        attempts: tries of `apply_on_exit`.
+
+    Returns:
+        What happened, one line (for logs and `batchrun reap`).
+
+    Raises:
+        EndpointRestError: `on_exit` could not be applied.
+    """
+    record = held.record
+    registry = held.registry
+    where = f"{record.namespace}/{record.endpoint}"
+    async with registry.alocked():
+        others = registry.live_on(record.key, exclude=record.id)
+        if others:
+            pids = ", ".join(str(r.pid) for r in others)
+            held.release()
+            return f"{where}: left as it is, still leased by pid {pids}"
+        try:
+            async with EndpointsClient(
+                api_url=record.api_url, token=token, namespace=record.namespace
+            ) as client:
+                outcome = await apply_on_exit(
+                    client,
+                    record.endpoint,
+                    namespace=record.namespace,
+                    on_exit=record.on_exit,
+                    found_state=record.found_state,
+                    attempts=attempts,
+                )
+        except EndpointRestError:
+            held.abandon()
+            raise
+        except BatchrunError as e:  # e.g. a bad api_url in a hand-edited lease
+            held.abandon()
+            raise EndpointRestError(f"{where}: {e}") from e
+        held.release()
+    return f"{where}: {record.on_exit} → {outcome.state} (runner pid {record.pid} was gone)"
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class ReapResult:
+    """What `batchrun reap` did with one dead lease.
+
+    Attributes:
+        lease_id: the lease.
+        endpoint: "namespace/name".
+        ok: whether the endpoint is at rest (or left to another live lease).
+        message: one line.
+    """
+
+    lease_id: str
+    endpoint: str
+    ok: bool
+    message: str
+
+
+async def reap_dead_leases(
+    registry: LeaseRegistry | None = None, *, token: str | None = None, dry_run: bool = False
+) -> list[ReapResult]:
+    """Apply `on_exit` for every lease whose runner is gone (no watchdog did it).
+
+    Live leases are left alone. For a `local` lease whose service is not running, the service is
+    started (its endpoints' states survive it) so that the endpoint can be paused.
+
+    Args:
+        registry: the lease registry (default: batchrun's home).
+        token: the API token (default: the local service's for local leases, else the usual
+            places `resolve_token` looks).
+        dry_run: only say what would be done.
+
+    Returns:
+        One result per dead lease, oldest first.
+    """
+    registry = registry or LeaseRegistry()
+    results: list[ReapResult] = []
+    for record in registry.records():
+        if registry.is_live(record.id):
+            continue
+        where = f"{record.namespace}/{record.endpoint}"
+        if dry_run:
+            message = (
+                f"{where}: would apply on_exit {record.on_exit} (runner pid {record.pid} is gone)"
+            )
+            results.append(ReapResult(lease_id=record.id, endpoint=where, ok=True, message=message))
+            continue
+        held = registry.claim(record.id)
+        if held is None:
+            continue  # someone else (a watchdog) is at it, or it is done
+        try:
+            message = await settle_dead_lease(
+                held, token=await _token_for(record.provider, record.api_url, token)
+            )
+            results.append(ReapResult(lease_id=record.id, endpoint=where, ok=True, message=message))
+        except EndpointRestError as e:
+            results.append(ReapResult(lease_id=record.id, endpoint=where, ok=False, message=str(e)))
+    return results
+
+
+async def _token_for(provider: str, api_url: str, explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    if provider == "local":
+        from batchrun.local import ensure_service
+
+        try:
+            info = await asyncio.to_thread(ensure_service, api_url=api_url)
+        except BatchrunError as e:
+            logger.warning("local service at %s: %s", api_url, e)
+        else:
+            if info.token:
+                return info.token
+    return resolve_token()

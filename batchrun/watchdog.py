@@ -33,12 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from batchrun.endpoints import EndpointsClient
 from batchrun.errors import BatchrunError, EndpointRestError
 from batchrun.leases import HeldLease, LeaseRegistry
-from batchrun.on_exit import apply_on_exit
+from batchrun.on_exit import settle_dead_lease
 
-__all__ = ["Watchdog", "WatchdogOrders", "main", "settle_dead_lease"]
+__all__ = ["Watchdog", "WatchdogOrders", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,54 +155,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(OSError):
         process.kill()
     process.wait()
-
-
-async def settle_dead_lease(held: HeldLease, *, token: str | None, attempts: int = 3) -> str:
-    """Put a claimed dead lease's endpoint to rest, unless another live lease holds it.
-
-    Deletes the lease when done; keeps it on disk (releasing only its lock) when `on_exit`
-    could not be applied, so that a later `batchrun reap` tries again.
-
-    Args:
-        held: a lease claimed with `LeaseRegistry.claim`.
-        token: the API token for the lease's endpoint.
-        attempts: tries of `apply_on_exit`.
-
-    Returns:
-        What happened, one line (for logs and `batchrun reap`).
-
-    Raises:
-        EndpointRestError: `on_exit` could not be applied.
-    """
-    record = held.record
-    registry = held.registry
-    where = f"{record.namespace}/{record.endpoint}"
-    async with registry.alocked():
-        others = registry.live_on(record.key, exclude=record.id)
-        if others:
-            pids = ", ".join(str(r.pid) for r in others)
-            held.release()
-            return f"{where}: left as it is, still leased by pid {pids}"
-        try:
-            async with EndpointsClient(
-                api_url=record.api_url, token=token, namespace=record.namespace
-            ) as client:
-                outcome = await apply_on_exit(
-                    client,
-                    record.endpoint,
-                    namespace=record.namespace,
-                    on_exit=record.on_exit,
-                    found_state=record.found_state,
-                    attempts=attempts,
-                )
-        except EndpointRestError:
-            held.abandon()
-            raise
-        except BatchrunError as e:  # e.g. a bad api_url in a hand-edited lease
-            held.abandon()
-            raise EndpointRestError(f"{where}: {e}") from e
-        held.release()
-    return f"{where}: {record.on_exit} → {outcome.state} (runner pid {record.pid} was gone)"
 
 
 def _claim(registry: LeaseRegistry, lease_id: str, *, patience: float) -> HeldLease | None:

@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 
 from batchrun.leases import LeaseRecord, LeaseRegistry
-from batchrun.watchdog import Watchdog, WatchdogOrders, settle_dead_lease
+from batchrun.on_exit import settle_dead_lease
+from batchrun.watchdog import Watchdog, WatchdogOrders
 
 TOKEN = "hf_watchdogsecret_0123456789"
 

@@ -63,3 +63,8 @@ main.add_command(serve)
 from batchrun.cli.run import run  # noqa: E402
 
 main.add_command(run)
+from batchrun.cli.lifecycle import plan, reap, status  # noqa: E402
+
+main.add_command(plan)
+main.add_command(status)
+main.add_command(reap)
