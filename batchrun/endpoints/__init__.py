@@ -10,17 +10,18 @@ async with EndpointsClient(api_url="http://127.0.0.1:8765/v2") as client:
     await client.pause("my-endpoint")
 ```
 
-Modules: `models` (Endpoint, EndpointState, Hardware), `client` (EndpointsClient,
-SyncEndpointsClient), `auth` (token, API URL and namespace discovery), `payloads` (request
+Modules: `models` (Endpoint, EndpointState, Hardware), `client` (EndpointsClient), `sync`
+(SyncEndpointsClient), `auth` (token, API URL and namespace discovery), `payloads` (request
 bodies), `http` (the one place HTTP answers become batchrun errors, and the retry policy).
 """
 
 from __future__ import annotations
 
 from batchrun.endpoints.auth import resolve_api_url, resolve_hub_url, resolve_token
-from batchrun.endpoints.client import EndpointsClient, SyncEndpointsClient
+from batchrun.endpoints.client import EndpointsClient
 from batchrun.endpoints.http import RetryPolicy
 from batchrun.endpoints.models import Endpoint, EndpointState, Hardware
+from batchrun.endpoints.sync import SyncEndpointsClient
 
 __all__ = [
     "Endpoint",
