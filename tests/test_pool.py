@@ -17,7 +17,7 @@ from batchrun.errors import InferenceConnectionError, InferenceStatusError
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request, parse_retry_after, status_error
 from batchrun.tasks import BadResponseError, RequestCodec, codec_for
-from tests.endpoint_app import EndpointApp, expected_generated_text
+from tests.endpoint_app import EndpointApp, EndpointProcess, expected_generated_text
 
 FAST = {"backoff_max": 0.02, "backoff_initial": 0.005}
 
@@ -465,3 +465,14 @@ async def _until(condition: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+def test_against_the_endpoint_in_its_own_process(endpoint_process: EndpointProcess) -> None:
+    endpoint_process.configure(throttle_first=2, retry_after="0.2")
+    codec = make_codec()
+    pool, outcomes = run_pool(endpoint_process.url, make_requests(codec, 30), codec=codec)
+    assert len(outcomes) == 30 and all(o.error is None for o in outcomes)
+    assert pool.stats.throttled == 2
+    received = endpoint_process.received()
+    assert sum(received.values()) == 32 and len(received) == 30
+    assert endpoint_process.stats()["statuses"] == {"429": 2, "200": 30}
