@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 from batchrun.endpoints import Endpoint, EndpointsClient
 from batchrun.errors import BatchrunError, EndpointError, EndpointRestError, JobError
 from batchrun.job import Job, load_job
+from batchrun.runner import RunSummary, arun_job, run_job
 
 __all__ = [
     "BatchrunError",
@@ -16,6 +17,9 @@ __all__ = [
     "EndpointsClient",
     "Job",
     "JobError",
+    "RunSummary",
     "__version__",
+    "arun_job",
     "load_job",
+    "run_job",
 ]
