@@ -147,7 +147,10 @@ class WorkerApp:
         self.idle_s: float | None = config.get("idle_s")
         self.models_dir = Path(config["models_dir"]) if config.get("models_dir") else None
         self.echo = self.repository == ECHO_REPOSITORY
-        self.faults = EchoFaults.from_env(self.env) if self.echo else EchoFaults()
+        try:
+            self.faults = EchoFaults.from_env(self.env) if self.echo else EchoFaults()
+        except BatchrunError:
+            self.faults = EchoFaults()  # load_backend reports the bad value as the failure
         self.draws = self.faults.any_draw
         self.latency = self.faults.latency_s
         self.crash_after = self.faults.crash_after

@@ -1,0 +1,132 @@
+"""Benchmarks of the local service's workers (not part of the default test run).
+
+    .venv/bin/python tests/perf/bench_local.py echo     # echo at 0 ms: requests/s, C = 64
+    .venv/bin/python tests/perf/bench_local.py minilm   # MiniLM rows/s, micro-batch 1 vs 32
+
+Each starts `batchrun serve` on a free port with a temporary state dir, creates the endpoint,
+drives it with a bare aiohttp client loop (one ClientSession, C workers, orjson), prints one
+line per measurement and stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.conftest import LocalService, start_local_service
+from tests.test_local_helpers import NS, body, wait_state
+
+
+async def drive(
+    url: str, payloads: list[bytes], *, concurrency: int, seconds: float, token: str | None
+) -> tuple[int, float]:
+    """Requests completed and elapsed seconds, C loops posting round-robin payloads."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    done = 0
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        stop_at = time.perf_counter() + seconds
+
+        async def loop(i: int) -> None:
+            nonlocal done, errors
+            n = i
+            while time.perf_counter() < stop_at:
+                async with session.post(url, data=payloads[n % len(payloads)]) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        done += 1
+                    else:
+                        errors += 1
+                n += concurrency
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    if errors:
+        print(f"  ({errors} non-200 answers)")
+    return done, elapsed
+
+
+def _endpoint(svc: LocalService, name: str, **kwargs: Any) -> str:
+    with httpx.Client(base_url=svc.api_url, headers=svc.headers, timeout=120, trust_env=False) as c:
+        r = c.post(f"/endpoint/{NS}", json=body(name, **kwargs))
+        r.raise_for_status()
+        return str(wait_state(c, name, "running", timeout=120)["status"]["url"])
+
+
+def bench_echo(svc: LocalService, seconds: float, concurrency: int) -> None:
+    url = _endpoint(svc, "bench-echo", type="public")
+    payloads = [orjson.dumps({"inputs": f"row {i} some text to echo"}) for i in range(100)]
+    asyncio.run(drive(url + "/", payloads, concurrency=concurrency, seconds=1.0, token=None))
+    for run in range(3):
+        n, elapsed = asyncio.run(
+            drive(url + "/", payloads, concurrency=concurrency, seconds=seconds, token=None)
+        )
+        print(
+            f"echo 0 ms, C={concurrency}, run {run + 1}: {n / elapsed:,.0f} req/s ({n} in {elapsed:.1f} s)"
+        )
+
+
+def bench_minilm(svc: LocalService, seconds: float) -> None:
+    texts = [
+        f"Sentence number {i} about batch inference, endpoints and budgets." for i in range(512)
+    ]
+    payloads = [orjson.dumps({"inputs": t}) for t in texts]
+    for max_batch in (1, 32):
+        name = f"bench-minilm-{max_batch}"
+        url = _endpoint(
+            svc,
+            name,
+            repository="sentence-transformers/all-MiniLM-L6-v2",
+            task="feature-extraction",
+            type="public",
+            env={"BATCHRUN_MAX_BATCH": str(max_batch)},
+        )
+        asyncio.run(drive(url + "/", payloads, concurrency=32, seconds=1.0, token=None))
+        n, elapsed = asyncio.run(
+            drive(url + "/", payloads, concurrency=32, seconds=seconds, token=None)
+        )
+        info = httpx.get(url + "/info", trust_env=False).json()
+        batches = info["batches"]["embed"]
+        mean = batches["rows"] / max(1, batches["batches"])
+        print(
+            f"MiniLM, max batch {max_batch}, C=32: {n / elapsed:,.0f} rows/s "
+            f"(mean batch {mean:.1f}, {n} rows in {elapsed:.1f} s)"
+        )
+        with httpx.Client(base_url=svc.api_url, headers=svc.headers, trust_env=False) as c:
+            c.delete(f"/endpoint/{NS}/{name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("what", choices=["echo", "minilm"])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = start_local_service(Path(tmp) / "state")
+        try:
+            if args.what == "echo":
+                bench_echo(svc, args.seconds, args.concurrency)
+            else:
+                bench_minilm(svc, args.seconds)
+        finally:
+            svc.stop()
+
+
+if __name__ == "__main__":
+    main()
