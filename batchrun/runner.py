@@ -306,7 +306,7 @@ class _Run:
         self.keep = list(job.output.keep_fields)
         self.check_ids = job.input.id_field is not None
         per_request = job.run.concurrency * job.run.batch_size
-        self.window = max(4 * ledger.commit_rows, 16 * per_request, 4096)
+        self.window = max(4 * ledger.commit_rows, 16 * per_request)
         self.moved = asyncio.Event()
         self.stopping = False
         self.start = time.monotonic()

@@ -1,0 +1,141 @@
+"""Stops from a caller, a stuck row holding the watermark, and an interrupted --retry-errors."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from batchrun.job import load_job
+from batchrun.runner import RunControl, arun_job, run_job
+from tests.endpoint_app import EndpointApp
+from tests.test_run_support import (
+    committed_meta,
+    finish,
+    job_sections,
+    read_jsonl,
+    read_results,
+    start_run,
+    wait_for,
+    write_job,
+    write_jsonl,
+)
+
+
+def _all_ids(tmp_path: Path, out: str = "out/r.jsonl") -> list[int]:
+    ids = [r["id"] for r in read_results(tmp_path / out)]
+    return sorted(ids + [e["id"] for e in read_jsonl(tmp_path / "out/r.errors.jsonl")])
+
+
+def test_budget_stop_through_the_control_is_exit_4_and_resumable(
+    tmp_path: Path, endpoint_app: EndpointApp
+) -> None:
+    endpoint_app.configure(latency_ms=5)
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"t{i}"} for i in range(400)])
+    job_file = write_job(
+        tmp_path / "job.toml", job_sections(endpoint_app.url, "in.jsonl", "out/r.jsonl")
+    )
+
+    async def stopped_midway() -> tuple[int, str | None, bool, int]:
+        control = RunControl()
+        task = asyncio.create_task(arun_job(load_job(job_file), control=control, progress=False))
+        while endpoint_app.stats()["requests"] < 50:
+            await asyncio.sleep(0.01)
+        control.stop("budget")
+        s = await task
+        return s.exit_code, s.stop_reason, s.resumable, s.results_total
+
+    code, reason, resumable, done = asyncio.run(stopped_midway())
+    assert (code, reason, resumable) == (4, "budget", True)
+    assert 50 <= done < 400
+    endpoint_app.configure(latency_ms=0)
+    rest = run_job(load_job(job_file), progress=False)
+    assert rest.exit_code == 0 and rest.skipped_done == done and rest.succeeded == 400 - done
+    assert _all_ids(tmp_path) == list(range(400))
+    assert set(endpoint_app.received().values()) == {1}
+
+
+def test_a_stuck_first_row_holds_the_window_then_the_run_completes(
+    tmp_path: Path, endpoint_app: EndpointApp
+) -> None:
+    # the first request hangs past its timeout; the reader may run only a window ahead of it
+    endpoint_app.configure(hang_first=1)
+    n = 3000
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"t{i}"} for i in range(n)])
+    job_file = write_job(
+        tmp_path / "job.toml",
+        job_sections(
+            endpoint_app.url,
+            "in.jsonl",
+            "out/r.jsonl",
+            run={"request_timeout": 4, "concurrency": 8},
+            output={"commit_rows": 200, "commit_seconds": 0.1},
+        ),
+    )
+    proc = start_run(job_file)
+    try:
+        window = 4 * 200  # 4 commits' worth of rows
+
+        def committed() -> int:
+            try:
+                return int(committed_meta(tmp_path / "out/r.jsonl").get("results_count", 0))
+            except Exception:
+                return 0
+
+        wait_for(lambda: committed() >= window - 8, what="the window to fill and commit")
+        assert committed_meta(tmp_path / "out/r.jsonl")["watermark"] == 0  # row 0 hangs
+        # the reader stops a window ahead of the stuck row
+        assert endpoint_app.stats()["requests"] <= window + 1
+        rc, summary, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert rc == 0, err
+    assert summary["succeeded"] == n and summary["retries"] >= 1
+    assert _all_ids(tmp_path) == list(range(n))
+    assert committed_meta(tmp_path / "out/r.jsonl")["watermark"] == n
+
+
+def test_retry_errors_killed_midway_is_settled_exactly_once(
+    tmp_path: Path, endpoint_app: EndpointApp
+) -> None:
+    n = 3000
+    endpoint_app.configure(reject_match="x")
+    rows = [{"text": f"t{i}" + ("x" if i % 3 == 0 else "")} for i in range(n)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    job_file = write_job(
+        tmp_path / "job.toml",
+        job_sections(
+            endpoint_app.url,
+            "in.jsonl",
+            "out/r.jsonl",
+            output={"commit_rows": 100, "commit_seconds": 0.1},
+        ),
+    )
+    first = run_job(load_job(job_file), progress=False)
+    assert first.exit_code == 3 and first.failed == n // 3
+
+    endpoint_app.configure(reject_match="", latency_ms=5, reset=True)  # the server is fixed
+    proc = start_run(job_file, "--retry-errors")
+    try:
+        wait_for(lambda: endpoint_app.stats()["requests"] >= 300, what="retries to be sent")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert 0 < endpoint_app.stats()["requests"] < n // 3
+
+    # the next run, even without --retry-errors, settles the interrupted rewrite first
+    endpoint_app.configure(latency_ms=0)
+    plain = run_job(load_job(job_file), progress=False)
+    assert plain.rows == 0 and plain.exit_code == 3
+    assert _all_ids(tmp_path) == list(range(n))  # exactly once, mid-retry state settled
+    assert 0 < plain.errors_total < n // 3
+    again = run_job(load_job(job_file), retry_errors=True, progress=False)
+    assert again.exit_code == 0 and again.errors_total == 0
+    assert read_jsonl(tmp_path / "out/r.errors.jsonl") == []
+    assert _all_ids(tmp_path) == list(range(n))
+    resent = [t for t, k in endpoint_app.received().items() if k > 1]
+    assert len(resent) <= 300  # only rows in flight or uncommitted at the kill went twice
