@@ -317,6 +317,7 @@ class _Run:
             discarded=ledger.discarded,
         )
         self.bar: Any = None
+        self._unshown = 0
         self.progress = progress
         self.total = reader.count_rows() if progress else None
         self._pools: list[Pool] = []
@@ -565,13 +566,18 @@ class _Run:
         bar = self.bar
         if bar is not None:
             bar.update(ok + failed)
-            if bar.n % 256 == 0:
-                bar.set_postfix(
-                    ok=self.summary.succeeded,
-                    errors=self.summary.failed,
-                    retries=sum(p.stats.retries for p in self._pools),
-                    refresh=False,
-                )
+            self._unshown += ok + failed
+            if self._unshown >= 256:
+                self._show_counts()
+
+    def _show_counts(self) -> None:
+        self._unshown = 0
+        self.bar.set_postfix(
+            ok=self.summary.succeeded,
+            errors=self.summary.failed,
+            retries=sum(p.stats.retries for p in self._pools),
+            refresh=False,
+        )
 
     def _log_progress(self) -> None:
         s = self.summary
@@ -579,8 +585,11 @@ class _Run:
         elapsed = time.monotonic() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         total = f"/{self.total}" if self.total is not None else ""
+        eta = ""
+        if self.total is not None and rate > 0:
+            eta = f", ETA {max(0.0, (self.total - done - s.skipped_done) / rate):.0f} s"
         log.info(
-            "progress: %d%s rows (ok %d, errors %d, retries %d, already done %d), %.0f rows/s",
+            "progress: %d%s rows (ok %d, errors %d, retries %d, already done %d), %.0f rows/s%s",
             done + s.skipped_done,
             total,
             s.succeeded,
@@ -588,6 +597,7 @@ class _Run:
             sum(p.stats.retries for p in self._pools),
             s.skipped_done,
             rate,
+            eta,
         )
 
     def _finish_summary(self, target: Target) -> None:
@@ -603,6 +613,7 @@ class _Run:
 
     def close(self) -> None:
         if self.bar is not None:
+            self._show_counts()
             self.bar.close()
         try:
             with contextlib.suppress(Exception):
