@@ -222,6 +222,12 @@ class EndpointLease:
         )
         self.meter.mark_ready()
         self.meter.mark_busy()
+        logger.info(
+            "%s/%s is ready (%.2fs billed before it was)",
+            self.namespace,
+            self.name,
+            self.meter.reading().ready_wait_s,
+        )
         assert ready.url is not None
         self.url = ready.url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
@@ -531,6 +537,17 @@ class EndpointLease:
                 raise EndpointRestError(f"{e}; its watchdog keeps trying") from e.__cause__
             self.meter.stop()
             self.state_at_exit = self.rest.state
+            reading = self.meter.reading()
+            logger.info(
+                "%s/%s %s; billed %.2fs, idle %.2fs of it (%.2fs waiting until ready), cost %s",
+                self.namespace,
+                self.name,
+                self.state_at_exit,
+                reading.billed_s,
+                reading.idle_billed_s,
+                reading.ready_wait_s,
+                "unknown" if reading.cost_usd is None else f"${reading.cost_usd:.4f}",
+            )
             lease.release()
             await self._release_watchdog()
 
