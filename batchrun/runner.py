@@ -229,6 +229,7 @@ async def arun_job(
     limit: int | None = None,
     progress: bool = True,
     control: RunControl | None = None,
+    target: AbstractAsyncContextManager[Target] | None = None,
 ) -> RunSummary:
     """Send every uncommitted row of the job's input once, committing results as they come.
 
@@ -240,6 +241,8 @@ async def arun_job(
         limit: only the first `limit` rows of the input (the same ones on every resume).
         progress: a tqdm bar on stderr when it is a terminal, else an INFO line every 30 s.
         control: lets the caller stop the run (the CLI's signal handlers use it).
+        target: where requests go; default `open_target(job)`. It is entered after the input
+            and the run state were checked, and exited (put to rest) however the run ends.
 
     Returns:
         the summary, for exit codes 0, 3, 4, 130 and 143.
@@ -258,16 +261,26 @@ async def arun_job(
     first = reader.first_record()
     if first is not None and first.record is not None:
         codec.check_first_row(first.record)
-    target_cm = open_target(job)
+    target_cm = target if target is not None else open_target(job)
     ledger = Ledger(job, reader, restart=restart)
     run = _Run(job, reader, codec, ledger, control, progress)
     try:
-        async with target_cm as target:
-            await run.execute(target, retry_errors=retry_errors)
-            summary_fields = getattr(target, "summary_fields", None)
-        if summary_fields is not None:
-            for key, value in summary_fields().items():
-                setattr(run.summary, key, value)
+        entered = await _enter(target_cm, control)
+        if entered is None:  # stopped while the endpoint was being made ready
+            run.summary.stop_reason = control.reason
+            run.finish_summary()
+        else:
+            try:
+                await run.execute(entered, retry_errors=retry_errors)
+            except BaseException:
+                if not await target_cm.__aexit__(*sys.exc_info()):
+                    raise
+            else:
+                await target_cm.__aexit__(None, None, None)
+            summary_fields = getattr(entered, "summary_fields", None)
+            if summary_fields is not None:
+                for key, value in summary_fields().items():
+                    setattr(run.summary, key, value)
     finally:
         run.close()
     if run.summary.stop_reason == "endpoint_failed":
@@ -276,6 +289,28 @@ async def arun_job(
             "and a rerun resumes"
         )
     return run.summary
+
+
+async def _enter(
+    target_cm: AbstractAsyncContextManager[Target], control: RunControl
+) -> Target | None:
+    """Enter the target (it may wait a long time for an endpoint), unless a stop comes first."""
+    entering = asyncio.ensure_future(target_cm.__aenter__())
+    stopped = asyncio.ensure_future(control.event.wait())
+    try:
+        await asyncio.wait({entering, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        entering.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if entering.done():
+        return entering.result()
+    log.warning("stopping (%s) before the endpoint was ready", control.reason)
+    entering.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await entering
+    return None
 
 
 @dataclass(slots=True)
@@ -352,7 +387,7 @@ class _Run:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._finish_summary(target)
+        self.finish_summary()
 
     async def _dispatch(
         self, target: Target, rows: Iterable[tuple[Row, bool]], *, track: bool
@@ -600,7 +635,7 @@ class _Run:
             eta,
         )
 
-    def _finish_summary(self, target: Target) -> None:
+    def finish_summary(self) -> None:
         s = self.summary
         s.rows = s.succeeded + s.failed
         s.elapsed_s = round(time.monotonic() - self.start, 3)

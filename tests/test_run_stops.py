@@ -6,8 +6,11 @@ import asyncio
 import signal
 from pathlib import Path
 
+import pytest
+
+from batchrun.errors import EndpointFailedError
 from batchrun.job import load_job
-from batchrun.runner import RunControl, arun_job, run_job
+from batchrun.runner import RunControl, RunSummary, arun_job, run_job
 from tests.endpoint_app import EndpointApp
 from tests.test_run_support import (
     committed_meta,
@@ -139,3 +142,84 @@ def test_retry_errors_killed_midway_is_settled_exactly_once(
     assert _all_ids(tmp_path) == list(range(n))
     resent = [t for t, k in endpoint_app.received().items() if k > 1]
     assert len(resent) <= 300  # only rows in flight or uncommitted at the kill went twice
+
+
+class SlowTarget:
+    """A target like a lease: slow to become ready, able to stop the run, put to rest on exit."""
+
+    def __init__(self, url: str, *, ready: asyncio.Event | None = None) -> None:
+        self.url = url
+        self.headers: dict[str, str] = {}
+        self.stop_event = asyncio.Event()
+        self.stop_reason: str | None = None
+        self.ready = ready
+        self.exited: tuple[object, ...] | None = None
+
+    async def __aenter__(self) -> SlowTarget:
+        if self.ready is not None:
+            await self.ready.wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.exited = exc
+
+    def fail(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.stop_event.set()
+
+    def summary_fields(self) -> dict[str, object]:
+        return {"endpoint": "test/slow", "on_exit": "pause", "endpoint_state_at_exit": "paused"}
+
+
+def test_sigint_while_the_endpoint_gets_ready_sends_nothing(
+    tmp_path: Path, endpoint_app: EndpointApp
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"t{i}"} for i in range(10)])
+    job = load_job(
+        write_job(tmp_path / "job.toml", job_sections(endpoint_app.url, "in.jsonl", "out/r.jsonl"))
+    )
+
+    async def interrupted() -> tuple[int, str | None]:
+        control = RunControl()
+        target = SlowTarget(endpoint_app.url, ready=asyncio.Event())  # never ready
+        task = asyncio.create_task(arun_job(job, control=control, target=target, progress=False))
+        await asyncio.sleep(0)
+        control.stop("sigint")
+        s = await asyncio.wait_for(task, 10)
+        return s.exit_code, s.stop_reason
+
+    assert asyncio.run(interrupted()) == (130, "sigint")
+    assert endpoint_app.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(("reason", "code"), [("deadline", 4), ("endpoint_failed", 5)])
+def test_a_target_stop_commits_and_maps_to_its_exit(
+    tmp_path: Path, endpoint_app: EndpointApp, reason: str, code: int
+) -> None:
+    endpoint_app.configure(latency_ms=5)
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"t{i}"} for i in range(400)])
+    job = load_job(
+        write_job(tmp_path / "job.toml", job_sections(endpoint_app.url, "in.jsonl", "out/r.jsonl"))
+    )
+    target = SlowTarget(endpoint_app.url)
+
+    async def stopped() -> RunSummary:
+        task = asyncio.create_task(arun_job(job, target=target, progress=False))
+        while endpoint_app.stats()["requests"] < 40:
+            await asyncio.sleep(0.01)
+        target.fail(reason)
+        return await task
+
+    if code == 5:
+        with pytest.raises(EndpointFailedError, match="a rerun resumes"):
+            asyncio.run(stopped())
+    else:
+        summary = asyncio.run(stopped())
+        assert summary.exit_code == 4 and summary.stop_reason == "deadline"
+        assert summary.endpoint == "test/slow" and summary.endpoint_state_at_exit == "paused"
+    assert target.exited == (None, None, None)  # put to rest after the commit
+    done = len(read_results(tmp_path / "out/r.jsonl"))
+    assert 40 <= done < 400
+    endpoint_app.configure(latency_ms=0)
+    assert run_job(job, progress=False).skipped_done == done
+    assert _all_ids(tmp_path) == list(range(400))
