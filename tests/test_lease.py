@@ -249,3 +249,21 @@ def test_endpoint_failing_mid_run_sets_the_stop_reason(
     lease = asyncio.run(scenario())
     assert lease.state_at_exit == "paused"
     assert state_of(api, "fragile") == "paused"
+
+
+@pytest.mark.parametrize(
+    ("on_exit", "after"), [("delete", "missing"), ("scale-to-zero", "scaledToZero")]
+)
+def test_delete_and_scale_to_zero(
+    local_service: Any, api: SyncEndpointsClient, tmp_path: Path, on_exit: str, after: str
+) -> None:
+    job = _job(local_service.api_url, "brief", tmp_path, endpoint={"on_exit": on_exit})
+
+    async def scenario() -> EndpointLease:
+        async with EndpointLease(job) as lease:
+            assert await _echo(lease) == 200
+        return lease
+
+    lease = asyncio.run(scenario())
+    assert state_of(api, "brief") == after
+    assert lease.state_at_exit == ("deleted" if on_exit == "delete" else after)
