@@ -171,6 +171,26 @@ async def run_hf(url: str, texts: list[str], concurrency: int, seconds: float) -
     return sum(1 for t in finished if not t.cancelled() and t.exception() is None)
 
 
+def timer_overshoot_ms() -> float:
+    """Mean lateness of 64 concurrent 50 ms sleeps: how busy the machine is right now.
+
+    On an idle machine it is ~0.1 ms; every ms of it comes straight off the C/L ratio at 50 ms.
+    """
+    late: list[float] = []
+
+    async def sleeper() -> None:
+        for _ in range(10):
+            t = time.perf_counter()
+            await asyncio.sleep(0.05)
+            late.append(time.perf_counter() - t - 0.05)
+
+    async def main() -> None:
+        await asyncio.gather(*(sleeper() for _ in range(64)))
+
+    asyncio.run(main())
+    return sum(late) / len(late) * 1000
+
+
 def runner_available() -> bool:
     return importlib.util.find_spec("batchrun.runner") is not None
 
@@ -311,6 +331,7 @@ def main() -> None:
     results: list[Result] = []
     started = dt.datetime.now(dt.UTC)
     load_start = os.getloadavg()[0]
+    overshoot_start = timer_overshoot_ms()
     with EndpointProcess(python=sys.executable) as server, tempfile.TemporaryDirectory() as tmp:
         for latency in latencies:
             for c in concurrencies:
@@ -361,7 +382,10 @@ def main() -> None:
     )
     print("command: .venv/bin/python tests/perf/bench_throughput.py " + " ".join(sys.argv[1:]))
     load_end = os.getloadavg()[0]
-    print(f"load average (1 min) at start {load_start:.2f}, at end {load_end:.2f}")
+    print(
+        f"machine noise: load average (1 min) {load_start:.2f} at start, {load_end:.2f} at end; "
+        f"50 ms timer late by {overshoot_start:.2f} ms at start, {timer_overshoot_ms():.2f} ms at end"
+    )
     if "run" in chosen and not runner_available():
         print("(batchrun.runner not present: `batchrun run` end to end not measured)")
     print()
