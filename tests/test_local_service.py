@@ -245,11 +245,19 @@ def test_update_goes_updating_then_running_or_update_failed(svc: LocalService) -
         assert r.json()["status"]["state"] == "updating"
         ep = wait_state(c, "upd", "updateFailed")
         assert "nothing is downloaded" in ep["status"]["message"]
+        # a scaled-to-zero endpoint is brought up by an update
+        c.put(f"/endpoint/{NS}/upd", json={"model": {"repository": "batchrun/echo"}})
+        wait_state(c, "upd", "running")
+        c.post(f"/endpoint/{NS}/upd/scale-to-zero")
+        wait_state(c, "upd", "scaledToZero")
+        r = c.put(f"/endpoint/{NS}/upd", json={"compute": {"scaling": {"maxReplica": 3}}})
+        assert r.json()["status"]["state"] == "updating"
+        wait_state(c, "upd", "running")
         # a paused endpoint takes the update and stays paused
         c.post(f"/endpoint/{NS}/upd/pause")
-        r = c.put(f"/endpoint/{NS}/upd", json={"model": {"repository": "batchrun/echo"}})
+        r = c.put(f"/endpoint/{NS}/upd", json={"model": {"env": {"X": "1"}}})
         assert r.json()["status"]["state"] == "paused"
-        assert r.json()["model"]["repository"] == "batchrun/echo"
+        assert r.json()["model"]["env"] == {"X": "1"}
         c.post(f"/endpoint/{NS}/upd/resume")
         wait_state(c, "upd", "running")
         c.delete(f"/endpoint/{NS}/upd")

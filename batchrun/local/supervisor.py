@@ -167,10 +167,7 @@ class Supervisor:
             rec.config = config_from_update(rec.config, body)
             await self._stop_worker(rec.key)
             if rec.state == "paused":
-                self.store.save(rec)
-            elif rec.state == "scaledToZero":
-                self.store.save(rec)
-                await self._spawn(rec, load=False)
+                self.store.save(rec)  # takes effect at the next resume
             else:
                 self._set(rec, "updating", "Endpoint is updating")
                 await self._spawn(rec, load=True, updating=True)
