@@ -277,3 +277,30 @@ def test_second_live_run_on_the_same_output_is_refused(
         if first.poll() is None:
             first.kill()
             first.communicate()
+
+
+def test_set_and_output_overrides(tmp_path: Path, endpoint_app: EndpointApp) -> None:
+    write_jsonl(tmp_path / "in.jsonl", _rows(5))
+    job_file = _job(tmp_path, endpoint_app.url, "in.jsonl", "out/r.jsonl")
+    other = tmp_path / "elsewhere" / "o.parquet"
+    code, out, err = _cli(
+        "run",
+        str(job_file),
+        "--quiet",
+        "--output",
+        str(other),
+        "--set",
+        'output.keep_fields=["n"]',
+        "--set",
+        "input.id_field=id",
+        "--concurrency",
+        "2",
+    )
+    assert code == 0, err
+    assert orjson.loads(out)["output"] == str(other)
+    rows = read_results(other)
+    assert sorted((r["id"], r["n"]) for r in rows) == [(f"r{i}", i) for i in range(5)]
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out/r.jsonl").mkdir(parents=True)
+    code, _, err = _cli("run", str(job_file), "--quiet")
+    assert code == 2 and "JSONL output must be a file" in err

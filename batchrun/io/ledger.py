@@ -75,6 +75,8 @@ class Ledger:
         self.retry_path = Path(out.errors_path + ".retry")
         self.state_dir = Path(out.state_dir)
         self.format = out.output_format
+        if self.format == "jsonl" and self.output.is_dir():
+            raise RunStateError(f"{out.path}: JSONL output must be a file, found a directory")
         factor = PARQUET_COMMIT_FACTOR if self.format == "parquet" else 1
         self.commit_rows = out.commit_rows * factor
         self.commit_seconds = out.commit_seconds * factor
