@@ -120,8 +120,13 @@ def start_local_service(
     minute: float = 0.5,
     extra_args: tuple[str, ...] = (),
     timeout: float = 30.0,
+    token_in_env: bool = True,
 ) -> LocalService:
-    """Start `batchrun serve --port 0` on `state_dir` and wait until it answers."""
+    """Start `batchrun serve --port 0` on `state_dir` and wait until it answers.
+
+    The token goes in BATCHRUN_SERVE_TOKEN unless `token_in_env` is False (then pass it in
+    `extra_args`, e.g. `("--token-file", path)`).
+    """
     import httpx
     import orjson
 
@@ -130,8 +135,9 @@ def start_local_service(
     address = state_dir / "service.json"
     log_path = state_dir / f"serve-{_time.monotonic_ns()}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_PREFIXES)}
+    if token_in_env:
+        env["BATCHRUN_SERVE_TOKEN"] = token
     env.update(
-        BATCHRUN_SERVE_TOKEN=token,
         BATCHRUN_HOME=str(state_dir.parent / "service-home"),
         HF_HUB_OFFLINE="1",
         NO_PROXY="127.0.0.1,localhost",

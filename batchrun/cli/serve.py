@@ -17,11 +17,13 @@ __all__ = ["serve"]
 
 
 def _token(token: str | None, token_file: Path | None) -> str | None:
+    """--token, else --token-file, else $BATCHRUN_SERVE_TOKEN, else None (no authentication).
+
+    Raises:
+        JobError: the token file cannot be read or is empty.
+    """
     if token:
         return token
-    env = os.environ.get("BATCHRUN_SERVE_TOKEN")
-    if env:
-        return env
     if token_file is not None:
         try:
             text = token_file.read_text(encoding="utf-8").strip()
@@ -30,7 +32,7 @@ def _token(token: str | None, token_file: Path | None) -> str | None:
         if not text:
             raise JobError(f"--token-file {token_file}: the file is empty")
         return text
-    return None
+    return os.environ.get("BATCHRUN_SERVE_TOKEN") or None
 
 
 @click.command("serve")
@@ -51,7 +53,7 @@ def _token(token: str | None, token_file: Path | None) -> str | None:
 @click.option(
     "--token",
     default=None,
-    help="Require this bearer token (or set BATCHRUN_SERVE_TOKEN, or --token-file).",
+    help="Require this bearer token (or --token-file, or BATCHRUN_SERVE_TOKEN).",
 )
 @click.option(
     "--token-file",

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_API_URL = "http://127.0.0.1:8765/v2"
 IDLE_EXIT_SECONDS = 30 * 60.0
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Services started here run on after ensure_service returns; holding their Popen objects keeps
+# Python from warning that a child it forgot about is still running.
+_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 @dataclass(slots=True)
@@ -190,6 +193,7 @@ def _start(
             env=env,
             start_new_session=True,
         )
+    _STARTED.append(proc)
     logger.info("started the local service (pid %d) for %s", proc.pid, state_dir)
     while True:
         status = _probe(api_url, timeout=1.0)
@@ -249,14 +253,26 @@ def stop_service(state_dir: Path, *, timeout: float = 20.0) -> int | None:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        if _probe(str(status["api_url"]), timeout=0.5) is None and not _pid_alive(pid):
+        # The service holds service.lock for its whole life; once we can take it, it is gone
+        # (even when it is a zombie some other process has yet to reap).
+        if not _pid_alive(pid) or _lock_free(state_dir / "service.lock"):
             return pid
         time.sleep(0.1)
     raise APIConnectionError(f"the local service (pid {pid}) did not stop within {timeout:.0f} s")
+
+
+def _lock_free(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _pid_alive(pid: int) -> bool:
