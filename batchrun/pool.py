@@ -49,13 +49,14 @@ from batchrun.errors import InferenceConnectionError, InferenceError, InferenceS
 from batchrun.tasks import RequestCodec, excerpt, request_url
 
 __all__ = [
-    "RETRY_STATUSES",
     "Outcome",
     "Pool",
     "PoolStats",
+    "RETRY_STATUSES",
     "Request",
     "RetryPolicy",
     "parse_retry_after",
+    "status_error",
 ]
 
 log = logging.getLogger(__name__)
