@@ -52,7 +52,6 @@ __all__ = [
     "Outcome",
     "Pool",
     "PoolStats",
-    "RETRY_STATUSES",
     "Request",
     "RetryPolicy",
     "parse_retry_after",
