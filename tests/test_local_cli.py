@@ -144,3 +144,25 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
         r = _batchrun("serve", "--state-dir", str(tmp_path / "s2"), "--port", str(port))
         assert time.monotonic() - start < 30
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+def test_shipped_job_files_load_and_point_at_the_shipped_texts() -> None:
+    import orjson
+
+    from batchrun.job import load_job
+
+    root = Path(__file__).resolve().parents[1]
+    echo = load_job(root / "jobs" / "echo.toml")
+    quick = load_job(root / "jobs" / "quickstart.toml")
+    for job in (echo, quick):
+        assert job.endpoint.provider == "local"
+        assert Path(job.input.path).resolve() == root / "examples" / "texts.jsonl"
+    assert echo.endpoint.repository == "batchrun/echo"
+    assert quick.endpoint.repository == "sentence-transformers/all-MiniLM-L6-v2"
+    assert quick.task == "feature-extraction" and quick.output.output_format == "parquet"
+    rows = [
+        orjson.loads(line) for line in (root / "examples" / "texts.jsonl").read_bytes().splitlines()
+    ]
+    assert len(rows) >= 2000
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert all(isinstance(r["text"], str) and len(r["text"]) >= 40 for r in rows)
