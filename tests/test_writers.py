@@ -61,3 +61,46 @@ def test_write_atomic_replaces(tmp_path: Path) -> None:
     assert write_atomic(path, [b"a\n", b"b\n"]) == 4
     assert path.read_bytes() == b"a\nb\n"
     assert not (tmp_path / "e.jsonl.tmp").exists()
+
+
+def _parts(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir())
+
+
+def test_parquet_small_parts_are_merged_crash_safely(tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    w = ParquetWriter(out, compact_after=3, small_rows=100)
+    for part in range(3):
+        for i in range(part * 5, part * 5 + 5):
+            # the first part's "note" is all null; later parts carry strings
+            w.write({"id": i, "note": None if part == 0 else f"n{i}"})
+        w.commit()
+    plan = w.compact_begin()
+    assert plan is not None and plan.number == 4 and plan.merged == (1, 2, 3)
+    assert w.live == [4]
+    w.close()
+    # crash before the run state listed part 4: it is deleted on open, the old parts stay
+    again = ParquetWriter(out, committed_parts=3, live_parts=[1, 2, 3], compact_after=3)
+    assert _parts(out) == [f"part-00000{i}.parquet" for i in (1, 2, 3)]
+    plan = again.compact_begin()
+    assert plan is not None and plan.number == 4
+    again.close()
+    # crash after the state listed part 4, before the old parts were deleted
+    ParquetWriter(out, committed_parts=4, live_parts=[4]).close()
+    assert _parts(out) == ["part-000004.parquet"]
+    table = pq.read_table(out / "part-000004.parquet")
+    assert table.column("id").to_pylist() == list(range(15))
+    assert table.column("note").to_pylist()[:6] == [None] * 5 + ["n5"]
+
+
+def test_parquet_no_merge_below_the_threshold_or_for_big_parts(tmp_path: Path) -> None:
+    w = ParquetWriter(tmp_path / "r.parquet", compact_after=2, small_rows=3)
+    for i in range(8):
+        w.write({"id": i})
+        if i % 4 == 3:
+            w.commit()
+    assert w.compact_begin() is None  # two parts of 4 rows: not small
+    w.write({"id": 8})
+    w.commit()
+    assert w.compact_begin() is None  # one small part
+    w.close()

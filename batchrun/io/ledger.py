@@ -95,7 +95,7 @@ class Ledger:
             raise
         c = self.state.committed
         self.results: ResultWriter = (
-            ParquetWriter(self.output, committed_parts=c.parts)
+            ParquetWriter(self.output, committed_parts=c.parts, live_parts=c.live_parts)
             if self.format == "parquet"
             else JsonlWriter(self.output, committed_offset=c.results_offset)
         )
@@ -196,6 +196,7 @@ class Ledger:
             anchor_pos=c.anchor_pos,
             done_above=set(),
             parts=c.parts,
+            live_parts=c.live_parts,
             results_offset=c.results_offset,
             errors_offset=c.errors_offset,
             results_count=c.results_count + n_results,
@@ -203,8 +204,10 @@ class Ledger:
             retry_offset=c.retry_offset,
             swap_size=None,
         )
-        if self.format == "parquet":
-            new.parts = self.results.commit()
+        results = self.results
+        if isinstance(results, ParquetWriter):
+            new.parts = results.commit()
+            new.live_parts = results.live
         else:
             new.results_offset = self.results.commit()
         new.errors_offset = self.errors.commit()
@@ -238,7 +241,20 @@ class Ledger:
         self._anchor = (new.anchor_seq, new.anchor_pos)
         self._completed = []
         self._retry_settled = []
+        if isinstance(results, ParquetWriter):
+            self._compact(results)
         return moved
+
+    def _compact(self, results: ParquetWriter) -> None:
+        """Merge small Parquet parts: new part, then the state lists it, then old ones go."""
+        compaction = results.compact_begin()
+        if compaction is None:
+            return
+        c = self.state.committed
+        c.parts = compaction.number
+        c.live_parts = results.live
+        self.state.commit(c)
+        results.compact_end(compaction)
 
     # -- --retry-errors ----------------------------------------------------------------------
     def errors_to_retry(self) -> Iterator[dict[str, Any]]:

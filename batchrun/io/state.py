@@ -56,7 +56,8 @@ class Committed:
         anchor_pos: a reader `Position` to seek to; None means the start of the input.
         done_above: committed rows at or above the watermark.
         results_offset: committed bytes of a JSONL results file.
-        parts: committed Parquet part files.
+        parts: the highest committed Parquet part number.
+        live_parts: the committed Parquet part numbers (None: 1..parts).
         errors_offset: committed bytes of the errors file.
         results_count / errors_count: committed rows in each.
         retry_offset: committed bytes of the retry file during `--retry-errors`, or None.
@@ -69,6 +70,7 @@ class Committed:
     done_above: set[int] = field(default_factory=set)
     results_offset: int = 0
     parts: int = 0
+    live_parts: list[int] | None = None
     errors_offset: int = 0
     results_count: int = 0
     errors_count: int = 0
@@ -83,6 +85,7 @@ class Committed:
             "anchor_pos": list(self.anchor_pos) if self.anchor_pos is not None else None,
             "results_offset": self.results_offset,
             "parts": self.parts,
+            "live_parts": self.live_parts,
             "errors_offset": self.errors_offset,
             "results_count": self.results_count,
             "errors_count": self.errors_count,

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
 __all__ = [
+    "Compaction",
     "JsonlWriter",
     "ParquetWriter",
     "ResultWriter",
@@ -106,21 +108,50 @@ class JsonlWriter:
         self._f.close()
 
 
+@dataclass(slots=True, frozen=True)
+class Compaction:
+    """A merged part written and renamed, waiting for the run state before the old go.
+
+    Attributes:
+        number: the merged part's number (a new, higher one).
+        merged: the numbers of the parts it replaces.
+    """
+
+    number: int
+    merged: tuple[int, ...]
+
+
 class ParquetWriter:
     """A directory of Parquet part files (`part-000001.parquet`, ...), one per commit.
 
     A part is written to a temporary name, fsynced and renamed, so a part either exists whole
-    or not at all. Opening deletes temporary files and parts beyond `committed_parts`.
-    Buffered rows become Arrow record batches every `chunk_rows` rows, which keeps them compact.
+    or not at all. Opening deletes temporary files and every part the run state does not list
+    as live. Buffered rows become Arrow tables every `chunk_rows` rows, which keeps them compact.
+
+    Small parts are merged so a long, slow run does not leave thousands of files: once
+    `compact_after` live parts hold fewer than `small_rows` rows each, `compact_begin` streams
+    them (one at a time) into a new part; the caller records the new live list in the run
+    state, then `compact_end` deletes the merged parts. A crash at any step leaves either the
+    old parts or the new one listed as live, and opening deletes the other.
 
     Args:
         directory: the output directory (the job's `.parquet` path).
-        committed_parts: the part count the run state recorded at its last commit.
+        committed_parts: the highest part number the run state recorded.
+        live_parts: the part numbers the run state lists as live (None: 1..committed_parts).
         chunk_rows: rows per in-memory Arrow chunk.
+        compact_after: merge when this many small parts are live (0: never).
+        small_rows: a part with fewer rows is small.
     """
 
     def __init__(
-        self, directory: Path, *, committed_parts: int = 0, chunk_rows: int = 1000
+        self,
+        directory: Path,
+        *,
+        committed_parts: int = 0,
+        live_parts: list[int] | None = None,
+        chunk_rows: int = 1000,
+        compact_after: int = 8,
+        small_rows: int = 100_000,
     ) -> None:
         self.directory = directory
         if directory.exists() and not directory.is_dir():
@@ -128,12 +159,11 @@ class ParquetWriter:
 
             raise JobError(f"{directory}: Parquet output must be a directory, found a file")
         directory.mkdir(parents=True, exist_ok=True)
+        live = set(range(1, committed_parts + 1) if live_parts is None else live_parts)
         removed = 0
         for entry in directory.iterdir():
             m = _PART.match(entry.name)
-            stray = entry.name.endswith(".tmp") or (
-                m is not None and int(m.group(1)) > committed_parts
-            )
+            stray = entry.name.endswith(".tmp") or (m is not None and int(m.group(1)) not in live)
             if stray and entry.is_file():
                 entry.unlink()
                 removed += 1
@@ -142,10 +172,28 @@ class ParquetWriter:
             fsync_dir(directory)
         self.parts = committed_parts
         self.chunk_rows = chunk_rows
+        self.compact_after = compact_after
+        self.small_rows = small_rows
+        self._rows_in: dict[int, int] = {}
+        if live:
+            import pyarrow.parquet as pq
+
+            for n in sorted(live):
+                path = self._path(n)
+                if path.exists():
+                    self._rows_in[n] = pq.ParquetFile(path).metadata.num_rows
         self._rows: list[dict[str, Any]] = []
         self._chunks: list[Any] = []
         self._schema: Any = None
         self.pending = 0
+
+    @property
+    def live(self) -> list[int]:
+        """The numbers of the committed part files, in order."""
+        return sorted(self._rows_in)
+
+    def _path(self, number: int) -> Path:
+        return self.directory / f"part-{number:06d}.parquet"
 
     def write(self, row: dict[str, Any]) -> None:
         """Buffer one row (not durable until `commit`)."""
@@ -167,17 +215,71 @@ class ParquetWriter:
                 else pa.concat_tables(self._chunks, promote_options="permissive")
             )
             self._chunks.clear()
-            name = f"part-{self.parts + 1:06d}.parquet"
-            tmp = self.directory / (name + ".tmp")
+            path = self._path(self.parts + 1)
+            tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "wb") as f:
                 pq.write_table(table, f, compression="zstd")
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.directory / name)
+            os.replace(tmp, path)
             fsync_dir(self.directory)
             self.parts += 1
+            self._rows_in[self.parts] = table.num_rows
         self.pending = 0
         return self.parts
+
+    def compact_begin(self) -> Compaction | None:
+        """Merge the small parts into a new part when there are enough; None when not due.
+
+        The merged parts stay on disk (and live) until `compact_end`. Parts whose schemas
+        cannot be unified are left alone.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        small = [n for n, rows in sorted(self._rows_in.items()) if rows < self.small_rows]
+        if not self.compact_after or len(small) < self.compact_after:
+            return None
+        try:
+            schema = pa.unify_schemas(
+                [pq.read_schema(self._path(n)) for n in small], promote_options="permissive"
+            )
+        except (pa.ArrowException, ValueError) as e:
+            log.info("%s: parts not merged (schemas differ: %s)", self.directory, e)
+            return None
+        number = self.parts + 1
+        path = self._path(number)
+        tmp = path.with_name(path.name + ".tmp")
+        rows = 0
+        try:
+            with open(tmp, "wb") as f:
+                with pq.ParquetWriter(f, schema, compression="zstd") as out:
+                    for n in small:
+                        with pq.ParquetFile(self._path(n)) as part:
+                            for batch in part.iter_batches(batch_size=self.chunk_rows * 10):
+                                table = pa.Table.from_batches([batch])
+                                out.write_table(_conform(table, schema))
+                                rows += table.num_rows
+                f.flush()
+                os.fsync(f.fileno())
+        except (pa.ArrowException, ValueError) as e:
+            tmp.unlink(missing_ok=True)
+            log.info("%s: parts not merged: %s", self.directory, e)
+            return None
+        os.replace(tmp, path)
+        fsync_dir(self.directory)
+        self.parts = number
+        for n in small:
+            del self._rows_in[n]
+        self._rows_in[number] = rows
+        log.debug("%s: merged %d parts into %s", self.directory, len(small), path.name)
+        return Compaction(number=number, merged=tuple(small))
+
+    def compact_end(self, compaction: Compaction) -> None:
+        """Delete the merged parts (after the run state lists the new part instead)."""
+        for n in compaction.merged:
+            self._path(n).unlink(missing_ok=True)
+        fsync_dir(self.directory)
 
     def close(self) -> None:
         """Drop buffered, uncommitted rows."""
@@ -200,6 +302,19 @@ class ParquetWriter:
         if schema is None or not any(pa.types.is_null(f.type) for f in table.schema):
             self._schema = table.schema
         self._chunks.append(table)
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """`table` with `schema`'s columns in its order (missing ones null), cast to its types."""
+    import pyarrow as pa
+
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def write_atomic(path: Path, chunks: list[bytes] | bytes) -> int:
