@@ -170,7 +170,7 @@ def test_on_exit_failure_is_exit_6_and_the_watchdog_keeps_trying(
         assert left.endpoint == "stubborn"
         proxy.fail_pause = False  # the watchdog's own retries now get through
         wait_for(lambda: state_of(api, "stubborn") == "paused", 60, "the watchdog to pause it")
-    wait_for(lambda: LeaseRegistry().records() == [], 10, "the watchdog to drop the lease")
+        wait_for(lambda: LeaseRegistry().records() == [], 30, "the watchdog to drop the lease")
 
 
 def test_budget_stops_the_run_before_the_limit(
