@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +24,7 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -68,17 +72,69 @@ def _endpoint(svc: LocalService, name: str, **kwargs: Any) -> str:
         return str(wait_state(c, name, "running", timeout=120)["status"]["url"])
 
 
+_BARE = """
+import sys
+import orjson
+from aiohttp import web
+
+async def handle(request):
+    data = orjson.loads(await request.read())
+    return web.Response(body=orjson.dumps([{"generated_text": data["inputs"]}]),
+                        content_type="application/json")
+
+app = web.Application()
+app.router.add_post("/", handle)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def _bare_server() -> tuple[subprocess.Popen[bytes], str]:
+    """A bare aiohttp.web echo server in a subprocess: the baseline for the same client."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", _BARE, str(port)])
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(url, json={"inputs": "x"}, trust_env=False)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the bare aiohttp server did not start")
+
+
 def bench_echo(svc: LocalService, seconds: float, concurrency: int) -> None:
-    url = _endpoint(svc, "bench-echo", type="public")
+    url = _endpoint(svc, "bench-echo", type="public") + "/"
     payloads = [orjson.dumps({"inputs": f"row {i} some text to echo"}) for i in range(100)]
-    asyncio.run(drive(url + "/", payloads, concurrency=concurrency, seconds=1.0, token=None))
-    for run in range(3):
-        n, elapsed = asyncio.run(
-            drive(url + "/", payloads, concurrency=concurrency, seconds=seconds, token=None)
-        )
-        print(
-            f"echo 0 ms, C={concurrency}, run {run + 1}: {n / elapsed:,.0f} req/s ({n} in {elapsed:.1f} s)"
-        )
+    bare, bare_url = _bare_server()
+    try:
+        for target in (url, bare_url):  # warm both up
+            asyncio.run(drive(target, payloads, concurrency=concurrency, seconds=1.0, token=None))
+        procs = {
+            "worker": psutil.Process(int(svc.status()["worker_pids"][0])),  # type: ignore[index]
+            "bare": psutil.Process(bare.pid),
+        }
+        for run in range(3):
+            rates, cpu = {}, {}
+            for label, target in (("worker", url), ("bare", bare_url)):
+                before = sum(procs[label].cpu_times()[:2])
+                n, elapsed = asyncio.run(
+                    drive(target, payloads, concurrency=concurrency, seconds=seconds, token=None)
+                )
+                rates[label] = n / elapsed
+                cpu[label] = (sum(procs[label].cpu_times()[:2]) - before) / max(1, n) * 1e6
+            print(
+                f"run {run + 1}, C={concurrency}, 0 ms: echo worker {rates['worker']:,.0f} req/s "
+                f"({cpu['worker']:.0f} us server CPU/request), bare aiohttp.web "
+                f"{rates['bare']:,.0f} req/s ({cpu['bare']:.0f} us); "
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
+    finally:
+        bare.terminate()
+        bare.wait()
 
 
 def bench_minilm(svc: LocalService, seconds: float) -> None:
