@@ -34,9 +34,10 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # Only 127.0.0.1 is contacted; huggingface_hub's offline mode would refuse even that.
@@ -75,7 +76,7 @@ class Result:
         return self.cpu_s / self.done * 1e6 if self.done else float("nan")
 
 
-Runner = Callable[[str, list[str], int, float], Awaitable[int]]
+Runner = Callable[[str, list[str], int, float], Coroutine[Any, Any, int]]
 
 
 def make_job(url: str, concurrency: int, **extra: object) -> Job:
@@ -100,7 +101,7 @@ async def run_pool(url: str, texts: list[str], concurrency: int, seconds: float)
     done = 0
     deadline = time.perf_counter() + seconds
 
-    def requests() -> object:
+    def requests() -> Iterator[Request]:
         for i, text in enumerate(texts):
             if time.perf_counter() > deadline:
                 return
@@ -111,7 +112,7 @@ async def run_pool(url: str, texts: list[str], concurrency: int, seconds: float)
         if outcome.error is None:
             done += 1
 
-    await pool.run(requests(), on_outcome)  # type: ignore[arg-type]
+    await pool.run(requests(), on_outcome)
     return done
 
 
