@@ -8,7 +8,9 @@
   pipeline for the endpoint's task.
 
 Anything else fails to load with a message that says where models are looked for. Nothing is
-ever downloaded: workers run with `HF_HUB_OFFLINE=1`.
+ever downloaded: workers run with `HF_HUB_OFFLINE=1`. For the real models, `model.env` may set
+`BATCHRUN_MAX_BATCH` (rows per micro-batch, default 32) and `BATCHRUN_TORCH_THREADS` (default
+half the cores).
 
 Heavy imports (torch, transformers, sentence-transformers) happen inside `load_backend`.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,6 +284,31 @@ def _not_found(repository: str, models_dir: Path | None) -> EndpointFailedError:
     )
 
 
+def _set_torch_threads(env: dict[str, str]) -> None:
+    """Half the cores for torch (`BATCHRUN_TORCH_THREADS` to change it).
+
+    The other half serves HTTP and whoever sends the requests; on a small shared machine,
+    torch's default (every core) oversubscribes the CPU and runs several times slower.
+
+    Raises:
+        EndpointFailedError: the variable is not a positive integer.
+    """
+    raw = env.get("BATCHRUN_TORCH_THREADS")
+    try:
+        threads = int(raw) if raw else max(1, (os.cpu_count() or 2) // 2)
+    except ValueError as e:
+        raise EndpointFailedError(
+            f"model.env BATCHRUN_TORCH_THREADS={raw!r} is not an integer"
+        ) from e
+    if threads < 1:
+        raise EndpointFailedError(f"model.env BATCHRUN_TORCH_THREADS={raw!r} must be at least 1")
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
 def load_backend(
     repository: str, task: str, env: dict[str, str], models_dir: Path | None = None
 ) -> Backend:
@@ -299,6 +327,7 @@ def load_backend(
             ) from e
     if repository == ECHO_REPOSITORY:
         return EchoBackend(EchoFaults.from_env(env).dimension)
+    _set_torch_threads(env)
     if repository in (MINILM_REPOSITORY, "all-MiniLM-L6-v2"):
         if task not in EMBEDDING_TASKS:
             raise EndpointFailedError(
