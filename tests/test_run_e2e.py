@@ -304,3 +304,19 @@ def test_set_and_output_overrides(tmp_path: Path, endpoint_app: EndpointApp) -> 
     (tmp_path / "out/r.jsonl").mkdir(parents=True)
     code, _, err = _cli("run", str(job_file), "--quiet")
     assert code == 2 and "JSONL output must be a file" in err
+
+
+def test_parquet_commit_parts_are_merged(tmp_path: Path, endpoint_app: EndpointApp) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"t{i}"} for i in range(2000)])
+    job_file = _job(
+        tmp_path, endpoint_app.url, "in.jsonl", "out/r.parquet", output={"commit_rows": 10}
+    )
+    assert run_job(load_job(job_file), progress=False).exit_code == 0
+    out = tmp_path / "out/r.parquet"
+    parts = sorted(out.glob("part-*.parquet"))
+    assert 1 <= len(parts) < 32  # 40 commits of 50 rows, merged 32 at a time
+    merged = [p for p in parts if b"batchrun.merged" in (pq.read_schema(p).metadata or {})]
+    assert merged
+    assert sorted(r["id"] for r in read_results(out)) == list(range(2000))
+    assert run_job(load_job(job_file), progress=False).skipped_done == 2000
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in parts]

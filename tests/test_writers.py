@@ -69,7 +69,7 @@ def _parts(out: Path) -> list[str]:
 
 def test_parquet_small_parts_are_merged_crash_safely(tmp_path: Path) -> None:
     out = tmp_path / "r.parquet"
-    w = ParquetWriter(out, compact_after=3, small_rows=100)
+    w = ParquetWriter(out, compact_after=3)
     for part in range(3):
         for i in range(part * 5, part * 5 + 5):
             # the first part's "note" is all null; later parts carry strings
@@ -93,14 +93,29 @@ def test_parquet_small_parts_are_merged_crash_safely(tmp_path: Path) -> None:
     assert table.column("note").to_pylist()[:6] == [None] * 5 + ["n5"]
 
 
-def test_parquet_no_merge_below_the_threshold_or_for_big_parts(tmp_path: Path) -> None:
-    w = ParquetWriter(tmp_path / "r.parquet", compact_after=2, small_rows=3)
-    for i in range(8):
-        w.write({"id": i})
-        if i % 4 == 3:
-            w.commit()
-    assert w.compact_begin() is None  # two parts of 4 rows: not small
-    w.write({"id": 8})
+def test_parquet_merged_parts_are_not_merged_again(tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    w = ParquetWriter(out, compact_after=2)
+    w.write({"id": 0})
     w.commit()
-    assert w.compact_begin() is None  # one small part
+    assert w.compact_begin() is None  # one commit part
+    w.write({"id": 1})
+    w.commit()
+    first = w.compact_begin()
+    assert first is not None and first.merged == (1, 2)
+    w.compact_end(first)
+    w.write({"id": 2})
+    w.commit()
+    assert w.compact_begin() is None  # the merged part does not count
     w.close()
+    again = ParquetWriter(out, committed_parts=4, live_parts=[3, 4], compact_after=2)
+    w.close()
+    again.write({"id": 3})
+    again.commit()
+    second = again.compact_begin()  # the marker survives a reopen: only parts 4 and 5
+    assert second is not None and second.merged == (4, 5)
+    again.compact_end(second)
+    again.close()
+    assert _parts(out) == ["part-000003.parquet", "part-000006.parquet"]
+    ids = [pq.read_table(out / p).column("id").to_pylist() for p in _parts(out)]
+    assert ids == [[0, 1], [2, 3]]

@@ -30,6 +30,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
+_MERGED_KEY = b"batchrun.merged"
 
 
 class ResultWriter(Protocol):
@@ -128,19 +129,19 @@ class ParquetWriter:
     or not at all. Opening deletes temporary files and every part the run state does not list
     as live. Buffered rows become Arrow tables every `chunk_rows` rows, which keeps them compact.
 
-    Small parts are merged so a long, slow run does not leave thousands of files: once
-    `compact_after` live parts hold fewer than `small_rows` rows each, `compact_begin` streams
-    them (one at a time) into a new part; the caller records the new live list in the run
-    state, then `compact_end` deletes the merged parts. A crash at any step leaves either the
-    old parts or the new one listed as live, and opening deletes the other.
+    Commit parts are merged so a long, slow run does not leave thousands of files: once
+    `compact_after` commit parts are live, `compact_begin` streams them (one part, one small
+    batch at a time, so memory stays flat) into a new part marked as merged in its metadata;
+    merged parts are never merged again (no rewriting of big files). The caller records the new
+    live list in the run state, then `compact_end` deletes the merged parts. A crash at any
+    step leaves either the old parts or the new one listed as live; opening deletes the other.
 
     Args:
         directory: the output directory (the job's `.parquet` path).
         committed_parts: the highest part number the run state recorded.
         live_parts: the part numbers the run state lists as live (None: 1..committed_parts).
         chunk_rows: rows per in-memory Arrow chunk.
-        compact_after: merge when this many small parts are live (0: never).
-        small_rows: a part with fewer rows is small.
+        compact_after: merge when this many commit parts are live (0: never).
     """
 
     def __init__(
@@ -150,8 +151,7 @@ class ParquetWriter:
         committed_parts: int = 0,
         live_parts: list[int] | None = None,
         chunk_rows: int = 1000,
-        compact_after: int = 8,
-        small_rows: int = 100_000,
+        compact_after: int = 32,
     ) -> None:
         self.directory = directory
         if directory.exists() and not directory.is_dir():
@@ -173,15 +173,15 @@ class ParquetWriter:
         self.parts = committed_parts
         self.chunk_rows = chunk_rows
         self.compact_after = compact_after
-        self.small_rows = small_rows
-        self._rows_in: dict[int, int] = {}
+        self._merged: dict[int, bool] = {}  # live part number -> made by a merge
         if live:
             import pyarrow.parquet as pq
 
             for n in sorted(live):
                 path = self._path(n)
                 if path.exists():
-                    self._rows_in[n] = pq.ParquetFile(path).metadata.num_rows
+                    meta = pq.read_schema(path).metadata or {}
+                    self._merged[n] = _MERGED_KEY in meta
         self._rows: list[dict[str, Any]] = []
         self._chunks: list[Any] = []
         self._schema: Any = None
@@ -190,7 +190,7 @@ class ParquetWriter:
     @property
     def live(self) -> list[int]:
         """The numbers of the committed part files, in order."""
-        return sorted(self._rows_in)
+        return sorted(self._merged)
 
     def _path(self, number: int) -> Path:
         return self.directory / f"part-{number:06d}.parquet"
@@ -224,7 +224,7 @@ class ParquetWriter:
             os.replace(tmp, path)
             fsync_dir(self.directory)
             self.parts += 1
-            self._rows_in[self.parts] = table.num_rows
+            self._merged[self.parts] = False
         self.pending = 0
         return self.parts
 
@@ -237,13 +237,13 @@ class ParquetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        small = [n for n, rows in sorted(self._rows_in.items()) if rows < self.small_rows]
+        small = [n for n, merged in sorted(self._merged.items()) if not merged]
         if not self.compact_after or len(small) < self.compact_after:
             return None
         try:
             schema = pa.unify_schemas(
                 [pq.read_schema(self._path(n)) for n in small], promote_options="permissive"
-            )
+            ).with_metadata({_MERGED_KEY: b"1"})
         except (pa.ArrowException, ValueError) as e:
             log.info("%s: parts not merged (schemas differ: %s)", self.directory, e)
             return None
@@ -256,7 +256,9 @@ class ParquetWriter:
                 with pq.ParquetWriter(f, schema, compression="zstd") as out:
                     for n in small:
                         with pq.ParquetFile(self._path(n)) as part:
-                            for batch in part.iter_batches(batch_size=self.chunk_rows * 10):
+                            for batch in part.iter_batches(
+                                batch_size=self.chunk_rows, use_threads=False
+                            ):
                                 table = pa.Table.from_batches([batch])
                                 out.write_table(_conform(table, schema))
                                 rows += table.num_rows
@@ -270,9 +272,11 @@ class ParquetWriter:
         fsync_dir(self.directory)
         self.parts = number
         for n in small:
-            del self._rows_in[n]
-        self._rows_in[number] = rows
-        log.debug("%s: merged %d parts into %s", self.directory, len(small), path.name)
+            del self._merged[n]
+        self._merged[number] = True
+        log.debug(
+            "%s: merged %d parts (%d rows) into %s", self.directory, len(small), rows, path.name
+        )
         return Compaction(number=number, merged=tuple(small))
 
     def compact_end(self, compaction: Compaction) -> None:
