@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.endpoints import EndpointsClient, Hardware, resolve_token
+from batchrun.endpoints import EndpointsClient, Hardware, RetryPolicy, resolve_token
 from batchrun.errors import APIConnectionError, BatchrunError, NotFoundError
 from batchrun.io.readers import open_input
 from batchrun.job import Job
@@ -220,13 +220,17 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
     price = job.budget.price_per_hour
     price_source: str | None = "job [budget] price_per_hour" if price is not None else None
     replicas = max(spec.min_replica, 1)
-    endpoint_name: str | None = spec.url if spec.provider == "url" else None
+    endpoint_name = spec.url if spec.provider == "url" else f"{spec.namespace or '?'}/{spec.name}"
     state: str | None = None
     if spec.provider in ("hf", "local") and spec.name:
         token = resolve_token() if spec.provider == "hf" else (resolve_token() or _local_token())
         try:
             async with EndpointsClient(
-                api_url=spec.resolved_api_url, token=token, namespace=spec.namespace
+                api_url=spec.resolved_api_url,
+                token=token,
+                namespace=spec.namespace,
+                timeout=10.0,
+                retry=RetryPolicy(attempts=1),  # a plan does not wait for a missing service
             ) as client:
                 namespace = await client.namespace()
                 endpoint_name = f"{namespace}/{spec.name}"
@@ -252,9 +256,7 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
                     if price is not None:
                         price_source = "list price (simulated)" if simulated else "list price"
         except APIConnectionError as e:
-            notes.append(
-                f"the endpoints API did not answer ({e}); endpoint state and price unknown"
-            )
+            notes.append(f"the endpoints API did not answer ({e}); the endpoint's state is unknown")
             if spec.provider == "local" and price is None:
                 from batchrun.local.schema import hardware_catalogue
 

@@ -78,7 +78,7 @@ def reap(ctx: click.Context, dry_run: bool) -> None:
     """Put to rest the endpoints of runs that died without doing it (exit 6 if one cannot be)."""
     results = asyncio.run(reap_dead_leases(dry_run=dry_run))
     if not results:
-        click.echo("nothing to reap: every lease is live")
+        click.echo("nothing to reap: no lease of a dead run")
     for r in results:
         click.echo(r.message, err=not r.ok)
     if any(not r.ok for r in results):
