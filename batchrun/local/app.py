@@ -40,7 +40,7 @@ from batchrun.local.schema import hardware_catalogue, render
 from batchrun.local.store import EndpointStore, utc_now
 from batchrun.local.supervisor import Supervisor
 
-__all__ = ["LOCAL_USER", "ControlPlane", "run_service"]
+__all__ = ["ControlPlane", "run_service"]
 
 logger = logging.getLogger(__name__)
 

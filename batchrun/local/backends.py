@@ -28,8 +28,6 @@ from typing import Any
 from batchrun.errors import EndpointFailedError
 
 __all__ = [
-    "ECHO_REPOSITORY",
-    "MINILM_REPOSITORY",
     "Backend",
     "EchoBackend",
     "EchoFaults",
