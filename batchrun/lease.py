@@ -155,6 +155,11 @@ class EndpointLease:
         """The cost meter's reading now."""
         return self.meter.reading()
 
+    def cost_text(self) -> str:
+        """The cost so far for the progress bar, e.g. "$0.0123" ("$?" without a price)."""
+        cost = self.meter.cost_usd()
+        return "$?" if cost is None else f"${cost:.4f}"
+
     def mark_idle(self) -> None:
         """The runner has its last result: from here on, billed time is idle."""
         if self.idle_at is None:
