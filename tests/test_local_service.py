@@ -357,3 +357,23 @@ def test_restart_keeps_endpoints_and_true_states(tmp_path: Path) -> None:
 def test_second_service_on_the_same_state_dir_is_refused(local_service: LocalService) -> None:
     with pytest.raises(RuntimeError, match="another batchrun service already runs"):
         start_local_service(local_service.state_dir, timeout=15)
+
+
+def test_scale_to_zero_from_paused_and_pause_while_updating(svc: LocalService) -> None:
+    with api(svc) as c, data_client(svc.token) as d:
+        url = create_running(c, "s2zp")["status"]["url"]
+        c.post(f"/endpoint/{NS}/s2zp/pause")
+        r = c.post(f"/endpoint/{NS}/s2zp/scale-to-zero").json()
+        assert r["status"]["state"] == "scaledToZero"
+        assert r["status"]["url"] == url  # something answers there at once
+        resp = d.post(url + "/", json={"inputs": "w"}, headers={"X-Scale-Up-Timeout": "30"})
+        assert resp.status_code == 200
+        wait_state(c, "s2zp", "running")
+        slow = {"model": {"env": {"BATCHRUN_ECHO_START_DELAY_MS": "5000"}}}
+        assert c.put(f"/endpoint/{NS}/s2zp", json=slow).json()["status"]["state"] == "updating"
+        paused = c.post(f"/endpoint/{NS}/s2zp/pause").json()
+        assert paused["status"]["state"] == "paused"
+        with pytest.raises(httpx.ConnectError):
+            d.post(url + "/", json={"inputs": "x"})
+        assert c.get(f"/endpoint/{NS}/s2zp").json()["status"]["state"] == "paused"
+        c.delete(f"/endpoint/{NS}/s2zp")
