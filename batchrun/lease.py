@@ -169,6 +169,18 @@ class EndpointLease:
     # -- entering ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> EndpointLease:
+        """Get the endpoint running (or stop early for the budget/deadline; see `stop_event`).
+
+        If anything fails after the endpoint was touched, `on_exit` is applied before raising.
+
+        Raises:
+            JobError: the endpoint is missing and the job cannot create it; `max_cost_usd`
+                without a known price, or below one billing quantum; a past deadline.
+            EndpointFailedError: it is failed, or failed while starting (exit 5).
+            EndpointTimeoutError: not ready within `[endpoint] ready_timeout` (exit 5).
+            APIError: the API refused a call; APIConnectionError: it could not be reached.
+            EndpointRestError: on top of one of these, `on_exit` could not be applied (exit 6).
+        """
         try:
             await self._enter()
         except BaseException as e:
@@ -462,6 +474,12 @@ class EndpointLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Put the endpoint to rest (unless another live lease holds it); never suppresses.
+
+        Raises:
+            EndpointRestError: `on_exit` could not be applied and confirmed (exit 6); the lease
+                stays on disk for `batchrun reap`, and the watchdog keeps trying.
+        """
         await self._leave(exc)
 
     async def _leave(self, error: BaseException | None) -> None:
