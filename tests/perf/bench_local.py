@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/perf/bench_local.py echo     # echo at 0 ms: requests/s, C = 64
     .venv/bin/python tests/perf/bench_local.py minilm   # MiniLM rows/s, micro-batch 1 vs 32
+    .venv/bin/python tests/perf/bench_local.py minilm --short   # the same on short sentences
 
 Each starts `batchrun serve` on a free port with a temporary state dir, creates the endpoint,
 drives it with a bare aiohttp client loop (one ClientSession, C workers, orjson), prints one
@@ -137,10 +138,13 @@ def bench_echo(svc: LocalService, seconds: float, concurrency: int) -> None:
         bare.wait()
 
 
-def bench_minilm(svc: LocalService, seconds: float) -> None:
-    texts = [
-        f"Sentence number {i} about batch inference, endpoints and budgets." for i in range(512)
-    ]
+def bench_minilm(svc: LocalService, seconds: float, short: bool) -> None:
+    if short:
+        texts = [f"Sentence number {i} about batch inference and budgets." for i in range(512)]
+    else:
+        root = Path(__file__).resolve().parents[2]
+        lines = (root / "examples" / "texts.jsonl").read_bytes().splitlines()[:512]
+        texts = [str(orjson.loads(line)["text"]) for line in lines]  # paragraphs, 40-600 chars
     payloads = [orjson.dumps({"inputs": t}) for t in texts]
     for max_batch in (1, 32):
         name = f"bench-minilm-{max_batch}"
@@ -172,6 +176,7 @@ def main() -> None:
     parser.add_argument("what", choices=["echo", "minilm"])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--short", action="store_true", help="minilm: short sentences")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         svc = start_local_service(Path(tmp) / "state")
@@ -179,7 +184,7 @@ def main() -> None:
             if args.what == "echo":
                 bench_echo(svc, args.seconds, args.concurrency)
             else:
-                bench_minilm(svc, args.seconds)
+                bench_minilm(svc, args.seconds, args.short)
         finally:
             svc.stop()
 
