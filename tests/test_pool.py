@@ -366,8 +366,9 @@ def test_rate_limit_paces_requests(endpoint_app: EndpointApp) -> None:
     assert time.monotonic() - started >= 15 / 20 - 0.05
     arrivals = sorted(endpoint_app.arrivals())
     assert arrivals[-1] - arrivals[0] >= 15 / 20 - 0.05
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) >= 0.03  # 50 ms apart, give or take the event loop
+    # 50 ms apart on a fixed schedule: never a burst, even when one slot fires late.
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 0.5) for start in arrivals)
+    assert busiest <= 12
 
 
 def test_stop_with_grace_reports_requests_that_finish_in_time(endpoint_app: EndpointApp) -> None:
