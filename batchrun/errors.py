@@ -7,7 +7,7 @@ BatchrunError (exit 1)
 │   └── RunStateError                      the run state does not match the job (changed input, changed job)
 │       └── RunLockedError                 another live run holds this output
 ├── APIError (exit 1)                      the endpoints control plane answered with an HTTP error
-│   ├── APIClientError (exit 2)            4xx: the API refused; carries status and the server's message
+│   ├── APIClientError (exit 2; 1 for 429 and other odd 4xx)  4xx: the API refused
 │   │   ├── AuthenticationError            401
 │   │   ├── PermissionDeniedError          403
 │   │   ├── NotFoundError                  404
@@ -101,9 +101,17 @@ class APIError(BatchrunError):
 
 
 class APIClientError(APIError):
-    """The API refused the call (4xx)."""
+    """The API refused the call (4xx).
 
-    exit_code = 2
+    The CLI exits 2 for a refusal the caller can fix (400, 401, 403, 404, 409, 422) and 1 for
+    any other 4xx (a 429 rate limit, say), as DESIGN.md's exit codes for `batchrun endpoints` say.
+    """
+
+    _REFUSALS = frozenset({400, 401, 403, 404, 409, 422})
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 2 if self.status in self._REFUSALS else 1
 
 
 class AuthenticationError(APIClientError):

@@ -499,7 +499,7 @@ def test_http_errors_map_to_typed_errors_with_the_server_message(
     for word in words:
         assert word in str(error), (word, str(error))
     assert str(error).startswith(f"{status}: ") and "\n" not in str(error)
-    expected_exit = 2 if status < 500 else 1
+    expected_exit = 2 if status in (400, 401, 403, 404, 409, 422) else 1
     assert error.exit_code == expected_exit  # type: ignore[attr-defined]
 
 

@@ -32,5 +32,6 @@ def test_error_tree_exit_codes() -> None:
     assert errors.EndpointTimeoutError.exit_code == 5
     assert issubclass(errors.EndpointTimeoutError, TimeoutError)
     assert errors.EndpointRestError.exit_code == 6
-    assert errors.NotFoundError.exit_code == 2
+    assert errors.NotFoundError("x", status=404).exit_code == 2
+    assert errors.APIClientError("slow down", status=429).exit_code == 1
     assert errors.BatchrunError.exit_code == 1
