@@ -7,8 +7,9 @@ open_target(job) ──> url + headers + stop event ─────────�
 ```
 
 The target is an async context manager giving the URL, the headers and a way to say "stop
-dispatching" (`Target`). For `provider = "url"` it is `UrlTarget`; the lifecycle helper's
-`EndpointLease` takes the same place for "hf"/"local" by changing `open_target` alone.
+dispatching" (`Target`). For `provider = "url"` it is `UrlTarget`; for "hf" and "local" it is
+`batchrun.lease.EndpointLease`, which resumes or creates the endpoint, meters its cost, and puts
+it to rest on the way out.
 
 A `RunControl` stops a run from outside: the CLI's signal handlers call `stop("sigint")`, a
 second Ctrl-C `stop("sigint", grace=0)`; budget and lease stops arrive through the target's
@@ -40,6 +41,7 @@ from batchrun.errors import EndpointFailedError, JobError
 from batchrun.io.ledger import Ledger
 from batchrun.io.readers import InputReader, Position, Row, open_input
 from batchrun.job import Job
+from batchrun.plan import remember_run
 from batchrun.pool import Outcome, Pool, Request
 from batchrun.tasks import RequestCodec, RowInputError, codec_for
 
@@ -149,7 +151,7 @@ def open_target(job: Job) -> AbstractAsyncContextManager[Target]:
     """The target for the job's `[endpoint]`.
 
     Raises:
-        JobError: `token_env` names an unset variable; a provider this build cannot run.
+        JobError: `token_env` names an unset variable.
     """
     ep = job.endpoint
     if ep.provider == "url":
@@ -164,7 +166,9 @@ def open_target(job: Job) -> AbstractAsyncContextManager[Target]:
                 )
             headers["Authorization"] = f"Bearer {token}"
         return UrlTarget(ep.url, headers)
-    raise JobError(f'{job.source}: [endpoint] provider = "{ep.provider}" is not yet supported')
+    from batchrun.lease import EndpointLease  # the control plane loads only for hf / local
+
+    return EndpointLease(job)
 
 
 class RunControl:
@@ -277,12 +281,14 @@ async def arun_job(
                     raise
             else:
                 await target_cm.__aexit__(None, None, None)
-            summary_fields = getattr(entered, "summary_fields", None)
-            if summary_fields is not None:
-                for key, value in summary_fields().items():
-                    setattr(run.summary, key, value)
+        # A lease stopped while getting ready has put its endpoint to rest too: report it.
+        summary_fields = getattr(entered or target_cm, "summary_fields", None)
+        if summary_fields is not None:
+            for key, value in summary_fields().items():
+                setattr(run.summary, key, value)
     finally:
         run.close()
+        remember_run(job.output.path, run.summary.to_json())  # for `batchrun status` / `plan`
     if run.summary.stop_reason == "endpoint_failed":
         raise EndpointFailedError(
             f"the endpoint failed mid-run; {run.summary.results_total} result(s) are committed "
@@ -356,6 +362,7 @@ class _Run:
         self.progress = progress
         self.total = reader.count_rows() if progress else None
         self._pools: list[Pool] = []
+        self.cost_text: Callable[[], str] | None = None
 
     # -- the run -----------------------------------------------------------------------------
     async def execute(self, target: Target, *, retry_errors: bool) -> None:
@@ -363,6 +370,7 @@ class _Run:
             asyncio.create_task(self._watch_stop(target)),
             asyncio.create_task(self._commit_timer()),
         ]
+        self.cost_text = getattr(target, "cost_text", None)
         self._start_progress()
         try:
             if retry_errors:
@@ -382,6 +390,9 @@ class _Run:
                 seq, pos = self.ledger.anchor
                 rows = self.reader.rows(start_seq=seq, start=pos)
                 await self._dispatch(target, self._new_rows(rows), track=True)
+            mark_idle = getattr(target, "mark_idle", None)
+            if mark_idle is not None:  # from the last result on, billed time is idle
+                mark_idle()
             self.ledger.commit()
         finally:
             for task in tasks:
@@ -607,12 +618,14 @@ class _Run:
 
     def _show_counts(self) -> None:
         self._unshown = 0
-        self.bar.set_postfix(
-            ok=self.summary.succeeded,
-            errors=self.summary.failed,
-            retries=sum(p.stats.retries for p in self._pools),
-            refresh=False,
-        )
+        counts: dict[str, Any] = {
+            "ok": self.summary.succeeded,
+            "errors": self.summary.failed,
+            "retries": sum(p.stats.retries for p in self._pools),
+        }
+        if self.cost_text is not None:
+            counts["cost"] = self.cost_text()
+        self.bar.set_postfix(counts, refresh=False)
 
     def _log_progress(self) -> None:
         s = self.summary
@@ -623,6 +636,8 @@ class _Run:
         eta = ""
         if self.total is not None and rate > 0:
             eta = f", ETA {max(0.0, (self.total - done - s.skipped_done) / rate):.0f} s"
+        if self.cost_text is not None:
+            eta += f", cost {self.cost_text()}"
         log.info(
             "progress: %d%s rows (ok %d, errors %d, retries %d, already done %d), %.0f rows/s%s",
             done + s.skipped_done,
