@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import os
 import re
 import tomllib
 import types
@@ -441,7 +442,7 @@ def _template_fields(template: str) -> list[str]:
 
 def _resolve(path: str, base_dir: Path) -> str:
     p = Path(path).expanduser()
-    return str(p if p.is_absolute() else base_dir / p)
+    return os.path.normpath(p if p.is_absolute() else base_dir / p)
 
 
 def _check_keys(data: dict[str, Any], allowed: dict[str, Any], source: str, *, where: str) -> None:
