@@ -318,11 +318,6 @@ def test_ctrl_c_while_waiting_for_readiness_pauses_at_once(
     assert state_of(api, "slowstart") == "paused"
 
 
-@pytest.mark.xfail(
-    reason="the echo worker answers 400 'does not support generate', not 503, to a request in "
-    "flight when scale-to-zero unloads its model (batchrun/local/worker.py _call)",
-    strict=False,
-)
 def test_scaled_to_zero_mid_run_is_woken_without_row_failures(
     local_service: Any, api: SyncEndpointsClient, tmp_path: Path
 ) -> None:

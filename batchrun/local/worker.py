@@ -67,6 +67,10 @@ class _BadInput(Exception):
     """A request body the model cannot take (400)."""
 
 
+class _Unloaded(Exception):
+    """The model was released (scale to zero) while the request was being admitted (503)."""
+
+
 class MicroBatcher:
     """Gathers concurrent calls into batches of up to `max_batch` rows, run in one thread.
 
@@ -318,7 +322,9 @@ class WorkerApp:
 
     async def _call(self, kind: str, texts: list[str], parameters: dict[str, Any]) -> list[Any]:
         backend = self.backend
-        if backend is None or kind not in backend.kinds:
+        if backend is None:
+            raise _Unloaded
+        if kind not in backend.kinds:
             raise _BadInput(f"model {self.repository!r} does not support {kind}")
         if not backend.heavy:
             if kind == "generate":
@@ -351,6 +357,14 @@ class WorkerApp:
                 result = await fn(request)
             except _BadInput as e:
                 return _error(400, str(e), "validation")
+            except _Unloaded:
+                self.start_load()  # as Hugging Face does: a request wakes the endpoint
+                return _error(
+                    503,
+                    "the endpoint scaled to zero while this request waited; it is starting again",
+                    "unavailable",
+                    **{"Retry-After": "1"},
+                )
             except Exception as e:
                 logger.exception("request failed")
                 return _error(500, f"{type(e).__name__}: {e}", "model")
