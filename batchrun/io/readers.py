@@ -16,7 +16,7 @@ import glob
 import gzip
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -194,23 +194,11 @@ class InputReader:
             first_group = g + 1
         if first_group >= meta.num_row_groups:
             return
-        skip = start_row - group_start
-        row_in_file = group_start
         groups = list(range(first_group, meta.num_row_groups))
-        for batch in pf.iter_batches(batch_size=self.batch_rows, row_groups=groups):
-            n = batch.num_rows
-            if skip >= n:
-                skip -= n
-                row_in_file += n
-                continue
-            if skip:
-                batch = batch.slice(skip)
-                row_in_file += skip
-                skip = 0
-            for record in batch.to_pylist():
-                yield self._make_row(seq, record, (file_index, row_in_file, -1, row_in_file + 1))
-                seq += 1
-                row_in_file += 1
+        batches = pf.iter_batches(batch_size=self.batch_rows, row_groups=groups)
+        for row_in_file, record in _records(batches, group_start, start_row - group_start):
+            yield self._make_row(seq, record, (file_index, row_in_file, -1, row_in_file + 1))
+            seq += 1
 
     def _csv_rows(self, file_index: int, start_row: int, seq: int) -> Iterator[Row]:
         import pyarrow as pa
@@ -223,29 +211,34 @@ class InputReader:
         convert = pacsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()))
         read = pacsv.ReadOptions(block_size=1 << 20)
         reader = pacsv.open_csv(str(path), read_options=read, convert_options=convert)
-        skip = start_row
-        row_in_file = 0
+        row_in_file = start_row
         try:
-            for batch in reader:
-                n = batch.num_rows
-                if skip >= n:
-                    skip -= n
-                    row_in_file += n
-                    continue
-                if skip:
-                    batch = batch.slice(skip)
-                    row_in_file += skip
-                    skip = 0
-                for record in batch.to_pylist():
-                    yield self._make_row(
-                        seq, record, (file_index, row_in_file, -1, row_in_file + 2)
-                    )
-                    seq += 1
-                    row_in_file += 1
+            for row_in_file, record in _records(reader, 0, start_row):
+                yield self._make_row(seq, record, (file_index, row_in_file, -1, row_in_file + 2))
+                seq += 1
         except pa.ArrowInvalid as e:
             raise InputError(f"{path}: cannot read CSV after row {row_in_file}: {e}") from e
         finally:
             reader.close()
+
+
+def _records(batches: Iterable[Any], first_row: int, skip: int) -> Iterator[tuple[int, Any]]:
+    """(row number in the file, record) for Arrow record batches starting at row `first_row`,
+    leaving out the first `skip` rows without converting them to Python."""
+    row = first_row
+    for batch in batches:
+        n = batch.num_rows
+        if skip >= n:
+            skip -= n
+            row += n
+            continue
+        if skip:
+            batch = batch.slice(skip)
+            row += skip
+            skip = 0
+        for record in batch.to_pylist():
+            yield row, record
+            row += 1
 
 
 def open_input(spec: InputSpec, *, limit: int | None = None, source: str = "job") -> InputReader:
