@@ -62,6 +62,8 @@ NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
 """Errors-file statuses `--retry-errors` leaves alone: sending them again cannot help."""
 
 _LOG_EVERY_S = 30.0
+_ID_CHUNK = 256
+"""Rows looked up in the on-disk id index at a time (one insert and one select each)."""
 _STOP_CODES = {"sigint": 130, "sigterm": 143, "budget": 4, "deadline": 4}
 
 
@@ -401,7 +403,7 @@ class _Run:
         self.finish_summary()
 
     async def _dispatch(
-        self, target: Target, rows: Iterable[tuple[Row, bool]], *, track: bool
+        self, target: Target, rows: Iterable[tuple[Row, int | None]], *, track: bool
     ) -> None:
         run = self.job.run
         pool = Pool(
@@ -426,15 +428,39 @@ class _Run:
             self.summary.retries += pool.stats.retries
             await source.aclose()
 
-    def _new_rows(self, rows: Iterable[Row]) -> Iterable[tuple[Row, bool]]:
-        """Rows not yet committed, each with whether to check its id for a duplicate."""
+    def _new_rows(self, rows: Iterable[Row]) -> Iterable[tuple[Row, int | None]]:
+        """Rows not yet committed, each with the earlier row holding its id (a duplicate).
+
+        With `id_field`, rows go through the on-disk id index a chunk at a time.
+        """
         is_done = self.ledger.is_done
-        check = self.check_ids
+        if not self.check_ids:
+            for row in rows:
+                if not is_done(row.seq):
+                    yield row, None
+            return
+        chunk: list[Row] = []
         for row in rows:
             if not is_done(row.seq):
-                yield row, check
+                chunk.append(row)
+                if len(chunk) >= _ID_CHUNK:
+                    yield from self._with_firsts(chunk)
+                    chunk = []
+        yield from self._with_firsts(chunk)
 
-    def _retry_rows(self, seqs: list[int]) -> Iterable[tuple[Row, bool]]:
+    def _with_firsts(self, rows: list[Row]) -> Iterable[tuple[Row, int | None]]:
+        usable = [row for row in rows if row.record is not None]  # bad rows have no id
+        firsts = dict(
+            zip(
+                (row.seq for row in usable),
+                self.ledger.first_seqs([(row.id, row.seq) for row in usable]),
+                strict=True,
+            )
+        )
+        for row in rows:
+            yield row, firsts.get(row.seq)
+
+    def _retry_rows(self, seqs: list[int]) -> Iterable[tuple[Row, int | None]]:
         """The input rows at `seqs` (sorted), for `--retry-errors`."""
         if not seqs:
             return
@@ -442,12 +468,12 @@ class _Run:
         for row in self.reader.rows():
             i = bisect_left(seqs, row.seq)
             if i < len(seqs) and seqs[i] == row.seq:
-                yield row, False
+                yield row, None
             if row.seq >= last:
                 return
 
     async def _requests(
-        self, rows: Iterable[tuple[Row, bool]], *, track: bool
+        self, rows: Iterable[tuple[Row, int | None]], *, track: bool
     ) -> AsyncGenerator[Request, None]:
         """Requests for `rows`; bad rows and duplicates settle here without being sent.
 
@@ -461,7 +487,7 @@ class _Run:
         tracking = ledger.track
         handles: list[_Handle] = []
         items: list[Any] = []
-        for row, check_id in rows:
+        for row, first in rows:
             if self.stopping:
                 break
             if track:
@@ -479,15 +505,13 @@ class _Run:
             if record is None:
                 self._bad_row(row, "bad_input", row.error or "unusable row")
                 continue
-            if check_id:
-                first = ledger.first_seq(row.id, row.seq)
-                if first is not None:
-                    self._bad_row(
-                        row,
-                        "duplicate_id",
-                        f"id {row.id!r} already at row {first} (the first one wins)",
-                    )
-                    continue
+            if first is not None:
+                self._bad_row(
+                    row,
+                    "duplicate_id",
+                    f"id {row.id!r} already at row {first} (the first one wins)",
+                )
+                continue
             try:
                 item = codec.render(record)
             except RowInputError as e:

@@ -145,15 +145,17 @@ def test_duplicate_ids_on_disk_first_wins(tmp_path: Path) -> None:
     _input(tmp_path)
     job = _job(tmp_path)
     ledger = _ledger(job)
-    assert ledger.first_seq("a", 0) is None
-    assert ledger.first_seq("b", 1) is None
-    assert ledger.first_seq("a", 2) == 0
-    assert ledger.first_seq("a", 0) is None  # the first row itself, re-read on resume
-    assert ledger.first_seq(1, 3) is None  # 1 and "1" are different ids
-    assert ledger.first_seq("1", 4) is None
+    assert ledger.first_seqs([("a", 0), ("b", 1)]) == [None, None]
+    assert ledger.first_seqs([("a", 2)]) == [0]
+    assert ledger.first_seqs([("a", 0)]) == [None]  # the first row itself, re-read on resume
+    # 1 and "1" are different ids; a duplicate within one chunk is caught too
+    assert ledger.first_seqs([(1, 3), ("1", 4), ("c", 5), ("c", 6)]) == [None, None, None, 5]
+    # chunks larger than one SELECT's worth of ids
+    many = [(f"id{i}", 10 + i) for i in range(1200)] + [("id7", 2000)]
+    assert ledger.first_seqs(many) == [None] * 1200 + [17]
     ledger.close()
     again = _ledger(job)
-    assert again.first_seq("a", 7) == 0
+    assert again.first_seqs([("a", 7)]) == [0]
     again.close()
 
 

@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,10 @@ class Ledger:
         """Whether row `seq` is committed (in results or errors)."""
         return seq < self.watermark or seq in self.done_above
 
-    def first_seq(self, id_value: Any, seq: int) -> int | None:
-        """The earlier row with the same id, if `seq` is a duplicate (on-disk index)."""
-        return self.state.first_seq(id_value, seq)
+    def first_seqs(self, rows: Sequence[tuple[Any, int]]) -> list[int | None]:
+        """For each (id value, seq), the earlier row with the same id if it is a duplicate
+        (on-disk index), else None."""
+        return self.state.first_seqs(rows)
 
     # -- completing rows ---------------------------------------------------------------------
     def track(self, seq: int, pos: Position) -> None:

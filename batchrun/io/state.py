@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHO
 CREATE TABLE IF NOT EXISTS retry_done (seq INTEGER PRIMARY KEY, ok INTEGER NOT NULL);
 """
 _HASH_SPAN = 64 * 1024
+_LOOKUP_CHUNK = 500  # ids per SELECT ... IN (...), well under SQLite's variable limit
 STATE_VERSION = 1
 
 
@@ -161,19 +162,29 @@ class RunState:
         value = self._get("created_at")
         return str(value) if value is not None else None
 
-    def first_seq(self, id_value: Any, seq: int) -> int | None:
-        """Record `id_value` at `seq` in the id index; return the earlier row holding it, if any.
+    def first_seqs(self, rows: Sequence[tuple[Any, int]]) -> list[int | None]:
+        """Record each (id value, seq) in the id index, in seq order; for each, the earlier row
+        holding the same id (a duplicate), else None.
 
         Indexing is idempotent: the first position of each id depends on the input alone, so
-        entries made for rows that were never committed stay true after a crash.
+        entries made for rows that were never committed stay true after a crash. One insert and
+        one lookup per chunk of rows keeps the index off the per-row hot path.
         """
-        key = orjson.dumps(id_value, default=str)
+        keys = [orjson.dumps(value, default=str) for value, _ in rows]
         self._begin()
-        cur = self._db.execute("INSERT OR IGNORE INTO ids (id, seq) VALUES (?, ?)", (key, seq))
-        if cur.rowcount:
-            return None
-        (first,) = self._db.execute("SELECT seq FROM ids WHERE id = ?", (key,)).fetchone()
-        return None if first >= seq else int(first)
+        self._db.executemany(
+            "INSERT OR IGNORE INTO ids (id, seq) VALUES (?, ?)",
+            zip(keys, (seq for _, seq in rows), strict=True),
+        )
+        firsts: dict[bytes, int] = {}
+        for i in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[i : i + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            firsts.update(self._db.execute(f"SELECT id, seq FROM ids WHERE id IN ({marks})", chunk))
+        return [
+            None if firsts[key] >= seq else int(firsts[key])
+            for key, (_, seq) in zip(keys, rows, strict=True)
+        ]
 
     def commit(
         self,
