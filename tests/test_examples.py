@@ -131,6 +131,12 @@ class Nightly:
     def log(self) -> str:
         return (self.logs / "nightly.log").read_text()
 
+    def debug(self) -> str:
+        """The script's log and every batchrun stderr it kept, for assertion messages."""
+        parts = [self.log()] if (self.logs / "nightly.log").exists() else []
+        parts += [f"--- {p.name}\n{p.read_text()}" for p in sorted(self.logs.glob("runs/*"))]
+        return "\n".join(parts)
+
     def alert_text(self) -> str:
         return self.alerts.read_text() if self.alerts.exists() else ""
 
@@ -143,32 +149,39 @@ def test_nightly_budget_stop_exits_0_and_the_next_run_resumes(
     local_service: Any, tmp_path: Path
 ) -> None:
     nightly = Nightly(local_service, tmp_path)
-    # 40 rows at 400 ms and 2 in flight need 8 s: a 2 s limit stops the run (batchrun exit 4)
+    # 40 rows at 400 ms and 2 in flight need 8 s: an 8 s limit, less the time to get the
+    # endpoint ready and to stop in time (grace 1 s, the pause), stops the run (batchrun exit 4).
+    # (The limit leaves the endpoint time to get ready: a stop during the ready wait sends
+    # rows to an empty URL; see the report on issue 7.)
     first = nightly.run(
         "--set",
         'endpoint.env.BATCHRUN_ECHO_LATENCY_MS="400"',
         "--set",
         "run.concurrency=2",
         "--set",
-        "budget.max_duration=2s",
+        "run.grace_period=1",
+        "--set",
+        "budget.max_duration=8s",
     )
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 0, nightly.debug()
     [stopped] = nightly.summaries("run")
-    assert stopped["exit_code"] == 4 and stopped["stop_reason"] in ("budget", "deadline")
-    assert stopped["resumable"] and stopped["results_total"] < TICKETS
-    assert stopped["endpoint_state_at_exit"] == "paused"
-    assert "the next run resumes" in nightly.log()
+    assert stopped["exit_code"] == 4 and stopped["stop_reason"] in ("budget", "deadline"), (
+        nightly.debug()
+    )
+    assert stopped["resumable"] and stopped["results_total"] < TICKETS, nightly.debug()
+    assert stopped["endpoint_state_at_exit"] == "paused", nightly.debug()
+    assert "the next run resumes" in nightly.log(), nightly.debug()
     assert nightly.alert_text() == ""  # a budget stop is routine: no alert
     assert _state(local_service, "nightly-tickets") == "paused"
 
     # the next night: no limit; it resumes the endpoint and sends only what is left
     second = nightly.run("--set", "run.concurrency=40")
-    assert second.returncode == 0, second.stderr
+    assert second.returncode == 0, nightly.debug()
     done = nightly.summaries("run")[-1]
-    assert done["exit_code"] == 0
-    assert done["skipped_done"] == stopped["results_total"]
-    assert done["succeeded"] == TICKETS - stopped["results_total"]
-    assert "run: done" in nightly.log()
+    assert done["exit_code"] == 0, nightly.debug()
+    assert done["skipped_done"] == stopped["results_total"], nightly.debug()
+    assert done["succeeded"] == TICKETS - stopped["results_total"], nightly.debug()
+    assert "run: done" in nightly.log(), nightly.debug()
     assert nightly.committed_ids() == Counter({f"T-{1000 + i}": 1 for i in range(TICKETS)})
     assert _state(local_service, "nightly-tickets") == "paused"
 
@@ -191,7 +204,7 @@ def test_nightly_errors_alert_and_are_redriven(local_service: Any, tmp_path: Pat
     [redrive] = nightly.summaries("redrive")
     assert redrive["retried_errors"] == first["errors_total"]
     assert redrive["exit_code"] == 0 and redrive["errors_total"] == 0
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, nightly.debug()
     assert nightly.committed_ids() == Counter({f"T-{1000 + i}": 1 for i in range(TICKETS)})
     assert _state(local_service, "nightly-tickets") == "paused"
 
@@ -202,7 +215,7 @@ def test_nightly_pages_naming_the_endpoint_when_it_fails(
     nightly = Nightly(local_service, tmp_path)
     # a model the service cannot load: the endpoint goes to "failed" (batchrun exit 5)
     result = nightly.run("--set", "endpoint.repository=no-such-org/no-such-model")
-    assert result.returncode == 5, result.stderr
+    assert result.returncode == 5, nightly.debug()
     page = nightly.alert_text()
     assert page.startswith("PAGE") and "endpoint nightly-tickets" in page and "exit 5" in page
     assert nightly.summaries("run") == []  # batchrun prints no summary when it raises
@@ -486,3 +499,31 @@ def test_readme_local_job_runs_on_the_local_service(
     assert summary.exit_code == 0 and summary.results_total == 5
     assert summary.endpoint_state_at_exit == "paused"
     assert len(_jsonl(tmp_path / "out" / "echo.jsonl")) == 5
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="runner bug: a budget/deadline stop during the lease's ready wait still dispatches "
+    "rows to an empty URL (connection_error retries; rows whose attempts run out before the "
+    "grace ends are committed to the errors file)",
+)
+def test_nightly_budget_stop_before_the_endpoint_is_ready_sends_nothing(
+    local_service: Any, tmp_path: Path
+) -> None:
+    nightly = Nightly(local_service, tmp_path)
+    # the model takes 6 s to start; the 3 s limit runs out while the endpoint gets ready
+    result = nightly.run(
+        "--set",
+        'endpoint.env.BATCHRUN_ECHO_START_DELAY_MS="6000"',
+        "--set",
+        "run.grace_period=1",
+        "--set",
+        "budget.max_duration=3s",
+    )
+    assert result.returncode == 0, nightly.debug()
+    [stopped] = nightly.summaries("run")
+    assert stopped["exit_code"] == 4, nightly.debug()
+    assert stopped["endpoint_state_at_exit"] == "paused", nightly.debug()
+    # nothing was sent, so nothing is committed: the next run sends every row
+    assert (stopped["results_total"], stopped["errors_total"]) == (0, 0), nightly.debug()
+    assert stopped["retries"] == 0 and "connection_error" not in nightly.debug(), nightly.debug()
