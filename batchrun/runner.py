@@ -277,7 +277,12 @@ async def arun_job(
             run.finish_summary()
         else:
             try:
-                await run.execute(entered, retry_errors=retry_errors)
+                if entered.stop_event.is_set():  # budget or deadline ran out while getting ready
+                    log.warning("stopping (%s) before the first request", entered.stop_reason)
+                    run.summary.stop_reason = entered.stop_reason or "stopped"
+                    run.finish_summary()
+                else:
+                    await run.execute(entered, retry_errors=retry_errors)
             except BaseException:
                 if not await target_cm.__aexit__(*sys.exc_info()):
                     raise

@@ -501,12 +501,6 @@ def test_readme_local_job_runs_on_the_local_service(
     assert len(_jsonl(tmp_path / "out" / "echo.jsonl")) == 5
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="runner bug: a budget/deadline stop during the lease's ready wait still dispatches "
-    "rows to an empty URL (connection_error retries; rows whose attempts run out before the "
-    "grace ends are committed to the errors file)",
-)
 def test_nightly_budget_stop_before_the_endpoint_is_ready_sends_nothing(
     local_service: Any, tmp_path: Path
 ) -> None:
