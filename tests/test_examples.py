@@ -150,9 +150,7 @@ def test_nightly_budget_stop_exits_0_and_the_next_run_resumes(
 ) -> None:
     nightly = Nightly(local_service, tmp_path)
     # 40 rows at 400 ms and 2 in flight need 8 s: an 8 s limit, less the time to get the
-    # endpoint ready and to stop in time (grace 1 s, the pause), stops the run (batchrun exit 4).
-    # (The limit leaves the endpoint time to get ready: a stop during the ready wait sends
-    # rows to an empty URL; see the report on issue 7.)
+    # endpoint ready and to stop in time (grace 1 s, the pause), stops the run midway (exit 4)
     first = nightly.run(
         "--set",
         'endpoint.env.BATCHRUN_ECHO_LATENCY_MS="400"',
@@ -219,6 +217,49 @@ def test_nightly_pages_naming_the_endpoint_when_it_fails(
     page = nightly.alert_text()
     assert page.startswith("PAGE") and "endpoint nightly-tickets" in page and "exit 5" in page
     assert nightly.summaries("run") == []  # batchrun prints no summary when it raises
+
+
+def test_nightly_forwards_sigterm_and_the_next_run_resumes(
+    local_service: Any, tmp_path: Path
+) -> None:
+    # systemd's stop (KillMode=mixed) sends SIGTERM to the script alone: batchrun must get it
+    nightly = Nightly(local_service, tmp_path)
+    sets = [
+        "--set",
+        f"endpoint.api_url={local_service.api_url}",
+        "--set",
+        f"output.path={nightly.output}",
+    ]
+    script = subprocess.Popen(
+        [
+            "bash",
+            str(NIGHTLY / "run-nightly.sh"),
+            *sets,
+            "--set",
+            "run.max_requests_per_minute=300",
+        ],
+        cwd=ROOT,
+        env=_env(local_service, NIGHTLY_LOG_DIR=str(nightly.logs)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: len(_jsonl(nightly.output)) >= 2, 60, "the first results")
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=60) == 143, nightly.debug()
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
+    [stopped] = nightly.summaries("run")
+    assert stopped["stop_reason"] == "sigterm" and stopped["exit_code"] == 143, nightly.debug()
+    assert stopped["endpoint_state_at_exit"] == "paused", nightly.debug()
+    assert "interrupted (exit 143)" in nightly.log()
+    resumed = nightly.run()
+    assert resumed.returncode == 0, nightly.debug()
+    assert nightly.summaries("run")[-1]["skipped_done"] == stopped["results_total"]
+    assert nightly.committed_ids() == Counter({f"T-{1000 + i}": 1 for i in range(TICKETS)})
 
 
 def test_nightly_systemd_units_verify(tmp_path: Path) -> None:
