@@ -13,8 +13,9 @@ null) to OUTPUT_FILE, atomically.
 What the caller gets:
 - exit code 0 or 3 (every row settled; 3: some in the errors file): the enriched table is
   written, and the `RunSummary` returned;
-- 4, 130, 143 (stopped by budget/deadline, or interrupted; resumable): nothing is written,
-  the summary is returned; calling the step again resumes where it stopped;
+- 4 (stopped by the budget or the deadline; resumable): nothing is written, the summary is
+  returned; calling the step again resumes where it stopped (so does calling it again after
+  a crash, a kill, or a cancelled `aenrich_reviews` task);
 - the endpoint failed or never became ready (5), or could not be paused (6), or a bad job or
   input (2): batchrun's exception propagates (`EndpointFailedError`, `EndpointTimeoutError`,
   `EndpointRestError`, `JobError`, `InputError`, ...), so the pipeline run fails loudly.
@@ -175,7 +176,8 @@ def join_results(inputs: pa.Table, *, results: Path, errors: Path) -> pa.Table:
 
 def main(argv: list[str]) -> int:
     """Run the step from the command line; print batchrun's summary as JSON."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # this step's own lines; batchrun's warnings (retries, stops)
     input_dir = Path(argv[1]) if len(argv) > 1 else HERE / "data" / "reviews"
     output = (
         Path(argv[2]) if len(argv) > 2 else HERE.parent / "out/pipeline/reviews_enriched.parquet"
