@@ -169,7 +169,8 @@ def test_nightly_budget_stop_exits_0_and_the_next_run_resumes(
     assert stopped["resumable"] and stopped["results_total"] < TICKETS, nightly.debug()
     assert stopped["endpoint_state_at_exit"] == "paused", nightly.debug()
     assert "the next run resumes" in nightly.log(), nightly.debug()
-    assert nightly.alert_text() == ""  # a budget stop is routine: no alert
+    assert nightly.alert_text() == ""  # a budget stop is routine: no alert,
+    assert first.stdout == first.stderr == ""  # and no output (cron mails any)
     assert _state(local_service, "nightly-tickets") == "paused"
 
     # the next night: no limit; it resumes the endpoint and sends only what is left
@@ -180,6 +181,7 @@ def test_nightly_budget_stop_exits_0_and_the_next_run_resumes(
     assert done["skipped_done"] == stopped["results_total"], nightly.debug()
     assert done["succeeded"] == TICKETS - stopped["results_total"], nightly.debug()
     assert "run: done" in nightly.log(), nightly.debug()
+    assert second.stdout == second.stderr == ""
     assert nightly.committed_ids() == Counter({f"T-{1000 + i}": 1 for i in range(TICKETS)})
     assert _state(local_service, "nightly-tickets") == "paused"
 

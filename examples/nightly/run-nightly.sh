@@ -25,7 +25,8 @@
 #   NIGHTLY_PAGE_CMD   shell command that gets a page on stdin (default: NIGHTLY_ALERT_CMD)
 #   NIGHTLY_REDRIVE_ARGS  extra options for the re-drive (default: --set run.max_attempts=10)
 #   BATCHRUN           the batchrun command (default: batchrun)
-# Alerts and pages also go to stderr, which cron mails and systemd keeps in the journal.
+# Alerts and pages also go to stderr (cron mails it; systemd keeps it in the journal); a run
+# that needs no one's attention prints nothing.
 
 set -u
 
@@ -38,12 +39,13 @@ redrive_args=${NIGHTLY_REDRIVE_ARGS:---set run.max_attempts=10}
 read -r -a batchrun <<<"${BATCHRUN:-batchrun}"
 mkdir -p "$log_dir/runs"
 
-say() { # one line in nightly.log and on stderr
-    printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" | tee -a "$log_dir/nightly.log" >&2
+say() { # one line in nightly.log (nothing on stdout/stderr: cron mails only alerts)
+    printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$log_dir/nightly.log"
 }
 
-notify() { # notify CMD MESSAGE: the message on stderr and on CMD's stdin
+notify() { # notify CMD MESSAGE: the message in nightly.log, on stderr and on CMD's stdin
     say "$2"
+    printf '%s\n' "$2" >&2
     if [ -n "$1" ]; then
         printf '%s\n' "$2" | sh -c "$1" || say "notification command failed: $1"
     fi
@@ -93,7 +95,9 @@ run_batchrun() { # run_batchrun STEP ARGS...: sets $code, $summary, $errlog
     [ -s "$summary" ] || rm -f "$summary"
 }
 
-last_error() { grep -h 'error' "$errlog" 2>/dev/null | tail -n 1; }
+last_error() { # batchrun's one-line error message, else its last line of stderr
+    grep -h '^batchrun: error:' "$errlog" 2>/dev/null | tail -n 1 | grep . || tail -n 1 "$errlog"
+}
 
 handle() { # handle STEP: act on $code; returns this script's exit code
     local step=$1
@@ -113,7 +117,7 @@ handle() { # handle STEP: act on $code; returns this script's exit code
             notify "$alert_cmd" "batchrun nightly: $failed rows still failed after the re-drive; see $errors"
             return 3 ;;
         4)
-            say "$step: stopped by the $(field stop_reason "$summary") limit after $(field succeeded "$summary") rows (cost \$$(field cost_usd "$summary")); the next run resumes"
+            say "$step: stopped by a limit ($(field stop_reason "$summary")) after $(field succeeded "$summary") rows, cost \$$(field cost_usd "$summary"); the next run resumes"
             return 0 ;;
         130 | 143)
             say "$step: interrupted (exit $code) after $(field succeeded "$summary") rows; the next run resumes"
