@@ -221,10 +221,19 @@ def test_nightly_pages_naming_the_endpoint_when_it_fails(
     assert nightly.summaries("run") == []  # batchrun prints no summary when it raises
 
 
-def test_nightly_forwards_sigterm_and_the_next_run_resumes(
-    local_service: Any, tmp_path: Path
+@pytest.mark.parametrize(
+    ("sig", "to_group", "code"),
+    [
+        # systemd's stop (KillMode=mixed): SIGTERM to the script alone; batchrun must get it
+        (signal.SIGTERM, False, 143),
+        # Ctrl-C on a terminal: SIGINT to the foreground group; batchrun must get it once
+        (signal.SIGINT, True, 130),
+    ],
+    ids=["sigterm-to-script", "ctrl-c-to-group"],
+)
+def test_nightly_forwards_a_stop_once_and_the_next_run_resumes(
+    local_service: Any, tmp_path: Path, sig: signal.Signals, to_group: bool, code: int
 ) -> None:
-    # systemd's stop (KillMode=mixed) sends SIGTERM to the script alone: batchrun must get it
     nightly = Nightly(local_service, tmp_path)
     sets = [
         "--set",
@@ -248,16 +257,20 @@ def test_nightly_forwards_sigterm_and_the_next_run_resumes(
     )
     try:
         _wait_for(lambda: len(_jsonl(nightly.output)) >= 2, 60, "the first results")
-        script.send_signal(signal.SIGTERM)
-        assert script.wait(timeout=60) == 143, nightly.debug()
+        if to_group:
+            os.killpg(script.pid, sig)
+        else:
+            script.send_signal(sig)
+        assert script.wait(timeout=60) == code, nightly.debug()
     finally:
         if script.poll() is None:
             os.killpg(script.pid, signal.SIGKILL)
             script.wait()
     [stopped] = nightly.summaries("run")
-    assert stopped["stop_reason"] == "sigterm" and stopped["exit_code"] == 143, nightly.debug()
+    assert stopped["exit_code"] == code, nightly.debug()
     assert stopped["endpoint_state_at_exit"] == "paused", nightly.debug()
-    assert "interrupted (exit 143)" in nightly.log()
+    assert "not waiting for requests in flight" not in nightly.debug()  # one signal, not two
+    assert f"interrupted (exit {code})" in nightly.log()
     resumed = nightly.run()
     assert resumed.returncode == 0, nightly.debug()
     assert nightly.summaries("run")[-1]["skipped_done"] == stopped["results_total"]

@@ -52,12 +52,12 @@ notify() { # notify CMD MESSAGE: the message in nightly.log, on stderr and on CM
 }
 
 field() { # field NAME FILE: a number or string from batchrun's one-line JSON summary
-    sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -n 1
+    sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" 2>/dev/null | head -n 1
 }
 
 endpoint_name() { # the job's endpoint, with a --set endpoint.name=... override if given
     local name="" prev=""
-    name=$(awk '/^\[/{s=$0} s=="[endpoint]" && /^name *=/{sub(/^name *= */,""); gsub(/"/,""); print; exit}' "$job")
+    name=$(awk '/^\[/{s=$0} s=="[endpoint]" && /^name *=/ && match($0, /"[^"]*"/){print substr($0, RSTART+1, RLENGTH-2); exit}' "$job")
     for arg in "$@"; do
         case "$prev$arg" in
             --setendpoint.name=* | --set=endpoint.name=*) name=${arg#*endpoint.name=} ;;
@@ -69,7 +69,10 @@ endpoint_name() { # the job's endpoint, with a --set endpoint.name=... override 
 
 # Run batchrun in the background and wait for it, so that a SIGINT/SIGTERM sent to this
 # script (systemd's stop, a Ctrl-C) reaches batchrun, which stops, commits and pauses the
-# endpoint before exiting 130/143 -- and this script still logs the outcome.
+# endpoint before exiting 130/143 -- and this script still logs the outcome. Job control
+# puts batchrun in its own process group, so a Ctrl-C on a terminal reaches it once, through
+# this script (a second SIGINT would tell batchrun not to wait for the requests in flight).
+set -m
 child=""
 signalled=0
 forward() { signalled=1; [ -n "$child" ] && kill "-$1" "$child" 2>/dev/null; }
