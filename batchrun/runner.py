@@ -387,6 +387,7 @@ class _Run:
                     if e.get("status") not in NOT_RETRIED and isinstance(e.get("row"), int)
                 )
                 self.summary.retried_errors = len(seqs)
+                self.summary.skipped_done -= len(seqs)  # they are sent again, not skipped
                 if seqs:
                     self.ledger.start_retry()
                     try:

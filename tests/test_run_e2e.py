@@ -138,6 +138,7 @@ def test_retries_succeed_and_final_4xx_go_to_errors_then_retry_errors(
     endpoint_app.configure(reject_match="", reset=True)  # the server is fixed
     fixed = run_job(load_job(job_file), retry_errors=True, progress=False)
     assert fixed.exit_code == 0 and fixed.retried_errors == 11 and fixed.succeeded == 11
+    assert fixed.skipped_done == 120 - 11 and fixed.rows + fixed.skipped_done == 120
     assert endpoint_app.stats()["requests"] == 11  # only the errors were sent again
     assert read_jsonl(tmp_path / "out/r.errors.jsonl") == []
     ids = [r["id"] for r in read_results(tmp_path / "out/r.jsonl")]
