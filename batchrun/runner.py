@@ -297,9 +297,9 @@ async def arun_job(
         run.close()
         remember_run(job.output.path, run.summary.to_json())  # for `batchrun status` / `plan`
     if run.summary.stop_reason == "endpoint_failed":
+        reason = getattr(target_cm, "stop_message", None) or "the endpoint failed mid-run"
         raise EndpointFailedError(
-            f"the endpoint failed mid-run; {run.summary.results_total} result(s) are committed "
-            "and a rerun resumes"
+            f"{reason}; {run.summary.results_total} result(s) are committed and a rerun resumes"
         )
     return run.summary
 
