@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,8 +79,19 @@ def test_second_sigint_skips_the_grace(tmp_path: Path, endpoint_app: EndpointApp
     proc = start_run(job_file, stderr=log)
     try:
         wait_for(lambda: endpoint_app.stats()["requests"] >= 100, what="requests")
-        endpoint_app.configure(latency_ms=120_000)  # what is in flight now never answers
-        wait_for(lambda: endpoint_app.stats()["in_flight"] == 8, what="8 hung requests")
+        endpoint_app.configure(latency_ms=120_000)  # what arrives from now on never answers
+        seen: dict[str, Any] = {}
+
+        def all_hung() -> bool:
+            # in_flight == 8 holds at once (the 5 ms requests), so also wait until no request
+            # has arrived or finished for 0.5 s: then the 8 in flight are the hung ones.
+            stats = endpoint_app.stats()
+            key = (stats["requests"], stats["in_flight"])
+            if key != seen.get("key"):
+                seen.update(key=key, since=time.monotonic())
+            return stats["in_flight"] == 8 and time.monotonic() - seen["since"] >= 0.5
+
+        wait_for(all_hung, what="8 hung requests")
         proc.send_signal(signal.SIGINT)
         wait_for(lambda: "finishing the requests in flight" in log.read_text(), what="1st SIGINT")
         assert proc.poll() is None  # waiting for the hung requests (60 s grace)
