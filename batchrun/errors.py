@@ -21,6 +21,7 @@ BatchrunError (exit 1)
 │   ├── EndpointNotRunningError            paused / scaledToZero where running was needed
 │   └── EndpointNotDeployedError           no URL yet
 ├── EndpointRestError (exit 6)             the endpoint could not be put in its on_exit state
+├── OutputWriteError (exit 7)              an output could not be written (disk full, I/O error); resumable
 └── InferenceError (exit 1)                one data-plane request failed (never escapes the pool)
     ├── InferenceStatusError               an HTTP status from the endpoint; carries status, message, retry_after
     └── InferenceConnectionError           connection refused/reset, or the per-request timeout
@@ -31,6 +32,8 @@ for them (exit 4, 130, 143).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "APIClientError",
@@ -52,6 +55,7 @@ __all__ = [
     "InputError",
     "JobError",
     "NotFoundError",
+    "OutputWriteError",
     "PermissionDeniedError",
     "RunLockedError",
     "RunStateError",
@@ -168,6 +172,25 @@ class EndpointRestError(BatchrunError):
     """The endpoint could not be put in its on_exit state; it may still be billing."""
 
     exit_code = 6
+
+
+class OutputWriteError(BatchrunError):
+    """An output, the errors file or the run state could not be written (disk full, I/O error).
+
+    Nothing past the last good commit is recorded, so a rerun after space is freed resumes and
+    sends the uncommitted rows again.
+
+    Attributes:
+        path: the file that could not be written.
+        summary: the run's `RunSummary` (set by `arun_job` before it raises), else None.
+    """
+
+    exit_code = 7
+
+    def __init__(self, message: str, *, path: str = "", summary: Any = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.summary = summary
 
 
 class InferenceError(BatchrunError):

@@ -137,6 +137,7 @@ class RunSpec:
     request_timeout: float = 60.0
     batch_size: int = 1
     max_requests_per_minute: int = 0
+    max_response_bytes: int = 32 * 1024 * 1024
     backoff_max: float = 30.0
     retry_after_max: float = 120.0
     scale_up_timeout: float = 600.0

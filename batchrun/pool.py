@@ -266,6 +266,7 @@ class Pool:
         retry_after_max: float = 120.0,
         scale_up_timeout: float = 600.0,
         backoff_initial: float = 0.5,
+        max_response_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or request_timeout <= 0:
             raise ValueError("concurrency and max_attempts must be >= 1, request_timeout > 0")
@@ -274,6 +275,7 @@ class Pool:
         self.concurrency = concurrency
         self.request_timeout = request_timeout
         self.retry_after_max = retry_after_max
+        self.max_response_bytes = max_response_bytes
         self.policy = RetryPolicy(
             max_attempts=max_attempts,
             backoff_max=backoff_max,
