@@ -24,7 +24,8 @@ BatchrunError (exit 1)
 ├── OutputWriteError (exit 7)              an output could not be written (disk full, I/O error); resumable
 └── InferenceError (exit 1)                one data-plane request failed (never escapes the pool)
     ├── InferenceStatusError               an HTTP status from the endpoint; carries status, message, retry_after
-    └── InferenceConnectionError           connection refused/reset, or the per-request timeout
+    ├── InferenceConnectionError           connection refused/reset, or the per-request timeout
+    └── ResponseTooLargeError              an answer over `[run] max_response_bytes` (not retried)
 ```
 
 Budget and deadline stops, SIGINT and SIGTERM are not errors: `run_job` returns a `RunSummary`
@@ -57,6 +58,7 @@ __all__ = [
     "NotFoundError",
     "OutputWriteError",
     "PermissionDeniedError",
+    "ResponseTooLargeError",
     "RunLockedError",
     "RunStateError",
     "UnprocessableError",
@@ -223,3 +225,9 @@ class InferenceConnectionError(InferenceError):
     """The connection failed, was dropped, or the per-request timeout passed."""
 
     status = "connection_error"
+
+
+class ResponseTooLargeError(InferenceError):
+    """The answer is larger than `[run] max_response_bytes`; final for the request's rows."""
+
+    status = "response_too_large"

@@ -17,7 +17,10 @@ first attempt is a plain ``await``; only when it fails does the request enter th
 
 aiohttp's exceptions and HTTP error statuses become batchrun's `InferenceConnectionError` and
 `InferenceStatusError` in one place (`Pool._attempt`); nothing outside this module sees an
-aiohttp type. `Pool.stop` stops pulling and gives in-flight requests a grace period; those
+aiohttp type. That place also keeps hostile answers out: every message built from what the
+server said (an error's text, a connection error, the retry log line) has the request's token
+replaced by ``***`` (a server may echo the Authorization header), and an answer is read at most
+``max_response_bytes`` into memory; a larger one is the row's final `ResponseTooLargeError`. `Pool.stop` stops pulling and gives in-flight requests a grace period; those
 still running after it are cancelled and *not* reported, so the caller leaves their rows
 uncommitted and a resume sends them again.
 """
@@ -37,6 +40,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +49,13 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from batchrun.errors import InferenceConnectionError, InferenceError, InferenceStatusError
-from batchrun.tasks import RequestCodec, excerpt, request_url
+from batchrun.errors import (
+    InferenceConnectionError,
+    InferenceError,
+    InferenceStatusError,
+    ResponseTooLargeError,
+)
+from batchrun.tasks import BadResponseError, RequestCodec, excerpt, request_url, scrub_secrets
 
 __all__ = [
     "Outcome",
@@ -55,6 +64,7 @@ __all__ = [
     "Request",
     "RetryPolicy",
     "parse_retry_after",
+    "secrets_of",
     "status_error",
 ]
 
@@ -202,6 +212,7 @@ class RetryPolicy:
         wait = state.next_action.sleep if state.next_action is not None else 0.0
         if pool._loop is not None:  # a Retry-After hold is part of the wait
             wait = max(wait, pool._hold_until - pool._loop.time())
+        message = scrub_secrets(str(error), pool._secrets)
         if tries.waking and tries.wake_since is not None:
             log.warning(
                 "retry (endpoint waking up, %.0fs of %.0fs) in %.1fs: %s %s",
@@ -209,7 +220,7 @@ class RetryPolicy:
                 self.scale_up_timeout,
                 wait,
                 getattr(error, "status", "error"),
-                error,
+                message,
             )
         else:
             log.warning(
@@ -218,7 +229,7 @@ class RetryPolicy:
                 self.max_attempts - 1,
                 wait,
                 getattr(error, "status", "error"),
-                error,
+                message,
             )
 
 
@@ -243,13 +254,16 @@ class Pool:
         concurrency: workers, and the connection limit of the session.
         request_timeout: seconds per attempt (connect, send, wait, read).
         max_attempts: attempts per request, the first included.
-        headers: sent with every request (e.g. Authorization); never logged.
+        headers: sent with every request (e.g. Authorization); never logged, and the
+            Authorization value and its bare token are scrubbed from every message.
         max_requests_per_minute: pace attempts to at most this many a minute; 0: no limit.
         backoff_max: cap of the backoff between attempts, seconds.
         retry_after_max: cap of a Retry-After hold, seconds.
         scale_up_timeout: how long a waking endpoint's 503s do not use up attempts, seconds;
             also sent as ``X-Scale-Up-Timeout`` (at most the request timeout).
         backoff_initial: the first backoff, seconds.
+        max_response_bytes: the largest answer read, in bytes; a larger one is the request's
+            final `ResponseTooLargeError`.
     """
 
     def __init__(
@@ -268,8 +282,10 @@ class Pool:
         backoff_initial: float = 0.5,
         max_response_bytes: int = 32 * 1024 * 1024,
     ) -> None:
-        if concurrency < 1 or max_attempts < 1 or request_timeout <= 0:
-            raise ValueError("concurrency and max_attempts must be >= 1, request_timeout > 0")
+        if concurrency < 1 or max_attempts < 1 or request_timeout <= 0 or max_response_bytes < 1:
+            raise ValueError(
+                "concurrency, max_attempts and max_response_bytes must be >= 1, request_timeout > 0"
+            )
         self.url = request_url(url, codec.path)
         self.codec = codec
         self.concurrency = concurrency
@@ -289,6 +305,8 @@ class Pool:
             "X-Scale-Up-Timeout": str(hold),
             **(headers or {}),
         }
+        self._secrets = secrets_of(self._headers)
+        self._secret_bytes = tuple(secret.encode("utf-8") for secret in self._secrets)
         self._interval = 60.0 / max_requests_per_minute if max_requests_per_minute > 0 else 0.0
         self.stats = PoolStats()
         self._stopping = False
@@ -530,40 +548,108 @@ class Pool:
         self.stats.attempts += 1
         try:
             async with session.post(self.url, data=request.body) as response:
-                body = await response.read()
+                body = await self._read(response)
                 status = response.status
                 if status >= 300:
-                    raise status_error(status, body, response.headers.get("Retry-After"))
+                    raise status_error(
+                        status, body, response.headers.get("Retry-After"), secrets=self._secrets
+                    )
         except aiohttp.ClientError as e:
-            raise InferenceConnectionError(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            text = f"{type(e).__name__}: {e}".rstrip(": ")
+            raise InferenceConnectionError(scrub_secrets(text, self._secrets)) from e
         except TimeoutError as e:
             raise InferenceConnectionError(
                 f"no answer within request_timeout = {self.request_timeout:g}s"
             ) from e
-        return self.codec.decode_body(body, request.n)
+        try:
+            return self.codec.decode_body(body, request.n)
+        except BadResponseError as e:
+            raise self._scrubbed(e, body, request.n) from None
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The answer's body, never more than ``max_response_bytes`` of it in memory.
+
+        Raises:
+            ResponseTooLargeError: its Content-Length, or what was read, is over the cap.
+        """
+        cap = self.max_response_bytes
+        length = response.content_length
+        if length is not None and length > cap:
+            raise _too_large(cap, f"Content-Length {length:,}")
+        if length is not None and "Content-Encoding" not in response.headers:
+            return await response.read()  # the length bounds the read
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():  # chunked, or decompressed
+            size += len(chunk)
+            if size > cap:
+                raise _too_large(cap, f"more than {cap:,} bytes read")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _scrubbed(self, error: BadResponseError, body: bytes, n: int) -> BadResponseError:
+        """`error` without the token: its message quotes the answer, which may echo it."""
+        if any(secret in body for secret in self._secret_bytes):
+            clean = body
+            for secret in self._secret_bytes:
+                clean = clean.replace(secret, b"***")
+            try:  # the same message, built from the body without the token before it is cut
+                self.codec.decode_body(clean, n)
+            except BadResponseError as again:
+                error = again
+        message = scrub_secrets(str(error), self._secrets)
+        return error if message == str(error) else BadResponseError(message)
 
 
-def status_error(status: int, body: bytes, retry_after: str | None) -> InferenceStatusError:
-    """An `InferenceStatusError` carrying the server's own message (its ``error`` field)."""
-    message = _server_message(body) or f"HTTP {status}"
+def secrets_of(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """What must never be shown from `headers`: the Authorization value and its bare token."""
+    found: list[str] = []
+    for name, value in headers.items():
+        if name.lower() != "authorization":
+            continue
+        value = value.strip()
+        token = value.partition(" ")[2].strip()  # "Bearer <token>" -> "<token>"
+        found += [value, token]
+    return tuple(sorted({s for s in found if s}, key=len, reverse=True))
+
+
+def _too_large(cap: int, seen: str) -> ResponseTooLargeError:
+    return ResponseTooLargeError(
+        f"the answer is larger than [run] max_response_bytes = {cap:,} bytes ({seen})"
+    )
+
+
+def status_error(
+    status: int, body: bytes, retry_after: str | None, *, secrets: Sequence[str] = ()
+) -> InferenceStatusError:
+    """An `InferenceStatusError` carrying the server's own message (its ``error`` field).
+
+    Args:
+        status: the HTTP status.
+        body: the answer's body.
+        retry_after: its Retry-After header, if any.
+        secrets: replaced by ``***`` in the message (the request's token, see `secrets_of`).
+    """
+    message = _server_message(body, secrets) or f"HTTP {status}"
     return InferenceStatusError(
         message, http_status=status, retry_after=parse_retry_after(retry_after)
     )
 
 
-def _server_message(body: bytes) -> str:
+def _server_message(body: bytes, secrets: Sequence[str]) -> str:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return excerpt(body)
+        return excerpt(body, secrets=secrets)
     if isinstance(payload, dict):
         for key in ("error", "message", "detail"):
             value = payload.get(key)
             if isinstance(value, dict):  # OpenAI: {"error": {"message": ...}}
                 value = value.get("message") or value
             if value:
-                return excerpt(value if isinstance(value, str) else orjson.dumps(value))
-    return excerpt(body)
+                text = value if isinstance(value, str) else orjson.dumps(value)
+                return excerpt(text, secrets=secrets)
+    return excerpt(body, secrets=secrets)
 
 
 def parse_retry_after(value: str | None) -> float | None:

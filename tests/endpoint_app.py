@@ -18,7 +18,9 @@ exactly-once test can assert that only the rows in flight were sent twice.
 
 Knobs (`Knobs`) are set at start and changed at runtime. Faults are checked in this order:
 latency, drop the connection, hang, 429 + ``Retry-After``, ``fail_status`` (500 by default),
-a 4xx for inputs containing ``reject_match``, a 200 that is not JSON. ``*_first`` knobs are
+a 4xx for inputs containing ``reject_match``, a 200 that is not JSON, an answer quoting the
+request's Authorization header (``echo_auth``), a huge 200 (``big_response_bytes``, streamed,
+with or without Content-Length). ``*_first`` knobs are
 budgets: the next N data requests get that fault (so setting one mid-run makes a burst);
 ``*_rate`` knobs hit a deterministic pseudo-random fraction; ``fail_each_first`` fails the
 first K requests *of every input*.
@@ -101,6 +103,11 @@ class Knobs:
     bad_json_first: int = 0  # a 200 whose body is not JSON
     bad_json_rate: float = 0.0
     seed: int = 0
+    echo_auth: str = ""  # "error": fail_status quoting the Authorization header; "html": a 200 page
+    echo_auth_match: str = ""  # only inputs containing this ("" = every data request)
+    big_response_bytes: int = 0  # a 200 answer this large (a text-generation answer, streamed)
+    big_response_match: str = ""  # only inputs containing this ("" = every data request)
+    big_response_chunked: bool = False  # sent chunked, without a Content-Length
 
     def update(self, values: dict[str, Any]) -> None:
         """Set knobs from a dict; an unknown name or a wrong type raises ValueError."""
@@ -252,6 +259,16 @@ class _Server:
             raise _Fault(
                 web.Response(body=b"<html>upstream hiccup</html>", content_type="text/html")
             )
+        if k.echo_auth and (not k.echo_auth_match or any(k.echo_auth_match in t for t in texts)):
+            auth = request.headers.get("Authorization", "")
+            if k.echo_auth == "html":
+                page = f"<html><body><h1>Sign in</h1><p>you sent Authorization: {auth}</p></body>"
+                raise _Fault(web.Response(text=page, content_type="text/html"))
+            raise _Fault(_error(k.fail_status, f"bad token (you sent Authorization: {auth})"))
+        if k.big_response_bytes and (
+            not k.big_response_match or any(k.big_response_match in t for t in texts)
+        ):
+            raise _Fault(await _big_answer(request, k.big_response_bytes, k.big_response_chunked))
 
     async def _serve(self, request: web.Request, route: str, answer: Any) -> web.StreamResponse:
         """Count the request, parse its JSON, apply faults, answer with `answer(body)`."""
@@ -356,6 +373,26 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
         content_type=_JSON,
         headers=headers,
     )
+
+
+async def _big_answer(request: web.Request, size: int, chunked: bool) -> web.StreamResponse:
+    """A 200 text-generation answer of `size` bytes, written 64 KiB at a time."""
+    head, tail = b'[{"generated_text": "', b'"}]'
+    pad = max(size - len(head) - len(tail), 0)
+    response = web.StreamResponse(headers={"Content-Type": _JSON})
+    if chunked:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = len(head) + pad + len(tail)
+    await response.prepare(request)
+    block = b"x" * 65536
+    with contextlib.suppress(ConnectionError):  # the client may stop reading early
+        await response.write(head)
+        for start in range(0, pad, len(block)):
+            await response.write(block[: min(len(block), pad - start)])
+        await response.write(tail)
+        await response.write_eof()
+    return response
 
 
 def _texts(route: str, body: Any) -> list[str]:

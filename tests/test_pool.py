@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from batchrun.errors import InferenceConnectionError, InferenceStatusError
+from batchrun.errors import InferenceConnectionError, InferenceStatusError, ResponseTooLargeError
 from batchrun.job import Job
-from batchrun.pool import Outcome, Pool, Request, parse_retry_after, status_error
-from batchrun.tasks import BadResponseError, RequestCodec, codec_for
+from batchrun.pool import Outcome, Pool, Request, parse_retry_after, secrets_of, status_error
+from batchrun.tasks import BadResponseError, RequestCodec, codec_for, excerpt
 from tests.endpoint_app import EndpointApp, EndpointProcess, expected_generated_text
 
 FAST = {"backoff_max": 0.02, "backoff_initial": 0.005}
@@ -477,3 +477,109 @@ def test_against_the_endpoint_in_its_own_process(endpoint_process: EndpointProce
     received = endpoint_process.received()
     assert sum(received.values()) == 32 and len(received) == 30
     assert endpoint_process.stats()["statuses"] == {"429": 2, "200": 30}
+
+
+# --- hostile answers: echoed tokens, huge bodies ---------------------------------------------
+
+TOKEN = "hf_EchoedSecret0123456789abcdefXYZ"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_secrets_of_takes_the_authorization_value_and_its_bare_token() -> None:
+    assert secrets_of({"authorization": " Bearer abc ", "Accept": "x"}) == ("Bearer abc", "abc")
+    assert secrets_of({"Authorization": "opaque"}) == ("opaque",)
+    assert secrets_of({"Accept": "application/json"}) == ()
+
+
+@pytest.mark.parametrize("status", [500, 401])
+def test_an_echoed_token_is_scrubbed_from_errors_and_retry_lines(
+    endpoint_app: EndpointApp, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    endpoint_app.configure(echo_auth="error", echo_auth_match="hostile", fail_status=status)
+    codec = make_codec()
+    texts = ["fine", "hostile row"]
+    requests = [Request(t, codec.encode([{"text": t}]), 1) for t in texts]
+    with caplog.at_level(logging.DEBUG):
+        _, outcomes = run_pool(endpoint_app.url, requests, codec=codec, headers=AUTH)
+    got = by_key(outcomes)
+    assert got["fine"].error is None
+    error = got["hostile row"].error
+    assert isinstance(error, InferenceStatusError) and error.http_status == status
+    assert str(error) == "bad token (you sent Authorization: ***)"
+    assert got["hostile row"].attempts == (3 if status == 500 else 1)
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retry ")]
+    assert len(retries) == (2 if status == 500 else 0)
+    assert all("you sent Authorization: ***" in m for m in retries)
+    assert TOKEN not in caplog.text
+
+
+def test_an_echoed_token_in_an_undecodable_200_is_scrubbed(endpoint_app: EndpointApp) -> None:
+    endpoint_app.configure(echo_auth="html")
+    codec = make_codec()
+    _, outcomes = run_pool(endpoint_app.url, make_requests(codec, 1), codec=codec, headers=AUTH)
+    error = outcomes[0].error
+    assert isinstance(error, BadResponseError) and error.status == "bad_response"
+    assert "non-JSON" in str(error) and "you sent Authorization: ***" in str(error)
+    assert TOKEN[:6] not in str(error)
+
+
+def test_a_token_cut_by_the_excerpt_shows_no_part_of_itself() -> None:
+    secrets = secrets_of(AUTH)
+    pool = Pool(url="http://127.0.0.1:1", codec=make_codec(), concurrency=1,
+                request_timeout=1, max_attempts=1, headers=AUTH)  # fmt: skip
+    straddled = 0
+    for pad in range(100, 200, 3):  # the token straddles the 200-character cut
+        body = ("x" * pad + f" Authorization: Bearer {TOKEN} tail").encode()
+        bad_shape = b'[{"generated_text": 1, "note": "' + body + b'"}]'
+        for raw in (body, b'{"error": "' + body + b'"}', bad_shape):
+            shown = excerpt(raw)  # what a message would quote without scrubbing
+            straddled += f"Bearer {TOKEN[:2]}" in shown and TOKEN not in shown
+            if raw is bad_shape:
+                message = str(pool._scrubbed(BadResponseError(shown), raw, 1))
+            else:
+                message = str(status_error(400, raw, None, secrets=secrets))
+            # "Bearer" is part of the secret: gone means scrubbed before the cut
+            assert "Bearer" not in message and TOKEN[:2] not in message, message
+    assert straddled >= 3
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_answer_over_max_response_bytes_is_final_and_the_others_succeed(
+    endpoint_app: EndpointApp, chunked: bool
+) -> None:
+    endpoint_app.configure(
+        big_response_bytes=5_000_000, big_response_match="huge", big_response_chunked=chunked
+    )
+    codec = make_codec()
+    texts = ["a", "huge one", "b", "c"]
+    requests = [Request(t, codec.encode([{"text": t}]), 1) for t in texts]
+    pool, outcomes = run_pool(
+        endpoint_app.url, requests, codec=codec, max_attempts=3, max_response_bytes=1 << 20
+    )
+    got = by_key(outcomes)
+    for t in ("a", "b", "c"):
+        assert got[t].results == [{"generated_text": expected_generated_text(t)}]
+    error = got["huge one"].error
+    assert isinstance(error, ResponseTooLargeError) and error.status == "response_too_large"
+    assert "max_response_bytes = 1,048,576 bytes" in str(error)
+    assert ("more than" in str(error)) is chunked
+    assert got["huge one"].attempts == 1 and pool.stats.retries == 0
+    assert endpoint_app.received()["huge one"] == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_answer_under_max_response_bytes_is_read_whole(
+    endpoint_app: EndpointApp, chunked: bool
+) -> None:
+    size = 300_000
+    endpoint_app.configure(big_response_bytes=size, big_response_chunked=chunked)
+    codec = make_codec()
+    _, outcomes = run_pool(
+        endpoint_app.url, make_requests(codec, 2), codec=codec, max_response_bytes=size
+    )
+    for outcome in outcomes:
+        assert outcome.error is None, outcome.error
+        assert outcome.results is not None
+        assert outcome.results[0]["generated_text"] == "x" * (
+            size - len('[{"generated_text": ""}]')
+        )
