@@ -9,7 +9,8 @@ When to kill: each run (segment) is killed once the endpoint has received a rand
 new rows since the restart (one row a request: the default batch_size), drawn (seeded, the
 same draws for every format) uniformly from 0.5–1.5 × rows / (kills + 1). Counting rows the
 endpoint received, not seconds, spreads the kills over the run whatever the machine's load, and
-puts them at random points of the commit cycle (a kill right after a commit is the best case, one right before it the worst).
+puts them at random points of the commit cycle (a kill right after a commit is the best case,
+one right before it the worst).
 
 From the endpoint's per-input receive counts (``/_stats?inputs=1``, taken after each kill and
 at the end) and the output files it computes:
