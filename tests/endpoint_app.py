@@ -17,7 +17,8 @@ chat ``content`` are ``"echo: " + text``; see `expected_generated_text`, `expect
 exactly-once test can assert that only the rows in flight were sent twice.
 
 Knobs (`Knobs`) are set at start and changed at runtime. Faults are checked in this order:
-latency, drop the connection, hang, 429 + ``Retry-After``, ``fail_status`` (500 by default),
+``hold_after`` (held until the test releases them), latency, drop the connection, hang,
+429 + ``Retry-After``, ``fail_status`` (500 by default),
 a 4xx for inputs containing ``reject_match``, a 200 that is not JSON, an answer quoting the
 request's Authorization header (``echo_auth``), a huge 200 (``big_response_bytes``, streamed,
 with or without Content-Length). ``*_first`` knobs are
@@ -108,6 +109,7 @@ class Knobs:
     big_response_bytes: int = 0  # a 200 answer this large (a text-generation answer, streamed)
     big_response_match: str = ""  # only inputs containing this ("" = every data request)
     big_response_chunked: bool = False  # sent chunked, without a Content-Length
+    hold_after: int = -1  # requests after the Nth wait unanswered until it is -1 (or raised)
 
     def update(self, values: dict[str, Any]) -> None:
         """Set knobs from a dict; an unknown name or a wrong type raises ValueError."""
@@ -221,9 +223,16 @@ class _Server:
         p = getattr(self.knobs, rate)
         return p > 0 and self._rng.random() < p
 
-    async def _faults(self, request: web.Request, texts: list[str]) -> None:
-        """Apply the knobs to one data request; raises _Fault with the answer to send instead."""
+    async def _faults(self, request: web.Request, texts: list[str], number: int = 0) -> None:
+        """Apply the knobs to one data request; raises _Fault with the answer to send instead.
+
+        `number` is the request's place in arrival order (1 for the first), for `hold_after`.
+        """
         k = self.knobs
+        if 0 <= k.hold_after < number:
+            self.stats.statuses["held"] += 1  # every request that was held, released or not
+            while 0 <= k.hold_after < number:
+                await asyncio.sleep(0.005)
         if k.latency_ms or k.jitter_ms:
             await asyncio.sleep((k.latency_ms + self._rng.random() * k.jitter_ms) / 1000.0)
         if self._take("drop_first", "drop_rate"):
@@ -274,6 +283,7 @@ class _Server:
         """Count the request, parse its JSON, apply faults, answer with `answer(body)`."""
         st = self.stats
         st.requests += 1
+        number = st.requests
         st.routes[route] += 1
         st.arrivals.append(time.time())
         st.in_flight += 1
@@ -292,7 +302,7 @@ class _Server:
             for t in texts:
                 st.received[t] += 1
             try:
-                await self._faults(request, texts)
+                await self._faults(request, texts, number)
                 payload = answer(body)
             except _Fault as fault:
                 if fault.response is None:
