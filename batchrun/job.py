@@ -4,6 +4,10 @@ A job has five sections, each a frozen dataclass: `[endpoint]`, `[input]`, `[out
 `[budget]`. Every key is checked against its field's type; an unknown key gets the closest
 valid name suggested. Relative paths in `[input] path` and `[output] path` are resolved against
 the job file's directory, so a job runs the same from cron as from a shell.
+
+Every numeric key has a range (`RANGES`, listed in the README's "Job keys and their ranges"),
+URLs are parsed up front, and the job file itself must be a regular UTF-8 file of at most
+`MAX_JOB_FILE_BYTES`: whatever is wrong gets one `JobError` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -11,24 +15,31 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import math
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from batchrun.errors import JobError
 
 __all__ = [
+    "MAX_JOB_FILE_BYTES",
+    "RANGES",
     "BudgetSpec",
     "EndpointSpec",
     "InputSpec",
     "Job",
+    "KeyRange",
     "OutputSpec",
     "RunSpec",
+    "check_token",
     "load_job",
     "parse_duration",
 ]
@@ -40,6 +51,79 @@ InputFormat = Literal["jsonl", "parquet", "csv"]
 
 DEFAULT_LOCAL_API_URL = "http://127.0.0.1:8765/v2"
 DEFAULT_HF_API_URL = "https://api.endpoints.huggingface.cloud/v2"
+
+MAX_JOB_FILE_BYTES = 1024 * 1024
+"""A job file is a few hundred bytes; a bigger one is a wrong path (a data file, /dev/zero)."""
+
+_MAX_NESTING = 32  # tables and arrays inside [run] parameters, custom_image, ...
+_WEEK = 7 * 24 * 3600.0
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(slots=True, frozen=True)
+class KeyRange:
+    """The values a numeric key accepts: `low` to `high`, `low` itself excluded if `low_open`."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    unit: str = ""
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        return above and value <= self.high
+
+    def describe(self) -> str:
+        """E.g. "from 1 to 100,000" or "more than 0 and at most 604,800 (seconds)"."""
+        low, high = _number(self.low), _number(self.high)
+        text = f"more than {low} and at most {high}" if self.low_open else f"from {low} to {high}"
+        return f"{text} ({self.unit})" if self.unit else text
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,}"
+
+
+def _seconds(low: float = 0.0, *, high: float = _WEEK, low_open: bool = True) -> KeyRange:
+    return KeyRange(low, high, low_open=low_open, unit="seconds")
+
+
+RANGES: dict[str, dict[str, KeyRange]] = {
+    "endpoint": {
+        "ready_timeout": _seconds(),
+        "min_replica": KeyRange(0, 100),
+        "max_replica": KeyRange(1, 100),
+        "scale_to_zero_timeout": KeyRange(1, 7 * 24 * 60, unit="minutes"),
+    },
+    "output": {
+        "commit_rows": KeyRange(1, 10_000_000),
+        "commit_seconds": _seconds(),
+    },
+    "run": {
+        "concurrency": KeyRange(1, 100_000),
+        "max_attempts": KeyRange(1, 100),
+        "request_timeout": _seconds(),
+        "batch_size": KeyRange(1, 10_000),
+        "max_requests_per_minute": KeyRange(0, 10_000_000, unit="0: no limit"),
+        "max_response_bytes": KeyRange(1024, 4 * 1024**3, unit="bytes"),
+        "backoff_max": _seconds(low_open=False),
+        "retry_after_max": _seconds(low_open=False),
+        "scale_up_timeout": _seconds(low_open=False),
+        "grace_period": _seconds(low_open=False),
+        "limit": KeyRange(0, 2**62, unit="rows"),
+    },
+    "budget": {
+        "max_cost_usd": KeyRange(0, 1_000_000, low_open=True, unit="USD"),
+        "max_duration": _seconds(high=366 * 24 * 3600.0),
+        "price_per_hour": KeyRange(0, 100_000, unit="USD per replica-hour"),
+        "billing_quantum_s": _seconds(high=24 * 3600.0),
+    },
+}
+"""Every numeric key's range, by section; `Job.validate` checks them, the README lists them."""
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -230,15 +314,46 @@ class Job:
             JobError: naming the key and the job file.
         """
         src = self.source
+        for section, ranges in RANGES.items():
+            spec = getattr(self, section)
+            for key, allowed in ranges.items():
+                value = getattr(spec, key)
+                if value is not None and value not in allowed:
+                    raise JobError(
+                        f"{src}: [{section}] {key} must be {allowed.describe()}, got {_short(value)}"
+                    )
         ep = self.endpoint
         if ep.provider == "url" and not ep.url:
             raise JobError(f'{src}: [endpoint] provider = "url" needs [endpoint] url')
         if ep.provider in ("hf", "local") and not ep.name:
             raise JobError(f'{src}: [endpoint] provider = "{ep.provider}" needs [endpoint] name')
-        if ep.url and not re.match(r"^https?://", ep.url):
+        if ep.url is not None:
+            _check_url(ep.url, f"{src}: [endpoint] url")
+        if ep.api_url is not None:
+            _check_url(ep.api_url, f"{src}: [endpoint] api_url")
+        if ep.token_env is not None and not _ENV_NAME.fullmatch(ep.token_env):
             raise JobError(
-                f"{src}: [endpoint] url must start with http:// or https://, got {ep.url!r}"
+                f"{src}: [endpoint] token_env must be an environment variable's name "
+                f"(letters, digits, _), got {_show(ep.token_env)}"
             )
+        for key in ("name", "namespace"):
+            value = getattr(ep, key)
+            if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+                raise JobError(
+                    f"{src}: [endpoint] {key} must be letters, digits, '.', '_' or '-' "
+                    f"(at most 128), got {_show(value)}"
+                )
+        if ep.min_replica > ep.max_replica:
+            raise JobError(
+                f"{src}: [endpoint] min_replica ({ep.min_replica}) is more than "
+                f"max_replica ({ep.max_replica})"
+            )
+        for section, key, value in (
+            ("input", "path", self.input.path),
+            ("output", "path", self.output.path),
+        ):
+            if "\0" in value or not value.strip():
+                raise JobError(f"{src}: [{section}] {key} must be a path, got {_show(value)}")
         if self.input.field is not None and self.input.template is not None:
             raise JobError(f"{src}: [input] has both field and template; keep one")
         if self.input.template is not None:
@@ -255,29 +370,19 @@ class Job:
                 f"{src}: [output] path must end in .jsonl or .parquet, got {self.output.path!r}"
             )
         run = self.run
-        for key in ("concurrency", "max_attempts", "batch_size"):
-            if getattr(run, key) < 1:
-                raise JobError(f"{src}: [run] {key} must be at least 1, got {getattr(run, key)}")
-        if run.request_timeout <= 0:
-            raise JobError(f"{src}: [run] request_timeout must be positive")
-        if run.max_requests_per_minute < 0:
-            raise JobError(f"{src}: [run] max_requests_per_minute must be 0 (no limit) or more")
-        if run.limit is not None and run.limit < 0:
-            raise JobError(f"{src}: [run] limit must be 0 or more")
         if run.batch_size > 1 and run.request_format in ("chat", "raw"):
             raise JobError(
                 f'{src}: [run] batch_size > 1 works with request_format "inputs" or "embeddings", '
                 f'not "{run.request_format}"'
             )
-        if self.output.commit_rows < 1 or self.output.commit_seconds <= 0:
-            raise JobError(f"{src}: [output] commit_rows and commit_seconds must be positive")
-        b = self.budget
-        if b.max_cost_usd is not None and b.max_cost_usd <= 0:
-            raise JobError(f"{src}: [budget] max_cost_usd must be positive")
-        if b.price_per_hour is not None and b.price_per_hour < 0:
-            raise JobError(f"{src}: [budget] price_per_hour must be 0 or more")
-        if b.billing_quantum_s <= 0:
-            raise JobError(f"{src}: [budget] billing_quantum_s must be positive")
+        for section, key, value in (
+            ("run", "parameters", run.parameters),
+            ("endpoint", "custom_image", ep.custom_image),
+        ):
+            if _depth(value) > _MAX_NESTING:
+                raise JobError(
+                    f"{src}: [{section}] {key} is nested more than {_MAX_NESTING} levels deep"
+                )
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What changes results (not concurrency, budget or timeouts): part of the run fingerprint."""
@@ -306,19 +411,19 @@ def load_job(path: str | Path, **overrides: dict[str, Any]) -> Job:
             Relative override paths resolve against the current directory.
 
     Raises:
-        JobError: the file is missing or not TOML, or a key is unknown or of the wrong type.
+        JobError: the file is missing, not a regular UTF-8 file of at most 1 MiB, or not TOML;
+            a key is unknown, of the wrong type or out of its range.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise JobError(f"{p}: job file not found") from e
-    except OSError as e:
-        raise JobError(f"{p}: cannot read job file: {e.strerror}") from e
+    text = _read_job_text(p)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise JobError(f"{p}: not valid TOML: {e}") from e
+    except RecursionError as e:
+        raise JobError(f"{p}: not valid TOML: tables or arrays nested too deeply") from e
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise JobError(f"{p}: not valid TOML: a number is too long") from e
     base_dir = p.resolve().parent
     for section, values in overrides.items():
         if not isinstance(values, dict):
@@ -327,12 +432,84 @@ def load_job(path: str | Path, **overrides: dict[str, Any]) -> Job:
         if not isinstance(target, dict):
             raise JobError(f"{p}: [{section}] is not a table")
         for key, value in values.items():
-            if key == "path" and section in ("input", "output") and isinstance(value, str):
+            is_path = key == "path" and section in ("input", "output") and isinstance(value, str)
+            if is_path and "\0" not in value:  # a NUL byte: `validate` refuses it
                 value = str(Path(value).resolve())
             if isinstance(value, dict) and isinstance(target.get(key), dict):
                 value = {**target[key], **value}  # --set run.parameters.x=1 keeps the others
             target[key] = value
     return Job.from_dict(data, source=str(p), base_dir=base_dir)
+
+
+def check_token(token: str, where: str) -> None:
+    """Refuse a token that cannot be one HTTP header value (a line break would inject headers).
+
+    Args:
+        token: the token, already stripped of surrounding whitespace.
+        where: what the message names, e.g. "job.toml: the token in $API_KEY"; the message
+            never shows the token.
+
+    Raises:
+        JobError: the token holds a line break or another control character.
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in token):
+        raise JobError(
+            f"{where} contains a line break or another control character; "
+            "a token is one line of printable text"
+        )
+
+
+def _read_job_text(p: Path) -> str:
+    """The job file's text, refusing what is not a small regular UTF-8 file, without blocking.
+
+    A FIFO or a device is refused on `stat` before it is opened (and opened non-blocking, so a
+    path swapped for a FIFO in between cannot hang); at most 1 MiB + 1 byte is ever read.
+    """
+    try:
+        info = os.stat(p)
+        if stat.S_ISDIR(info.st_mode):
+            raise JobError(f"{p}: is a directory, not a job file")
+        if not stat.S_ISREG(info.st_mode):
+            raise JobError(
+                f"{p}: not a regular file ({_file_kind(info.st_mode)}); give a .toml file"
+            )
+        if info.st_size > MAX_JOB_FILE_BYTES:
+            raise JobError(f"{p}: job file too large ({info.st_size:,} bytes; at most 1 MiB)")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise JobError(f"{p}: not a regular file; give a .toml file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                raw = f.read(MAX_JOB_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+    except FileNotFoundError as e:
+        raise JobError(f"{p}: job file not found") from e
+    except OSError as e:
+        raise JobError(f"{p}: cannot read job file: {e.strerror or e}") from e
+    except ValueError as e:  # a NUL byte in the path
+        raise JobError(f"{_show(str(p))}: not a usable path: {e}") from e
+    if len(raw) > MAX_JOB_FILE_BYTES:
+        raise JobError(f"{p}: job file too large (more than 1 MiB)")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise JobError(f"{p}: the job file is UTF-16; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise JobError(
+            f"{p}: the job file is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+            f"{e.start}); save it as UTF-8"
+        ) from e
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
 
 
 def parse_overrides(assignments: list[str]) -> dict[str, dict[str, Any]]:
@@ -351,9 +528,14 @@ def parse_overrides(assignments: list[str]) -> dict[str, dict[str, Any]]:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
+        except (RecursionError, ValueError) as e:  # nested too deeply, a 4,300-digit integer
+            raise JobError(f"--set {name.strip()}: not a usable value") from e
         if "." in key:  # run.parameters.max_new_tokens=16
             sub, _, leaf = key.partition(".")
-            out.setdefault(section, {}).setdefault(sub, {})[leaf] = value
+            table = out.setdefault(section, {}).setdefault(sub, {})
+            if not isinstance(table, dict):
+                raise JobError(f"--set {name.strip()}: {section}.{sub} is already set to a value")
+            table[leaf] = value
         else:
             out.setdefault(section, {})[key] = value
     return out
@@ -372,8 +554,15 @@ def parse_duration(value: str | float | int) -> float:
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
         if value < 0:
-            raise ValueError(f"a duration cannot be negative: {value!r}")
-        return float(value)
+            raise ValueError(f"a duration cannot be negative: {_short(value)}")
+        try:
+            return float(value)
+        except OverflowError as e:
+            raise ValueError(f"not a duration: {_short(value)} is too large") from e
+    if not isinstance(value, str):
+        raise ValueError(
+            f'expected a duration such as "2h30m" or a number of seconds, got {_show(value)}'
+        )
     text = value.strip().lower().replace(" ", "")
     if re.fullmatch(r"\d+(\.\d+)?", text):
         return float(text)
@@ -400,8 +589,15 @@ def parse_deadline(
     now = now or dt.datetime.now().astimezone()
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.astimezone()
+    if isinstance(value, dt.date):
+        raise ValueError(
+            f"{value.isoformat()} is a date without a time of day; "
+            f'write e.g. {value.isoformat()}T06:00:00 or "06:00"'
+        )
     if isinstance(value, dt.time):
         value = value.strftime("%H:%M:%S")
+    if not isinstance(value, str):
+        raise ValueError(f'expected a time ("06:00") or an ISO date and time, got {_show(value)}')
     text = value.strip()
     if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", text):
         t = dt.time.fromisoformat(text if len(text.split(":")[0]) == 2 else "0" + text)
@@ -433,6 +629,46 @@ def input_format_of(path: str) -> InputFormat:
         f"cannot tell the format of {path!r}: use .jsonl, .jsonl.gz, .parquet or .csv, "
         'or set [input] format = "jsonl" | "parquet" | "csv"'
     )
+
+
+def _check_url(url: str, where: str) -> None:
+    """Refuse a URL that requests cannot go to: http(s), a host, a valid port, no credentials.
+
+    Raises:
+        JobError: naming `where`; the URL is shown with any credentials masked.
+    """
+    shown = repr(re.sub(r"//[^/?#]*@", "//***@", url))
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise JobError(f"{where}: a URL cannot contain spaces or control characters, got {shown}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        reason = str(e).replace(url, "the URL")
+        raise JobError(f"{where}: not a valid URL ({reason}), got {shown}") from e
+    if parts.scheme not in ("http", "https"):
+        raise JobError(f"{where} must start with http:// or https://, got {shown}")
+    if parts.username is not None or parts.password is not None:
+        raise JobError(
+            f"{where}: credentials in the URL are refused (they would be logged); "
+            "put the token in an environment variable and name it in token_env"
+        )
+    if not parts.hostname:
+        raise JobError(f"{where}: the URL has no host, got {shown}")
+    if port is not None and not 1 <= port <= 65535:
+        raise JobError(f"{where}: the port must be from 1 to 65535, got {shown}")
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and tables nest in `value` (0 for a scalar); stops counting past the cap."""
+    depth, level = 0, [value]
+    while depth <= _MAX_NESTING:
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 def _template_fields(template: str) -> list[str]:
@@ -487,11 +723,15 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     if key == "deadline" and value is not None:
         try:
             return parse_deadline(value)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError) as e:
             raise JobError(f"{where}: {e}") from e
     if _matches(value, hint):
-        if hint is float or (float in typing.get_args(hint) and isinstance(value, int)):
-            return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        wants_float = hint is float or float in typing.get_args(hint)
+        if wants_float and isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except OverflowError as e:
+                raise JobError(f"{where}: the number {_short(value)} is too large") from e
         return value
     raise JobError(f"{where}: expected {_describe(hint)}, got {_show(value)}")
 
@@ -541,10 +781,14 @@ def _describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+def _short(value: Any) -> str:
+    """`repr(value)`, cut to 60 characters."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**60 else "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
+    text = _short(value)
     kind = {
         bool: "boolean",
         int: "integer",

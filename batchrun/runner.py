@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from batchrun.errors import EndpointFailedError, JobError
 from batchrun.io.ledger import Ledger
 from batchrun.io.readers import InputReader, Position, Row, open_input
-from batchrun.job import Job
+from batchrun.job import Job, check_token
 from batchrun.plan import remember_run
 from batchrun.pool import Outcome, Pool, Request
 from batchrun.tasks import RequestCodec, RowInputError, codec_for
@@ -153,19 +153,20 @@ def open_target(job: Job) -> AbstractAsyncContextManager[Target]:
     """The target for the job's `[endpoint]`.
 
     Raises:
-        JobError: `token_env` names an unset variable.
+        JobError: `token_env` names an unset variable, or one whose value is not one line.
     """
     ep = job.endpoint
     if ep.provider == "url":
         assert ep.url is not None  # Job.validate
         headers: dict[str, str] = {}
         if ep.token_env:
-            token = os.environ.get(ep.token_env)
+            token = os.environ.get(ep.token_env, "").strip()
             if not token:
                 raise JobError(
                     f"{job.source}: [endpoint] token_env = {ep.token_env!r}, "
                     "but that environment variable is not set"
                 )
+            check_token(token, f"{job.source}: the token in ${ep.token_env}")
             headers["Authorization"] = f"Bearer {token}"
         return UrlTarget(ep.url, headers)
     from batchrun.lease import EndpointLease  # the control plane loads only for hf / local

@@ -124,3 +124,235 @@ def test_durations_and_deadlines() -> None:
     assert parse_deadline("06:00", now=now) == dt.datetime(2026, 1, 2, 6, 0, tzinfo=dt.UTC)
     assert parse_deadline("08:00", now=now) == dt.datetime(2026, 1, 1, 8, 0, tzinfo=dt.UTC)
     assert parse_deadline("2026-01-01T09:00:00Z").tzinfo is not None
+
+
+# --- hostile job files, numbers out of range, URLs, tokens (issue 10) --------------------------
+
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+
+from batchrun.cli import main  # noqa: E402
+from batchrun.endpoints.auth import resolve_token  # noqa: E402
+from batchrun.job import MAX_JOB_FILE_BYTES, RANGES  # noqa: E402
+from batchrun.runner import open_target  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sections(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    data: dict[str, dict[str, Any]] = {
+        "endpoint": {"provider": "url", "url": "http://127.0.0.1:8080"},
+        "input": {"path": "in.jsonl", "field": "text"},
+        "output": {"path": "out.jsonl"},
+    }
+    for section, values in extra.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+def _refused(data: dict[str, Any]) -> str:
+    with pytest.raises(JobError) as info:
+        Job.from_dict(data, source="job.toml")
+    assert info.value.exit_code == 2
+    text = str(info.value)
+    assert text.startswith("job.toml: ") and "\n" not in text
+    return text
+
+
+def test_special_files_are_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # no writer: opening it for reading would block forever
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (MAX_JOB_FILE_BYTES + 1))
+    started = time.monotonic()
+    for path, message in [
+        (fifo, "not a regular file (a FIFO)"),
+        (tmp_path, "is a directory, not a job file"),
+        (Path("/dev/zero"), "not a regular file (a device)"),
+        (big, "job file too large"),
+    ]:
+        with pytest.raises(JobError) as info:
+            load_job(path)
+        assert message in str(info.value)
+    assert time.monotonic() - started < 5
+    load_job(write(tmp_path, GOOD + "#" * (MAX_JOB_FILE_BYTES - len(GOOD) - 1)))  # 1 MiB is fine
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (GOOD.encode("utf-16"), "is UTF-16; save it as UTF-8"),
+        (GOOD.replace("text-generation", "g\xe9n\xe9ration").encode("latin-1"), "not UTF-8 text"),
+        (b"a = " + b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b"a = " + b"9" * 5000, "a number is too long"),
+    ],
+)
+def test_undecodable_job_files(tmp_path: Path, raw: bytes, message: str) -> None:
+    path = tmp_path / "job.toml"
+    path.write_bytes(raw)
+    with pytest.raises(JobError, match=message) as info:
+        load_job(path)
+    assert str(path) in str(info.value)
+
+
+def test_utf8_with_a_bom_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_bytes(GOOD.encode("utf-8-sig"))
+    assert load_job(path).run.concurrency == 8
+
+
+def _out_of_range(allowed: Any, hint: Any) -> list[Any]:
+    values: list[Any] = [allowed.high + 1, 10**20]
+    values.append(allowed.low if allowed.low_open else allowed.low - 1)
+    if hint is not int:
+        values += [math.nan, math.inf, -math.inf]
+    return values
+
+
+RANGE_CASES = [
+    (section, key, value)
+    for section, ranges in RANGES.items()
+    for key, allowed in ranges.items()
+    for value in _out_of_range(allowed, int if isinstance(allowed.high, int) else float)
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value"), RANGE_CASES)
+def test_every_numeric_key_has_a_range(section: str, key: str, value: Any) -> None:
+    allowed = RANGES[section][key]
+    if key == "max_duration" and isinstance(value, float) and value < 0:
+        value = -value if math.isinf(value) else value  # a negative duration has its own message
+    text = _refused(_sections(**{section: {key: value}}))
+    assert f"[{section}] {key}" in text
+    if not (key == "max_duration" and value == -1):
+        assert allowed.describe() in text
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [(s, k) for s, ranges in RANGES.items() for k in ranges]
+)
+def test_range_ends_are_accepted(section: str, key: str) -> None:
+    allowed = RANGES[section][key]
+    ends = [allowed.high] if allowed.low_open else [allowed.low, allowed.high]
+    for value in ends:
+        extra: dict[str, dict[str, Any]] = {section: {key: value}}
+        if key == "min_replica":
+            extra["endpoint"]["max_replica"] = max(1, int(value))
+        job = Job.from_dict(_sections(**extra))
+        assert getattr(getattr(job, section), key) == value
+
+
+def test_readme_lists_every_range() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Job keys and their ranges", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line[:4] == "| `["}
+    for section, ranges in RANGES.items():
+        for key, allowed in ranges.items():
+            assert allowed.describe() in rows[f"`[{section}] {key}`"], (section, key)
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("budget", {"deadline": dt.date(2026, 1, 1)}, "a date without a time of day"),
+        ("budget", {"deadline": [1]}, "expected a time"),
+        ("budget", {"max_duration": {"a": 1}}, "expected a duration"),
+        ("budget", {"max_duration": 10**400}, "too large"),
+        ("run", {"request_timeout": 10**400}, "too large"),
+        (
+            "run",
+            {
+                "parameters": {
+                    "a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+                }
+            },
+            "nested",
+        ),
+        ("endpoint", {"min_replica": 2, "max_replica": 1}, "is more than max_replica"),
+        ("endpoint", {"token_env": "MY TOKEN"}, "token_env must be an environment variable"),
+        ("endpoint", {"token_env": "A\x00"}, "token_env must be"),
+        ("output", {"path": "o\x00.jsonl"}, "[output] path must be a path"),
+        ("endpoint", {"provider": "hf", "name": "../x"}, "[endpoint] name must be"),
+    ],
+)
+def test_bad_types_and_values(section: str, values: dict[str, Any], message: str) -> None:
+    assert message in _refused(_sections(**{section: values}))
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://", "has no host"),
+        ("https://", "has no host"),
+        ("http://:80", "has no host"),
+        ("http:///path", "has no host"),
+        ("http://h:99999", "Port out of range"),
+        ("http://h:-1", "Port could not be cast"),
+        ("http://h:abc", "Port could not be cast"),
+        ("http://h:0", "port must be from 1 to 65535"),
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("http://user:s3cret@host", "credentials in the URL are refused"),
+        ("http://user:s3cret@host:bad", "not a valid URL"),
+        ("ftp://host", "must start with http:// or https://"),
+        ("http://ho st/", "spaces or control characters"),
+        ("http://host/\r\nX: y", "spaces or control characters"),
+    ],
+)
+@pytest.mark.parametrize("key", ["url", "api_url"])
+def test_urls_are_parsed_up_front(key: str, url: str, message: str) -> None:
+    endpoint = {"url": url} if key == "url" else {"provider": "local", "name": "e", "api_url": url}
+    text = _refused(_sections(endpoint=endpoint))
+    assert f"[endpoint] {key}" in text and message in text
+    assert "s3cret" not in text
+
+
+def test_good_urls_are_accepted() -> None:
+    for url in ("http://127.0.0.1:8080", "https://x.example/v1/", "http://[::1]:1/a?b=c"):
+        assert Job.from_dict(_sections(endpoint={"url": url})).endpoint.url == url
+
+
+def test_a_token_with_a_line_break_is_refused_and_not_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = Job.from_dict(_sections(endpoint={"token_env": "API_KEY"}), source="job.toml")
+    for bad in ("s3cret\r\nX-Evil: 1", "s3cret\nx", "s3\x1bcret"):
+        monkeypatch.setenv("API_KEY", bad)
+        with pytest.raises(JobError, match=r"^job.toml: the token in \$API_KEY contains") as info:
+            open_target(job)
+        assert "s3" not in str(info.value)
+    monkeypatch.setenv("API_KEY", "s3cret\n")  # a trailing newline (`$(cat file)`) is trimmed
+    assert repr(open_target(job)) == "UrlTarget(url='http://127.0.0.1:8080')"
+    monkeypatch.setenv("HF_TOKEN", "hf_s3cret\nX: 1")
+    with pytest.raises(JobError, match=r"the token in \$HF_TOKEN contains a line break") as info:
+        resolve_token()
+    assert "s3cret" not in str(info.value)
+
+
+def test_set_values_that_cannot_be_used() -> None:
+    with pytest.raises(JobError, match="not a usable value"):
+        parse_overrides(["run.concurrency=" + "9" * 5000])
+    with pytest.raises(JobError, match="not a usable value"):
+        parse_overrides(["run.parameters=" + "[" * 5000])
+    with pytest.raises(JobError, match="already set to a value"):
+        parse_overrides(["run.parameters=1", "run.parameters.x=2"])
+
+
+def test_cli_refuses_a_directory_and_huge_numbers_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr == f"batchrun: error: {tmp_path}: is a directory, not a job file\n"
+    job = write(tmp_path, GOOD)
+    for option in ("--concurrency", "--limit"):
+        result = CliRunner().invoke(main, ["run", str(job), option, str(10**20)])
+        assert result.exit_code == 2
+        assert result.stderr.splitlines()[-1].startswith(f"Error: Invalid value for '{option}'")
+    result = CliRunner().invoke(main, ["run", str(job), "--set", "run.request_timeout=nan"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"batchrun: error: {job}: [run] request_timeout must be more than 0 and at most "
+        "604,800 (seconds), got nan\n"
+    )

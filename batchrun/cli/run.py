@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import orjson
 
-from batchrun.job import Job, load_job, parse_overrides
+from batchrun.job import RANGES, Job, load_job, parse_overrides
 from batchrun.runner import RunControl, RunSummary, arun_job
 
 __all__ = ["run"]
@@ -25,11 +25,20 @@ log = logging.getLogger(__name__)
 
 
 @click.command("run")
-@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+# Any path: `load_job` says itself what is wrong with a directory, a FIFO or a device.
+@click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--restart", is_flag=True, help="Discard the output and run state; start over.")
 @click.option("--retry-errors", is_flag=True, help="Send the errors file's rows again, then go on.")
-@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight.")
-@click.option("--limit", type=click.IntRange(min=0), help="Only the first N input rows.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, int(RANGES["run"]["concurrency"].high)),
+    help="Requests in flight.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(0, int(RANGES["run"]["limit"].high)),
+    help="Only the first N input rows.",
+)
 @click.option("--output", "output", help="Results path (.jsonl file or .parquet directory).")
 @click.option(
     "--set",

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batchrun.errors import JobError
+from batchrun.job import check_token
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -46,18 +47,25 @@ def resolve_token(explicit: str | None = None) -> str | None:
 
     Args:
         explicit: a token given by the caller; it wins when non-empty.
+
+    Raises:
+        JobError: the token holds a line break or a control character (it would inject headers).
     """
-    for value in (
-        explicit,
-        os.environ.get("HF_TOKEN"),
-        os.environ.get("HUGGING_FACE_HUB_TOKEN"),
+    for where, value in (
+        ("the token given", explicit),
+        ("the token in $HF_TOKEN", os.environ.get("HF_TOKEN")),
+        ("the token in $HUGGING_FACE_HUB_TOKEN", os.environ.get("HUGGING_FACE_HUB_TOKEN")),
     ):
         if value and value.strip():
+            check_token(value.strip(), where)
             return value.strip()
+    path = token_file()
     try:
-        text = token_file().read_text(encoding="utf-8").strip()
+        text = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return None
+    if text:
+        check_token(text, f"the token file {path}")
     return text or None
 
 
