@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -48,13 +46,22 @@ def _check_exactly_once(tmp_path: Path, out: str) -> None:
 def test_signal_finishes_in_flight_commits_and_resumes(
     tmp_path: Path, endpoint_app: EndpointApp, sig: int, code: int, reason: str, out: str
 ) -> None:
-    endpoint_app.configure(latency_ms=10)
+    # the first 200 requests are answered, the rest are held until the signal was seen: the
+    # run cannot end before it, and the held requests answer within the grace
+    endpoint_app.configure(latency_ms=1, hold_after=200)
     job_file = _setup(tmp_path, endpoint_app.url, out)
-    proc = start_run(job_file)
+    log = tmp_path / "stderr.txt"
+    proc = start_run(job_file, stderr=log)
     try:
-        wait_for(lambda: endpoint_app.stats()["requests"] >= 200, what="requests")
+        wait_for(lambda: _held(endpoint_app) == 8, what="the 8 workers' requests to be held")
         proc.send_signal(sig)
-        rc, summary, err = finish(proc)
+        wait_for(
+            lambda: "finishing the requests in flight" in log.read_text(),
+            what=f"batchrun to see the {signal.Signals(sig).name}",
+        )
+        endpoint_app.configure(hold_after=-1)
+        rc, summary, _ = finish(proc)
+        err = log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -62,9 +69,8 @@ def test_signal_finishes_in_flight_commits_and_resumes(
     assert rc == code, err
     assert summary["stop_reason"] == reason and summary["resumable"] is True
     assert summary["exit_code"] == code
-    assert 0 < summary["results_total"] < N
     # in-flight requests got their grace: everything sent was committed, nothing is re-sent
-    assert summary["results_total"] == endpoint_app.stats()["requests"]
+    assert summary["results_total"] == endpoint_app.stats()["requests"] == 208
     endpoint_app.configure(latency_ms=0)
     resumed = run_job(load_job(job_file), progress=False)
     assert resumed.exit_code == 0 and resumed.skipped_done == summary["results_total"]
@@ -74,27 +80,15 @@ def test_signal_finishes_in_flight_commits_and_resumes(
 
 def test_second_sigint_skips_the_grace(tmp_path: Path, endpoint_app: EndpointApp) -> None:
     job_file = _setup(tmp_path, endpoint_app.url, "out/r.jsonl", grace_period=60.0)
-    endpoint_app.configure(latency_ms=5)
+    # the first 100 requests are answered; the rest never are (until the resume)
+    endpoint_app.configure(latency_ms=1, hold_after=100)
     log = tmp_path / "stderr.txt"
     proc = start_run(job_file, stderr=log)
     try:
-        wait_for(lambda: endpoint_app.stats()["requests"] >= 100, what="requests")
-        endpoint_app.configure(latency_ms=120_000)  # what arrives from now on never answers
-        seen: dict[str, Any] = {}
-
-        def all_hung() -> bool:
-            # in_flight == 8 holds at once (the 5 ms requests), so also wait until no request
-            # has arrived or finished for 0.5 s: then the 8 in flight are the hung ones.
-            stats = endpoint_app.stats()
-            key = (stats["requests"], stats["in_flight"])
-            if key != seen.get("key"):
-                seen.update(key=key, since=time.monotonic())
-            return stats["in_flight"] == 8 and time.monotonic() - seen["since"] >= 0.5
-
-        wait_for(all_hung, what="8 hung requests")
+        wait_for(lambda: _held(endpoint_app) == 8, what="the 8 workers' requests to be held")
         proc.send_signal(signal.SIGINT)
         wait_for(lambda: "finishing the requests in flight" in log.read_text(), what="1st SIGINT")
-        assert proc.poll() is None  # waiting for the hung requests (60 s grace)
+        assert proc.poll() is None  # waiting for the held requests (60 s grace)
         proc.send_signal(signal.SIGINT)
         rc, summary, _ = finish(proc, timeout=20)  # far less than the 60 s grace
         err = log.read_text()
@@ -104,9 +98,15 @@ def test_second_sigint_skips_the_grace(tmp_path: Path, endpoint_app: EndpointApp
             proc.communicate()
     assert rc == 130, err
     assert summary["stop_reason"] == "sigint"
-    endpoint_app.configure(latency_ms=0)
+    assert summary["results_total"] == 100
+    endpoint_app.configure(latency_ms=0, hold_after=-1)
     resumed = run_job(load_job(job_file), progress=False)
     assert resumed.exit_code == 0
     resent = [t for t, n in endpoint_app.received().items() if n > 1]
-    assert 0 < len(resent) <= 8  # only the hung, cancelled requests were sent again
+    assert len(resent) == 8  # only the held, cancelled requests were sent again
     _check_exactly_once(tmp_path, "out/r.jsonl")
+
+
+def _held(app: EndpointApp) -> int:
+    """How many requests the endpoint has held (`hold_after`)."""
+    return int(app.stats()["statuses"].get("held", 0))

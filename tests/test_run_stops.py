@@ -33,7 +33,8 @@ def _all_ids(tmp_path: Path, out: str = "out/r.jsonl") -> list[int]:
 def test_budget_stop_through_the_control_is_exit_4_and_resumable(
     tmp_path: Path, endpoint_app: EndpointApp
 ) -> None:
-    endpoint_app.configure(latency_ms=5)
+    # the first 50 requests are answered, the rest held: the run cannot end before the stop
+    endpoint_app.configure(latency_ms=1, hold_after=50)
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"t{i}"} for i in range(400)])
     job_file = write_job(
         tmp_path / "job.toml", job_sections(endpoint_app.url, "in.jsonl", "out/r.jsonl")
@@ -42,9 +43,9 @@ def test_budget_stop_through_the_control_is_exit_4_and_resumable(
     async def stopped_midway() -> tuple[int, str | None, bool, int]:
         control = RunControl()
         task = asyncio.create_task(arun_job(load_job(job_file), control=control, progress=False))
-        while endpoint_app.stats()["requests"] < 50:
-            await asyncio.sleep(0.01)
+        await _until_held(endpoint_app, task)
         control.stop("budget")
+        endpoint_app.configure(hold_after=-1)  # the held requests answer within the grace
         s = await task
         return s.exit_code, s.stop_reason, s.resumable, s.results_total
 
@@ -119,19 +120,23 @@ def test_retry_errors_killed_midway_is_settled_exactly_once(
     first = run_job(load_job(job_file), progress=False)
     assert first.exit_code == 3 and first.failed == n // 3
 
-    endpoint_app.configure(reject_match="", latency_ms=5, reset=True)  # the server is fixed
+    # the server is fixed; it answers 300 retries, then holds the rest until the kill
+    endpoint_app.configure(reject_match="", latency_ms=1, hold_after=300, reset=True)
     proc = start_run(job_file, "--retry-errors")
     try:
-        wait_for(lambda: endpoint_app.stats()["requests"] >= 300, what="retries to be sent")
+        wait_for(
+            lambda: endpoint_app.stats()["statuses"].get("held", 0) > 0,
+            what="300 retries answered and the next one held",
+        )
         proc.send_signal(signal.SIGKILL)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
-    assert 0 < endpoint_app.stats()["requests"] < n // 3
+    assert 300 < endpoint_app.stats()["requests"] <= 308  # 300 answered, 8 workers held
 
     # the next run, even without --retry-errors, settles the interrupted rewrite first
-    endpoint_app.configure(latency_ms=0)
+    endpoint_app.configure(latency_ms=0, hold_after=-1)
     plain = run_job(load_job(job_file), progress=False)
     assert plain.rows == 0 and plain.exit_code == 3
     assert _all_ids(tmp_path) == list(range(n))  # exactly once, mid-retry state settled
@@ -141,7 +146,22 @@ def test_retry_errors_killed_midway_is_settled_exactly_once(
     assert read_jsonl(tmp_path / "out/r.errors.jsonl") == []
     assert _all_ids(tmp_path) == list(range(n))
     resent = [t for t, k in endpoint_app.received().items() if k > 1]
-    assert len(resent) <= 300  # only rows in flight or uncommitted at the kill went twice
+    assert len(resent) <= 308  # only rows in flight or uncommitted at the kill went twice
+
+
+async def _until_held(
+    app: EndpointApp, task: asyncio.Task[RunSummary], timeout: float = 30
+) -> None:
+    """Wait (on the run's own loop) until the endpoint holds a request (`hold_after`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not app.stats()["statuses"].get("held", 0):
+        if task.done():
+            task.result()  # its error, if any
+            raise AssertionError("the run ended before the endpoint held a request")
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for a held request")
+        await asyncio.sleep(0.01)
 
 
 class SlowTarget:
@@ -196,7 +216,8 @@ def test_sigint_while_the_endpoint_gets_ready_sends_nothing(
 def test_a_target_stop_commits_and_maps_to_its_exit(
     tmp_path: Path, endpoint_app: EndpointApp, reason: str, code: int
 ) -> None:
-    endpoint_app.configure(latency_ms=5)
+    # the first 40 requests are answered, the rest held: the run cannot end before the stop
+    endpoint_app.configure(latency_ms=1, hold_after=40)
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"t{i}"} for i in range(400)])
     job = load_job(
         write_job(tmp_path / "job.toml", job_sections(endpoint_app.url, "in.jsonl", "out/r.jsonl"))
@@ -205,9 +226,9 @@ def test_a_target_stop_commits_and_maps_to_its_exit(
 
     async def stopped() -> RunSummary:
         task = asyncio.create_task(arun_job(job, target=target, progress=False))
-        while endpoint_app.stats()["requests"] < 40:
-            await asyncio.sleep(0.01)
+        await _until_held(endpoint_app, task)
         target.fail(reason)
+        endpoint_app.configure(hold_after=-1)  # the held requests answer within the grace
         return await task
 
     if code == 5:
