@@ -37,6 +37,10 @@ def _committed_rows(output: Path) -> int:
     return int(meta.get("results_count", 0)) + int(meta.get("errors_count", 0))
 
 
+def _held(app: EndpointApp) -> int:
+    return int(app.stats()["statuses"].get("held", 0))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("out", ["out/r.jsonl", "out/r.parquet"])
@@ -60,12 +64,15 @@ def test_kill_9_three_times_then_resume_exactly_once(tmp_path: Path, out: str) -
         job_file.write_text(job_file.read_text().replace("http://127.0.0.1:1", app.url))
         for _ in range(KILLS):
             start_committed = _committed_rows(output)
+            # this run gets 1,000 answers, then its requests are held: it cannot end before
+            # the kill, which lands with rows in flight and answered rows not yet committed
+            held = _held(app)
+            app.configure(hold_after=app.stats()["requests"] + 1000)
             proc = start_run(job_file)
             try:
                 floor = start_committed + 300
                 wait_for(lambda f=floor: _committed_rows(output) > f, timeout=30, what="a commit")
-                sent = app.stats()["requests"] + 700
-                wait_for(lambda s=sent: app.stats()["requests"] > s, timeout=30, what="sends")
+                wait_for(lambda h=held: _held(app) > h, timeout=30, what="a held request")
                 proc.send_signal(signal.SIGKILL)
             finally:
                 if proc.poll() is None:
@@ -73,6 +80,7 @@ def test_kill_9_three_times_then_resume_exactly_once(tmp_path: Path, out: str) -
                 proc.communicate()
             snapshots.append((committed_ids(output, errors), Counter(app.received())))
         assert len(snapshots[-1][0]) < N, "the kills came too late to test anything"
+        app.configure(hold_after=-1)
         rc, summary, err = finish(start_run(job_file))
         received = Counter(app.received())
     assert rc == 3, err
