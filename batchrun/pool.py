@@ -583,7 +583,7 @@ class Pool:
         async for chunk in response.content.iter_any():  # chunked, or decompressed
             size += len(chunk)
             if size > cap:
-                raise _too_large(cap, f"more than {cap:,} bytes read")
+                raise _too_large(cap, f"stopped reading at {size:,} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
