@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -20,9 +21,28 @@ from aiohttp import web
 
 from batchrun.endpoints import SyncEndpointsClient
 from batchrun.errors import NotFoundError
+from batchrun.local.backends import EchoFaults
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = "batchrun/echo"
+
+
+def first_request_hangs(env: dict[str, str] | None = None, *, clear: int = 200) -> dict[str, str]:
+    """The echo model's `env` plus a seeded hang: the first request its worker admits never
+    answers, and none of the `clear` after it does (other faults as `env` says).
+
+    The echo model draws each admitted request's fate from `BATCHRUN_ECHO_SEED`
+    (`EchoFaults`), so a worker started with this env holds exactly that request: a run on it
+    cannot end before its `request_timeout`, however loaded the machine is. The env takes
+    effect when the worker starts: at create, or at the resume after an update.
+    """
+    base = {**(env or {}), "BATCHRUN_ECHO_HANG_RATE": "0.002"}
+    for seed in itertools.count():
+        trial = {**base, "BATCHRUN_ECHO_SEED": str(seed)}
+        faults = EchoFaults.from_env(trial)
+        if faults.draw() == "hang" and all(faults.draw() != "hang" for _ in range(clear)):
+            return trial
+    raise AssertionError("unreachable")
 
 
 def write_rows(path: Path, n: int, *, start: int = 0) -> Path:

@@ -23,6 +23,7 @@ from tests.lifecycle_support import (
     FaultyProxy,
     batchrun_cli,
     finish,
+    first_request_hangs,
     job_sections,
     pid_alive,
     read_jsonl,
@@ -46,6 +47,10 @@ def _create(api: SyncEndpointsClient, name: str, **env: str) -> None:
 
 def _job(service: Any, name: str, tmp: Path, *, rows: int = 20, **extra: dict[str, Any]) -> Path:
     return write_job(tmp / "job.toml", job_sections(service.api_url, name, tmp, rows=rows, **extra))
+
+
+# with first_request_hangs(): the held request outlasts every wait of these tests
+_HELD = {"request_timeout": 300}
 
 
 def _ids(path: Path) -> Counter[str]:
@@ -126,14 +131,14 @@ def test_endpoint_crash_mid_run_is_exit_5_paused_and_the_rerun_completes_exactly
 def test_signals_stop_commit_and_pause(
     local_service: Any, api: SyncEndpointsClient, tmp_path: Path, sig: int, code: int
 ) -> None:
-    _create(api, "slow", BATCHRUN_ECHO_LATENCY_MS="100")
-    job = _job(local_service, "slow", tmp_path, rows=400)
+    _create(api, "slow", **first_request_hangs())  # the run cannot end before the signal
+    job = _job(local_service, "slow", tmp_path, rows=40, run=_HELD)
     proc = start_run(job, local_service.token)
-    wait_for(lambda: len(read_jsonl(tmp_path / "out.jsonl")) >= 8, 60, "some results")
+    wait_for(lambda: len(read_jsonl(tmp_path / "out.jsonl")) == 39, 60, "the 39 rows not held")
     proc.send_signal(sig)
     exit_code, summary, err = finish(proc)
     assert exit_code == code, err
-    assert summary["resumable"] is True
+    assert summary["resumable"] is True and summary["results_total"] == 39
     assert summary["endpoint_state_at_exit"] == "paused"
     assert state_of(api, "slow") == "paused"
     assert LeaseRegistry().records() == []
@@ -142,8 +147,8 @@ def test_signals_stop_commit_and_pause(
 def test_kill_9_the_watchdog_pauses_within_15_s(
     local_service: Any, api: SyncEndpointsClient, tmp_path: Path
 ) -> None:
-    _create(api, "doomed", BATCHRUN_ECHO_LATENCY_MS="100")
-    job = _job(local_service, "doomed", tmp_path, rows=400)
+    _create(api, "doomed", **first_request_hangs())  # the run cannot end before the kill
+    job = _job(local_service, "doomed", tmp_path, rows=40, run=_HELD)
     proc = start_run(job, local_service.token)
     wait_for(lambda: len(read_jsonl(tmp_path / "out.jsonl")) >= 4, 60, "some results")
     (lease,) = LeaseRegistry().records()
@@ -160,8 +165,8 @@ def test_kill_9_the_watchdog_pauses_within_15_s(
 def test_kill_9_without_watchdog_then_reap(
     local_service: Any, api: SyncEndpointsClient, tmp_path: Path
 ) -> None:
-    _create(api, "orphan", BATCHRUN_ECHO_LATENCY_MS="100")
-    job = _job(local_service, "orphan", tmp_path, rows=400, endpoint={"watchdog": False})
+    _create(api, "orphan", **first_request_hangs())  # the run cannot end before the kill
+    job = _job(local_service, "orphan", tmp_path, rows=40, endpoint={"watchdog": False}, run=_HELD)
     proc = start_run(job, local_service.token)
     wait_for(lambda: len(read_jsonl(tmp_path / "out.jsonl")) >= 4, 60, "some results")
     os.kill(proc.pid, signal.SIGKILL)
@@ -212,11 +217,13 @@ def test_deadline_stop_is_exit_4_paused_before_it(
 def test_two_runs_on_one_endpoint_the_first_to_finish_does_not_pause_it(
     local_service: Any, api: SyncEndpointsClient, tmp_path: Path
 ) -> None:
-    _create(api, "shared", BATCHRUN_ECHO_LATENCY_MS="50")
+    # the long run's first request is held: it cannot end before the short one, nor until
+    # the test interrupts it (the short run's requests are answered)
+    _create(api, "shared", **first_request_hangs())
     long_dir, short_dir = tmp_path / "long", tmp_path / "short"
     long_dir.mkdir()
     short_dir.mkdir()
-    long_job = _job(local_service, "shared", long_dir, rows=300, run={"concurrency": 2})
+    long_job = _job(local_service, "shared", long_dir, rows=40, run={"concurrency": 2, **_HELD})
     short_job = _job(local_service, "shared", short_dir, rows=10)
     long_run = start_run(long_job, local_service.token)
     wait_for(lambda: len(read_jsonl(long_dir / "out.jsonl")) >= 2, 60, "the long run to start")
@@ -228,8 +235,9 @@ def test_two_runs_on_one_endpoint_the_first_to_finish_does_not_pause_it(
     assert summary["endpoint_state_at_exit"] == "running"
     assert long_run.poll() is None, "the long run should still be going"
     assert state_of(api, "shared") == "running"
+    long_run.send_signal(signal.SIGINT)
     code, summary, err = finish(long_run)
-    assert code == 0, err
+    assert code == 130, err
     assert summary["endpoint_state_at_exit"] == "paused"
     assert state_of(api, "shared") == "paused"
 
