@@ -37,7 +37,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from batchrun.errors import EndpointFailedError, JobError
+from batchrun.errors import EndpointFailedError, JobError, OutputWriteError
 from batchrun.io.ledger import Ledger
 from batchrun.io.readers import InputReader, Position, Row, open_input
 from batchrun.job import Job, check_token
@@ -65,6 +65,8 @@ _LOG_EVERY_S = 30.0
 _ID_CHUNK = 256
 """Rows looked up in the on-disk id index at a time (one insert and one select each)."""
 _STOP_CODES = {"sigint": 130, "sigterm": 143, "budget": 4, "deadline": 4}
+WRITE_FAILED = "output_write_failed"
+"""The stop reason of a run whose output could not be written (exit 7)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -77,8 +79,9 @@ class RunSummary:
         skipped_done: rows committed by earlier runs, not sent again.
         retries: HTTP retries in this run.
         elapsed_s / rows_per_s: wall time and settled rows per second.
-        exit_code: 0, 3, 4, 130 or 143 (DESIGN.md, "Exit codes").
-        stop_reason: None, "budget", "deadline", "sigint", "sigterm" or "endpoint_failed".
+        exit_code: 0, 3, 4, 7, 130 or 143 (DESIGN.md, "Exit codes").
+        stop_reason: None, "budget", "deadline", "sigint", "sigterm", "endpoint_failed" or
+            "output_write_failed".
         output / errors_path: where results and errors are.
         resumable: whether rows are left for a later run (stopped early).
         results_total / errors_total: committed rows in each file, over all runs.
@@ -86,6 +89,7 @@ class RunSummary:
         discarded: what `--restart` discarded, if anything.
         endpoint, on_exit, endpoint_state_at_exit, cost_usd, billed_s, idle_billed_s: set by
             a lifecycle target (`Target.summary_fields`), None for `provider = "url"`.
+        error: why the run did not finish (an output that could not be written), else None.
     """
 
     rows: int = 0
@@ -111,6 +115,7 @@ class RunSummary:
     cost_usd: float | None = None
     billed_s: float | None = None
     idle_billed_s: float | None = None
+    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -259,6 +264,9 @@ async def arun_job(
             `RunStateError` / `RunLockedError` for a changed input or a live run.
         EndpointError: the endpoint failed or never became ready (exit 5).
         EndpointRestError: the endpoint could not be put in its on_exit state (exit 6).
+        OutputWriteError: an output or the run state could not be written (disk full, I/O
+            error; exit 7): dispatching stopped, the target was exited normally, and the
+            state is at the last good commit. Its `.summary` is the run's summary.
     """
     if limit is not None:
         job = dataclasses.replace(job, run=dataclasses.replace(job.run, limit=limit))
@@ -282,8 +290,10 @@ async def arun_job(
                     log.warning("stopping (%s) before the first request", entered.stop_reason)
                     run.summary.stop_reason = entered.stop_reason or "stopped"
                     run.finish_summary()
-                else:
+                elif run.begin():  # --restart discards only now, with the endpoint ready
                     await run.execute(entered, retry_errors=retry_errors)
+                else:
+                    run.finish_summary()
             except BaseException:
                 if not await target_cm.__aexit__(*sys.exc_info()):
                     raise
@@ -297,6 +307,9 @@ async def arun_job(
     finally:
         run.close()
         remember_run(job.output.path, run.summary.to_json())  # for `batchrun status` / `plan`
+    if run.write_error is not None:
+        run.write_error.summary = run.summary
+        raise run.write_error
     if run.summary.stop_reason == "endpoint_failed":
         reason = getattr(target_cm, "stop_message", None) or "the endpoint failed mid-run"
         raise EndpointFailedError(
@@ -371,8 +384,17 @@ class _Run:
         self.total = reader.count_rows() if progress else None
         self._pools: list[Pool] = []
         self.cost_text: Callable[[], str] | None = None
+        self.write_error: OutputWriteError | None = None
 
     # -- the run -----------------------------------------------------------------------------
+    def begin(self) -> bool:
+        """Start the ledger (`--restart` discards now); False if that could not be written."""
+        if not self._write(self.ledger.begin):
+            return False
+        self.summary.discarded = self.ledger.discarded
+        self.summary.skipped_done = self.ledger.committed_at_start
+        return True
+
     async def execute(self, target: Target, *, retry_errors: bool) -> None:
         tasks = [
             asyncio.create_task(self._watch_stop(target)),
@@ -389,12 +411,11 @@ class _Run:
                 )
                 self.summary.retried_errors = len(seqs)
                 self.summary.skipped_done -= len(seqs)  # they are sent again, not skipped
-                if seqs:
-                    self.ledger.start_retry()
+                if seqs and self._write(self.ledger.start_retry):
                     try:
                         await self._dispatch(target, self._retry_rows(seqs), track=False)
                     finally:
-                        self.ledger.finish_retry()
+                        self._write(self.ledger.finish_retry)
             if not self.stopping:
                 seq, pos = self.ledger.anchor
                 rows = self.reader.rows(start_seq=seq, start=pos)
@@ -402,7 +423,8 @@ class _Run:
             mark_idle = getattr(target, "mark_idle", None)
             if mark_idle is not None:  # from the last result on, billed time is idle
                 mark_idle()
-            self.ledger.commit()
+            if self.write_error is None:
+                self._write(self.ledger.commit)
         finally:
             for task in tasks:
                 task.cancel()
@@ -449,6 +471,8 @@ class _Run:
             return
         chunk: list[Row] = []
         for row in rows:
+            if self.stopping:
+                return
             if not is_done(row.seq):
                 chunk.append(row)
                 if len(chunk) >= _ID_CHUNK:
@@ -458,13 +482,12 @@ class _Run:
 
     def _with_firsts(self, rows: list[Row]) -> Iterable[tuple[Row, int | None]]:
         usable = [row for row in rows if row.record is not None]  # bad rows have no id
-        firsts = dict(
-            zip(
-                (row.seq for row in usable),
-                self.ledger.first_seqs([(row.id, row.seq) for row in usable]),
-                strict=True,
-            )
-        )
+        try:
+            found = self.ledger.first_seqs([(row.id, row.seq) for row in usable])
+        except OutputWriteError as e:
+            self._write_failed(e)
+            return
+        firsts = dict(zip((row.seq for row in usable), found, strict=True))
         for row in rows:
             yield row, firsts.get(row.seq)
 
@@ -587,8 +610,31 @@ class _Run:
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:
-        if self.ledger.due() and self.ledger.commit():
+        if self.write_error is None and self.ledger.due() and self._write(self.ledger.commit):
             self.moved.set()
+
+    def _write(self, step: Callable[[], bool | None]) -> bool:
+        """Run a ledger write step; on `OutputWriteError`, stop the run. Whether it returned
+        something true (a commit that moved the watermark), or None without failing."""
+        try:
+            result = step()
+        except OutputWriteError as e:
+            self._write_failed(e)
+            return False
+        return result is None or result
+
+    def _write_failed(self, error: OutputWriteError) -> None:
+        """Stop dispatching at once: nothing more can be committed, so no grace either."""
+        if self.write_error is not None:
+            return
+        self.write_error = error
+        log.info("stopping: an output cannot be written; requests in flight are dropped")
+        self.summary.stop_reason = WRITE_FAILED
+        self.summary.error = str(error)
+        self.stopping = True
+        self.moved.set()
+        for pool in self._pools:
+            pool.stop(grace=0)
 
     async def _commit_timer(self) -> None:
         period = max(0.05, self.ledger.commit_seconds / 2)
@@ -609,7 +655,8 @@ class _Run:
             control_wait.cancel()
             target_wait.cancel()
         reason = self.control.reason if self.control.event.is_set() else target.stop_reason
-        self.summary.stop_reason = reason or "stopped"
+        if self.write_error is None:
+            self.summary.stop_reason = reason or "stopped"
         self.stopping = True
         self.moved.set()
         grace = self._grace()
@@ -618,6 +665,8 @@ class _Run:
         self.control.add_listener(self._stop_pools)
 
     def _grace(self) -> float:
+        if self.write_error is not None:
+            return 0.0
         return self.control.grace if self.control.grace is not None else self.job.run.grace_period
 
     def _stop_pools(self) -> None:
@@ -684,6 +733,9 @@ class _Run:
 
     def finish_summary(self) -> None:
         s = self.summary
+        # what this run committed, not what it completed: nothing uncommitted is counted
+        s.succeeded = self.ledger.run_results
+        s.failed = self.ledger.run_errors
         s.rows = s.succeeded + s.failed
         s.elapsed_s = round(time.monotonic() - self.start, 3)
         s.rows_per_s = round(s.rows / s.elapsed_s, 1) if s.elapsed_s > 0 else 0.0
@@ -691,14 +743,19 @@ class _Run:
         s.errors_total = self.ledger.errors_count
         s.input_rows = self.total
         s.resumable = s.stop_reason is not None
-        s.exit_code = exit_code_for(s.stop_reason, s.errors_total)
+        s.exit_code = (
+            7 if self.write_error is not None else exit_code_for(s.stop_reason, s.errors_total)
+        )
 
     def close(self) -> None:
+        """Commit what completed (a cancelled run keeps it) unless a write failed, then close
+        the ledger; a failure of this last commit is the run's write error too."""
         if self.bar is not None:
             self._show_counts()
             self.bar.close()
         try:
-            with contextlib.suppress(Exception):
-                self.ledger.commit()
+            if self.write_error is None and self.ledger.pending:
+                self._write(self.ledger.commit)
+                self.finish_summary()
         finally:
             self.ledger.close()

@@ -34,7 +34,9 @@ def _input(tmp_path: Path, n: int = 30) -> None:
 
 
 def _ledger(job: Job, restart: bool = False) -> Ledger:
-    return Ledger(job, open_input(job.input, limit=job.run.limit), restart=restart)
+    ledger = Ledger(job, open_input(job.input, limit=job.run.limit), restart=restart)
+    ledger.begin()  # what `arun_job` does once the endpoint is ready (--restart discards here)
+    return ledger
 
 
 def ledger_reader(job: Job) -> InputReader:

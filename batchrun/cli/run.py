@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import orjson
 
+from batchrun.errors import BatchrunError
 from batchrun.job import RANGES, Job, load_job, parse_overrides
 from batchrun.runner import RunControl, RunSummary, arun_job
 
@@ -62,7 +63,7 @@ def run(
 
     Prints a JSON summary on stdout. Exit codes: 0 all rows succeeded, 2 bad job or input,
     3 rows in the errors file, 4 budget or deadline, 5 endpoint failed, 6 endpoint not put to
-    rest, 130/143 interrupted (resumable).
+    rest, 7 output could not be written (disk full; resumable), 130/143 interrupted (resumable).
     """
     overrides = parse_overrides(list(assignments))
     if concurrency is not None:
@@ -72,12 +73,24 @@ def run(
     job = load_job(job_file, **overrides)
     if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
         logging.getLogger("batchrun.runner").setLevel(logging.INFO)  # progress lines off a TTY
-    summary = asyncio.run(
-        _run_with_signals(job, restart=restart, retry_errors=retry_errors, limit=limit, quiet=quiet)
-    )
+    try:
+        summary = asyncio.run(
+            _run_with_signals(
+                job, restart=restart, retry_errors=retry_errors, limit=limit, quiet=quiet
+            )
+        )
+    except BatchrunError as e:
+        partial: RunSummary | None = getattr(e, "summary", None)
+        if partial is not None:  # the summary is printed on every exit; the group says why
+            _print_summary(partial)
+        raise
+    _print_summary(summary)
+    sys.exit(summary.exit_code)
+
+
+def _print_summary(summary: RunSummary) -> None:
     sys.stdout.buffer.write(orjson.dumps(summary.to_json()) + b"\n")
     sys.stdout.flush()
-    sys.exit(summary.exit_code)
 
 
 async def _run_with_signals(

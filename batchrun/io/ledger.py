@@ -9,7 +9,13 @@ the rows completed since the last commit. A commit:
 3. records offsets, watermark and the committed rows above it in one SQLite transaction.
 
 Opening a ledger locks the run state, checks the fingerprint, finishes an interrupted
-`--retry-errors`, and cuts the outputs back to the last commit.
+`--retry-errors`, and cuts the outputs back to the last commit. With `restart`, it only takes
+the lock and measures what it will discard; `begin` discards it, still under that lock, once
+the caller knows the run can start (the endpoint is ready).
+
+A commit that cannot be written (disk full, I/O error at any step) is rolled back whole: the
+state stays at the last good commit, the outputs are cut back to it, and `OutputWriteError`
+names the file; the ledger then refuses further commits.
 
 `--retry-errors` runs in its own mode: failures go to a side file (`<errors>.retry`), successes
 to the results, and the settled rows to the state. `finish_retry` rewrites the errors file
@@ -19,9 +25,11 @@ two-step state change that a crash at any point can complete on the next open.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -30,9 +38,9 @@ from typing import Any
 
 import orjson
 
-from batchrun.errors import RunLockedError, RunStateError
+from batchrun.errors import OutputWriteError, RunStateError
 from batchrun.io.readers import InputReader, Position
-from batchrun.io.state import Committed, RunState, discard, fingerprint_files
+from batchrun.io.state import RunState, clear, fingerprint_files, lock, peek, unlock
 from batchrun.io.writers import JsonlWriter, ParquetWriter, ResultWriter, fsync_dir
 from batchrun.job import Job
 
@@ -60,12 +68,13 @@ class Ledger:
     Args:
         job: the job (its `[output]` says where results, errors and state live).
         reader: the job's input (its files are fingerprinted).
-        restart: discard the output, the errors file and the run state first.
+        restart: discard the output, the errors file and the run state in `begin`.
 
     Raises:
         RunLockedError: another live run holds this output.
         RunStateError: the state was made for another input or job, or an output exists
             without a run state.
+        OutputWriteError: the run state cannot be written (disk full, I/O error).
     """
 
     def __init__(self, job: Job, reader: InputReader, *, restart: bool = False) -> None:
@@ -80,35 +89,95 @@ class Ledger:
         factor = PARQUET_COMMIT_FACTOR if self.format == "parquet" else 1
         self.commit_rows = out.commit_rows * factor
         self.commit_seconds = out.commit_seconds * factor
-        if restart:
-            self.discarded = self._discard()
-        else:
-            self.discarded = None
-            self._refuse_orphan_output()
-        self.state = RunState.open(
-            self.state_dir, fingerprint=job_fingerprint(job, reader), output=out.path
-        )
-        try:
-            self._recover()
-        except BaseException:
-            self.state.close()
-            raise
-        c = self.state.committed
-        self.results: ResultWriter = (
-            ParquetWriter(self.output, committed_parts=c.parts, live_parts=c.live_parts)
-            if self.format == "parquet"
-            else JsonlWriter(self.output, committed_offset=c.results_offset)
-        )
-        self.errors = JsonlWriter(self.errors_path, committed_offset=c.errors_offset)
+        self._fingerprint = job_fingerprint(job, reader)
+        self.discarded: str | None = None
+        """What `--restart` discarded (set by `begin`)."""
+        self.failed: OutputWriteError | None = None
+        """The write failure that stopped this ledger's commits, if any."""
+        self.run_results = 0
+        self.run_errors = 0
+        """Rows committed by this ledger to the results / the errors (or retry) file."""
         self._retry: JsonlWriter | None = None
         self._retry_settled: list[tuple[int, bool]] = []
-        self.watermark = c.watermark
-        self._anchor: tuple[int, Position | None] = (c.anchor_seq, c.anchor_pos)
-        self.done_above: set[int] = set(c.done_above)
         self._tracked: deque[tuple[int, Position]] = deque()
         self._completed: list[int] = []
         self._last_commit = time.monotonic()
+        self._restart_lock: int | None = None
+        self._to_discard: str | None = None
+        self._old_counts = (0, 0)
+        if restart:
+            self.watermark = 0
+            self._anchor: tuple[int, Position | None] = (0, None)
+            self.done_above: set[int] = set()
+            self.committed_at_start = 0
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._restart_lock = lock(self.state_dir, out.path)
+            try:
+                self._to_discard = self._measure_discard()
+            except BaseException:
+                self._release_restart_lock()
+                raise
+        else:
+            self._refuse_orphan_output()
+            self._open(None)
+
+    def _open(self, lock_fd: int | None) -> None:
+        self.state = RunState.open(
+            self.state_dir, fingerprint=self._fingerprint, output=str(self.output), lock_fd=lock_fd
+        )
+        try:
+            self._recover()
+            c = self.state.committed
+            self.results: ResultWriter = (
+                ParquetWriter(self.output, committed_parts=c.parts, live_parts=c.live_parts)
+                if self.format == "parquet"
+                else JsonlWriter(self.output, committed_offset=c.results_offset)
+            )
+            self.errors = JsonlWriter(self.errors_path, committed_offset=c.errors_offset)
+        except BaseException:
+            self.state.close()
+            raise
+        self.watermark = c.watermark
+        self._anchor = (c.anchor_seq, c.anchor_pos)
+        self.done_above = set(c.done_above)
         self.committed_at_start = c.results_count + c.errors_count
+
+    def begin(self) -> None:
+        """Start the run: for `--restart`, discard the old outputs and run state now.
+
+        Call it once the run can really start (the endpoint is ready): a run that fails
+        before that discards nothing. The lock taken when the ledger opened is held
+        throughout, so no other run can start on the output in between. Without `restart`
+        this does nothing.
+
+        Raises:
+            OutputWriteError: the old outputs cannot be deleted, or the new state written.
+        """
+        fd = self._restart_lock
+        if fd is None:
+            return
+        self._restart_lock = None
+        try:
+            if self._to_discard:
+                log.warning("%s", self._to_discard)
+            clear(self.state_dir)
+            if self.output.is_dir():
+                shutil.rmtree(self.output)
+            else:
+                self.output.unlink(missing_ok=True)
+            for p in (self.errors_path, self.retry_path):
+                p.unlink(missing_ok=True)
+        except OSError as e:
+            unlock(fd)
+            raise OutputWriteError(
+                f"{self.output}: --restart cannot discard the old output: {e}",
+                path=str(self.output),
+            ) from e
+        except BaseException:
+            unlock(fd)
+            raise
+        self.discarded = self._to_discard
+        self._open(fd)
 
     # -- what is done ------------------------------------------------------------------------
     @property
@@ -118,12 +187,16 @@ class Ledger:
 
     @property
     def results_count(self) -> int:
-        """Committed result rows."""
+        """Committed result rows (before `begin` of a `--restart`: those it would discard)."""
+        if self._restart_lock is not None:
+            return self._old_counts[0]
         return self.state.committed.results_count
 
     @property
     def errors_count(self) -> int:
         """Committed rows in the errors file."""
+        if self._restart_lock is not None:
+            return self._old_counts[1]
         return self.state.committed.errors_count
 
     def is_done(self, seq: int) -> bool:
@@ -132,8 +205,15 @@ class Ledger:
 
     def first_seqs(self, rows: Sequence[tuple[Any, int]]) -> list[int | None]:
         """For each (id value, seq), the earlier row with the same id if it is a duplicate
-        (on-disk index), else None."""
-        return self.state.first_seqs(rows)
+        (on-disk index), else None.
+
+        Raises:
+            OutputWriteError: the index cannot be written.
+        """
+        try:
+            return self.state.first_seqs(rows)
+        except sqlite3.Error as e:
+            raise self._fail("cannot write the id index", self._db_path, e) from e
 
     # -- completing rows ---------------------------------------------------------------------
     def track(self, seq: int, pos: Position) -> None:
@@ -182,80 +262,144 @@ class Ledger:
     def commit(self) -> bool:
         """Make every completed row durable and advance the watermark.
 
+        The outputs are written and fsynced first, then the state records them in one
+        transaction; the ledger's own bookkeeping moves only after that.
+
         Returns:
             whether the watermark moved.
+
+        Raises:
+            OutputWriteError: an output or the state could not be written; the commit was
+                rolled back whole and this ledger commits nothing more.
         """
         self._last_commit = time.monotonic()
+        if self.failed is not None:
+            raise self.failed
         if not self._completed and not self._retry_settled:
             return False
         n_results = self.results.pending
         n_errors = self.errors.pending
+        n_retry = self._retry.pending if self._retry is not None else 0
         c = self.state.committed
-        new = Committed(
-            watermark=c.watermark,
-            anchor_seq=c.anchor_seq,
-            anchor_pos=c.anchor_pos,
+        new = dataclasses.replace(
+            c,
             done_above=set(),
-            parts=c.parts,
-            live_parts=c.live_parts,
-            results_offset=c.results_offset,
-            errors_offset=c.errors_offset,
             results_count=c.results_count + n_results,
             errors_count=c.errors_count + n_errors,
-            retry_offset=c.retry_offset,
             swap_size=None,
         )
         results = self.results
-        if isinstance(results, ParquetWriter):
-            new.parts = results.commit()
-            new.live_parts = results.live
-        else:
-            new.results_offset = self.results.commit()
-        new.errors_offset = self.errors.commit()
-        if self._retry is not None:
-            new.retry_offset = self._retry.commit()
-        moved = False
-        done = self.done_above
+        failing = (self.output, "cannot write results")
+        try:
+            if isinstance(results, ParquetWriter):
+                new.parts = results.commit()
+                new.live_parts = results.live
+            else:
+                new.results_offset = results.commit()
+            failing = (self.errors_path, "cannot write the errors file")
+            new.errors_offset = self.errors.commit()
+            if self._retry is not None:
+                failing = (self.retry_path, "cannot write the --retry-errors file")
+                new.retry_offset = self._retry.commit()
+        except OSError as e:
+            raise self._fail(failing[1], failing[0], e) from e
         completed = self._completed
-        done.update(completed)
+        done = self.done_above.union(completed)
         tracked = self._tracked
+        passed = 0
         last: tuple[int, Position] | None = None
-        while tracked and tracked[0][0] in done:
-            last = tracked.popleft()
-            done.discard(last[0])
-        if tracked:
-            watermark, anchor = tracked[0][0], tracked[0]
+        for item in tracked:
+            if item[0] not in done:
+                break
+            last = item
+            passed += 1
+        if passed < len(tracked):
+            watermark, anchor = tracked[passed][0], tracked[passed]
         elif last is not None:
             watermark, anchor = last[0] + 1, last
         else:
             watermark, anchor = self.watermark, (c.anchor_seq, c.anchor_pos)  # type: ignore[assignment]
-        if watermark != self.watermark:
-            moved = True
-            self.done_above = done = {s for s in done if s >= watermark}
         new.watermark = watermark
         new.anchor_seq, new.anchor_pos = anchor[0], anchor[1]
-        settled = self._retry_settled
-        self.state.commit(
-            new, new_done=[s for s in completed if s >= watermark], retry_settled=settled
-        )
+        try:
+            self.state.commit(
+                new,
+                new_done=[s for s in completed if s >= watermark],
+                retry_settled=self._retry_settled,
+            )
+        except sqlite3.Error as e:
+            raise self._fail("cannot record the commit in the run state", self._db_path, e) from e
+        for _ in range(passed):
+            tracked.popleft()
+        moved = watermark != self.watermark
+        self.done_above = {s for s in done if s >= watermark}
         self.watermark = watermark
         self._anchor = (new.anchor_seq, new.anchor_pos)
         self._completed = []
         self._retry_settled = []
+        self.run_results += n_results
+        self.run_errors += n_errors + n_retry
         if isinstance(results, ParquetWriter):
             self._compact(results)
         return moved
 
     def _compact(self, results: ParquetWriter) -> None:
         """Merge small Parquet parts: new part, then the state lists it, then old ones go."""
-        compaction = results.compact_begin()
+        try:
+            compaction = results.compact_begin()
+        except OSError as e:
+            raise self._fail("cannot merge part files", self.output, e) from e
         if compaction is None:
             return
-        c = self.state.committed
-        c.parts = compaction.number
-        c.live_parts = results.live
-        self.state.commit(c)
-        results.compact_end(compaction)
+        new = dataclasses.replace(
+            self.state.committed, parts=compaction.number, live_parts=results.live
+        )
+        try:
+            self.state.commit(new)
+        except sqlite3.Error as e:
+            raise self._fail("cannot record merged parts in the run state", self._db_path, e) from e
+        try:
+            results.compact_end(compaction)
+        except OSError as e:  # only stray files are left: the next open deletes them
+            log.warning("%s: merged parts not deleted yet: %s", self.output, e)
+
+    @property
+    def _db_path(self) -> Path:
+        return self.state_dir / "state.sqlite"
+
+    def _fail(
+        self, what: str, path: Path, error: BaseException, *, rollback: bool = True
+    ) -> OutputWriteError:
+        """Stop committing, cut the outputs back to the state, and say what failed."""
+        failure = OutputWriteError(
+            f"{path}: {what}: {error}; the run state is at the last good commit, "
+            "free space and run again to resume",
+            path=str(path),
+        )
+        self.failed = failure
+        if rollback:
+            self._rollback()
+        return failure
+
+    def _rollback(self) -> None:
+        """Cut the outputs back to what the state (read again) says is committed.
+
+        If the state cannot be read back, the outputs stay as they are: being ahead of the
+        state is safe (the next open cuts them back), being behind it would lose rows.
+        """
+        try:
+            c = self.state.reload()
+        except sqlite3.Error as e:
+            log.warning("%s: cannot read the run state back (%s)", self.state_dir, e)
+            return
+        results = self.results
+        if isinstance(results, ParquetWriter):
+            results.rollback(c.parts, c.live_parts)
+        elif isinstance(results, JsonlWriter):
+            results.rollback(c.results_offset)
+        self.errors.rollback(c.errors_offset)
+        if self._retry is not None and c.retry_offset is not None:
+            self._retry.rollback(c.retry_offset)
 
     # -- --retry-errors ----------------------------------------------------------------------
     def errors_to_retry(self) -> Iterator[dict[str, Any]]:
@@ -276,28 +420,67 @@ class Ledger:
 
         Raises:
             RunStateError: rows are still uncommitted (commit first).
+            OutputWriteError: the side file or the state cannot be written.
         """
         if self.pending:
             raise RunStateError("internal: commit before starting --retry-errors")
-        c = self.state.committed
-        self._retry = JsonlWriter(self.retry_path, committed_offset=0)
-        c.retry_offset = 0
-        self.state.commit(c)
+        try:
+            self._retry = JsonlWriter(self.retry_path, committed_offset=0)
+        except OSError as e:
+            raise self._fail("cannot write the --retry-errors file", self.retry_path, e) from e
+        try:
+            self.state.commit(dataclasses.replace(self.state.committed, retry_offset=0))
+        except sqlite3.Error as e:
+            raise self._fail(
+                "cannot record --retry-errors in the run state", self._db_path, e
+            ) from e
 
     def finish_retry(self) -> None:
-        """Commit, then rewrite the errors file without the settled rows, plus new failures."""
+        """Commit, then rewrite the errors file without the settled rows, plus new failures.
+
+        After a write failure this only closes the side file: the next open settles the
+        interrupted `--retry-errors` from what the state recorded.
+
+        Raises:
+            OutputWriteError: the commit or the rewrite could not be written.
+        """
+        if self.failed is not None:
+            return
         self.commit()
         if self._retry is not None:
             self._retry.close()
             self._retry = None
         self.errors.close()
-        self._finalize_retry()
-        self.errors = JsonlWriter(
-            self.errors_path, committed_offset=self.state.committed.errors_offset
-        )
+        try:
+            self._finalize_retry()
+        finally:
+            self.errors = JsonlWriter(
+                self.errors_path, committed_offset=self.state.committed.errors_offset
+            )
 
     def _finalize_retry(self) -> None:
-        c = self.state.committed
+        """Rewrite the errors file (see the module docstring); a failure at any step is
+        completed by the next open.
+
+        Raises:
+            OutputWriteError: the new errors file or the state cannot be written.
+        """
+        try:
+            self._rewrite_errors()
+        except OSError as e:
+            raise self._fail(
+                "cannot rewrite the errors file", self.errors_path, e, rollback=False
+            ) from e
+        except sqlite3.Error as e:
+            raise self._fail(
+                "cannot record the errors-file rewrite in the run state",
+                self._db_path,
+                e,
+                rollback=False,
+            ) from e
+
+    def _rewrite_errors(self) -> None:
+        c = dataclasses.replace(self.state.committed)
         if c.retry_offset is None:
             return
         settled = self.state.retry_settled()
@@ -322,7 +505,11 @@ class Ledger:
                 kept.append(line)
                 count += 1
         tmp = self.errors_path.with_name(self.errors_path.name + ".tmp")
-        size = _write_file(tmp, kept)
+        try:
+            size = _write_file(tmp, kept)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # the state does not know it: it would only take space
+            raise
         c.swap_size = size
         c.errors_count = count
         self.state.commit(c)
@@ -331,7 +518,7 @@ class Ledger:
         self._finish_swap()
 
     def _finish_swap(self) -> None:
-        c = self.state.committed
+        c = dataclasses.replace(self.state.committed)
         assert c.swap_size is not None
         c.errors_offset = c.swap_size
         c.swap_size = None
@@ -348,7 +535,15 @@ class Ledger:
                 os.replace(tmp, self.errors_path)
                 fsync_dir(self.errors_path.parent)
             log.info("finishing an interrupted --retry-errors rewrite of %s", self.errors_path)
-            self._finish_swap()
+            try:
+                self._finish_swap()
+            except sqlite3.Error as e:
+                raise self._fail(
+                    "cannot record the errors-file rewrite in the run state",
+                    self._db_path,
+                    e,
+                    rollback=False,
+                ) from e
         elif c.retry_offset is not None:
             log.info("settling an interrupted --retry-errors in %s", self.errors_path)
             self._finalize_retry()
@@ -365,41 +560,37 @@ class Ledger:
                 "run with --restart to overwrite it, or choose another [output] path"
             )
 
-    def _discard(self) -> str | None:
+    def _measure_discard(self) -> str | None:
+        """What `begin` will discard (the lock is held: it cannot change meanwhile)."""
         what = []
-        db = self.state_dir / "state.sqlite"
-        if db.exists():
-            try:
-                st = RunState.open(self.state_dir, fingerprint=None, output=str(self.output))
-            except RunLockedError:
-                raise
-            except RunStateError:
-                st = None
-            if st is not None:
-                c = st.committed
-                what.append(
-                    f"{c.results_count} result(s), {c.errors_count} error row(s) and the run "
-                    f"state from {st.created_at or 'an earlier run'}"
-                )
-                st.close()
+        seen = peek(self.state_dir)
+        if seen is not None:
+            c, created_at = seen
+            self._old_counts = (c.results_count, c.errors_count)
+            what.append(
+                f"{c.results_count} result(s), {c.errors_count} error row(s) and the run "
+                f"state from {created_at or 'an earlier run'}"
+            )
         for p in (self.output, self.errors_path):
             if _nonempty(p) and not what:
                 what.append(str(p))
-        discard(self.state_dir, output=str(self.output))
-        if self.output.is_dir():
-            shutil.rmtree(self.output)
-        else:
-            self.output.unlink(missing_ok=True)
-        for p in (self.errors_path, self.retry_path):
-            p.unlink(missing_ok=True)
         if what:
-            message = f"--restart: discarding {'; '.join(what)} in {self.output}"
-            log.warning("%s", message)
-            return message
+            return f"--restart: discarding {'; '.join(what)} in {self.output}"
         return None
 
+    def _release_restart_lock(self) -> None:
+        if self._restart_lock is not None:
+            fd, self._restart_lock = self._restart_lock, None
+            unlock(fd)
+
     def close(self) -> None:
-        """Close the writers (dropping uncommitted rows) and release the run state."""
+        """Close the writers (dropping uncommitted rows) and release the run state.
+
+        A `--restart` ledger closed before `begin` discards nothing.
+        """
+        if self._restart_lock is not None:
+            self._release_restart_lock()
+            return
         try:
             self.results.close()
             self.errors.close()

@@ -10,8 +10,10 @@ One SQLite database in WAL mode (`state.sqlite`, `synchronous=FULL`) holds:
 - `retry_done`: rows of the errors file settled by an interrupted `--retry-errors`.
 
 A commit is one transaction, made after the outputs were flushed and fsynced, so the outputs are
-never behind the state; on resume the outputs are cut back to the state. A `lock` file held with
-`flock` keeps a second live run off the same output; the kernel drops it when the process dies.
+never behind the state; on resume the outputs are cut back to the state. A transaction that
+fails (disk full, I/O error) is rolled back explicitly, so the state stays at the last good
+commit and the next one starts a fresh transaction. A `lock` file held with `flock` keeps a
+second live run off the same output; the kernel drops it when the process dies.
 """
 
 from __future__ import annotations
@@ -30,9 +32,18 @@ from typing import Any
 
 import orjson
 
-from batchrun.errors import RunLockedError, RunStateError
+from batchrun.errors import OutputWriteError, RunLockedError, RunStateError
 
-__all__ = ["Committed", "RunState", "describe_changes", "discard", "fingerprint_files"]
+__all__ = [
+    "Committed",
+    "RunState",
+    "clear",
+    "describe_changes",
+    "fingerprint_files",
+    "lock",
+    "peek",
+    "unlock",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,40 +121,60 @@ class RunState:
         self.created = not bool(self._get("fingerprint"))
 
     @classmethod
-    def open(cls, directory: Path, *, fingerprint: dict[str, Any] | None, output: str) -> RunState:
+    def open(
+        cls,
+        directory: Path,
+        *,
+        fingerprint: dict[str, Any] | None,
+        output: str,
+        lock_fd: int | None = None,
+    ) -> RunState:
         """Lock the run state and check it against this job's fingerprint.
 
-        A missing state is created with `fingerprint`. Call `discard` first to start over.
+        A missing state is created with `fingerprint`. To start over, `clear` it first under
+        its lock and pass that lock as `lock_fd`.
 
         Args:
             directory: the state directory, `<output>.batchrun`.
             fingerprint: `fingerprint_files(...)` plus the job's `fingerprint_fields()`;
                 None opens the state as it is, without checking (to report what it holds).
             output: the output path, named in messages.
+            lock_fd: the state's lock, already taken with `lock`; the state releases it.
 
         Raises:
             RunLockedError: another live run holds the lock; the message names its pid.
             RunStateError: the state belongs to a different input or job (the message names
                 what changed), or it cannot be read.
+            OutputWriteError: a new state cannot be written (disk full, I/O error).
         """
-        directory.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock(directory, output)
+        if lock_fd is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            lock_fd = lock(directory, output)
         try:
             db = _connect(directory / "state.sqlite")
             state = cls(directory, db, lock_fd)
         except sqlite3.Error as e:
-            _unlock(lock_fd)
+            unlock(lock_fd)
+            if _is_write_failure(e):
+                raise _write_error(directory, "cannot write the run state", e) from e
             raise RunStateError(f"{directory}: cannot read the run state: {e}") from e
+        except BaseException:
+            unlock(lock_fd)
+            raise
         stored = state._get("fingerprint")
         if fingerprint is None:
             return state
         if stored is None:
             now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            state._set_many(
-                {"fingerprint": fingerprint, "version": STATE_VERSION, "created_at": now}
-            )
-            state._db.execute("COMMIT")
-            state._in_tx = False
+            try:
+                state._set_many(
+                    {"fingerprint": fingerprint, "version": STATE_VERSION, "created_at": now}
+                )
+                state._commit_tx()
+            except sqlite3.Error as e:
+                state._abort()
+                state.close()
+                raise _write_error(directory, "cannot write the run state", e) from e
             return state
         changes = describe_changes(stored, fingerprint)
         if changes:
@@ -168,19 +199,29 @@ class RunState:
 
         Indexing is idempotent: the first position of each id depends on the input alone, so
         entries made for rows that were never committed stay true after a crash. One insert and
-        one lookup per chunk of rows keeps the index off the per-row hot path.
+        one lookup per chunk of rows keeps the index off the per-row hot path. The index is
+        written in the transaction of the next commit.
+
+        Raises:
+            sqlite3.Error: the index could not be written (the transaction is rolled back).
         """
         keys = [orjson.dumps(value, default=str) for value, _ in rows]
-        self._begin()
-        self._db.executemany(
-            "INSERT OR IGNORE INTO ids (id, seq) VALUES (?, ?)",
-            zip(keys, (seq for _, seq in rows), strict=True),
-        )
         firsts: dict[bytes, int] = {}
-        for i in range(0, len(keys), _LOOKUP_CHUNK):
-            chunk = keys[i : i + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            firsts.update(self._db.execute(f"SELECT id, seq FROM ids WHERE id IN ({marks})", chunk))
+        try:
+            self._begin()
+            self._db.executemany(
+                "INSERT OR IGNORE INTO ids (id, seq) VALUES (?, ?)",
+                zip(keys, (seq for _, seq in rows), strict=True),
+            )
+            for i in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[i : i + _LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                firsts.update(
+                    self._db.execute(f"SELECT id, seq FROM ids WHERE id IN ({marks})", chunk)
+                )
+        except sqlite3.Error:
+            self._abort()
+            raise
         return [
             None if firsts[key] >= seq else int(firsts[key])
             for key, (_, seq) in zip(keys, rows, strict=True)
@@ -199,21 +240,28 @@ class RunState:
             committed: the new committed offsets, watermark, anchor and counters.
             new_done: rows committed above the new watermark in this commit.
             retry_settled: (seq, succeeded) for errors-file rows settled by `--retry-errors`.
+
+        Raises:
+            sqlite3.Error: the transaction failed and was rolled back; `committed` (the
+                attribute) is still the last good commit.
         """
-        self._begin()
-        db = self._db
-        db.execute("DELETE FROM done WHERE seq < ?", (committed.watermark,))
-        db.executemany(
-            "INSERT OR IGNORE INTO done (seq) VALUES (?)",
-            ((s,) for s in new_done if s >= committed.watermark),
-        )
-        db.executemany(
-            "INSERT OR REPLACE INTO retry_done (seq, ok) VALUES (?, ?)",
-            ((s, int(ok)) for s, ok in retry_settled),
-        )
-        self._set_many(committed.meta())
-        db.execute("COMMIT")
-        self._in_tx = False
+        try:
+            self._begin()
+            db = self._db
+            db.execute("DELETE FROM done WHERE seq < ?", (committed.watermark,))
+            db.executemany(
+                "INSERT OR IGNORE INTO done (seq) VALUES (?)",
+                ((s,) for s in new_done if s >= committed.watermark),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO retry_done (seq, ok) VALUES (?, ?)",
+                ((s, int(ok)) for s, ok in retry_settled),
+            )
+            self._set_many(committed.meta())
+            self._commit_tx()
+        except sqlite3.Error:
+            self._abort()
+            raise
         self.committed = committed
 
     def retry_settled(self) -> dict[int, bool]:
@@ -222,23 +270,46 @@ class RunState:
         return {int(s): bool(ok) for s, ok in rows}
 
     def clear_retry(self, committed: Committed) -> None:
-        """Forget a finished `--retry-errors` and store `committed` in the same transaction."""
-        self._begin()
-        self._db.execute("DELETE FROM retry_done")
-        self._set_many(committed.meta())
-        self._db.execute("COMMIT")
-        self._in_tx = False
+        """Forget a finished `--retry-errors` and store `committed` in the same transaction.
+
+        Raises:
+            sqlite3.Error: the transaction failed and was rolled back.
+        """
+        try:
+            self._begin()
+            self._db.execute("DELETE FROM retry_done")
+            self._set_many(committed.meta())
+            self._commit_tx()
+        except sqlite3.Error:
+            self._abort()
+            raise
         self.committed = committed
 
+    def reload(self) -> Committed:
+        """Read the committed state again from the database (after a failed commit).
+
+        Raises:
+            sqlite3.Error: it cannot be read.
+        """
+        self.committed = self._load()
+        return self.committed
+
     def close(self) -> None:
-        """Roll back an open id-index transaction, close the database and release the lock."""
+        """Commit an open id-index transaction, close the database and release the lock.
+
+        The id index is true whether or not its rows were committed; if it cannot be written
+        now (disk full), it is rolled back and the next run indexes those rows again.
+        """
         try:
             if self._in_tx:
-                self._db.execute("COMMIT")  # the id index is true whether or not rows committed
-                self._in_tx = False
+                try:
+                    self._commit_tx()
+                except sqlite3.Error as e:
+                    log.info("%s: id index not saved (%s); rebuilt next run", self.directory, e)
+                    self._abort()
             self._db.close()
         finally:
-            _unlock(self._lock_fd)
+            unlock(self._lock_fd)
 
     def __enter__(self) -> RunState:
         return self
@@ -250,6 +321,19 @@ class RunState:
         if not self._in_tx:
             self._db.execute("BEGIN IMMEDIATE")
             self._in_tx = True
+
+    def _commit_tx(self) -> None:
+        self._db.execute("COMMIT")
+        self._in_tx = False
+
+    def _abort(self) -> None:
+        """Roll back after a failed statement or COMMIT; SQLite may have done so already."""
+        self._in_tx = False
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                log.warning("%s: rollback failed: %s", self.directory, e)
 
     def _get(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -263,35 +347,51 @@ class RunState:
         )
 
     def _load(self) -> Committed:
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        c = Committed()
-        for key in Committed.__dataclass_fields__:
-            if key in meta and key != "done_above":
-                value = orjson.loads(meta[key])
-                setattr(c, key, tuple(value) if key == "anchor_pos" and value else value)
-        c.done_above = {int(s) for (s,) in self._db.execute("SELECT seq FROM done")}
-        return c
+        return _load(self._db)
 
 
-def discard(directory: Path, *, output: str) -> None:
-    """Delete a run state (for `--restart`), refusing while another live run holds it.
+def _load(db: sqlite3.Connection) -> Committed:
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    c = Committed()
+    for key in Committed.__dataclass_fields__:
+        if key in meta and key != "done_above":
+            value = orjson.loads(meta[key])
+            setattr(c, key, tuple(value) if key == "anchor_pos" and value else value)
+    c.done_above = {int(s) for (s,) in db.execute("SELECT seq FROM done")}
+    return c
 
-    Raises:
-        RunLockedError: another live run holds the lock.
+
+def peek(directory: Path) -> tuple[Committed, str | None] | None:
+    """What a run state holds and when it was made, without changing it (the caller holds its
+    lock); None when there is none or it cannot be read."""
+    path = directory / "state.sqlite"
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
+            return _load(db), (str(orjson.loads(row[0])) if row else None)
+        finally:
+            db.close()
+    except (sqlite3.Error, orjson.JSONDecodeError):
+        return None
+
+
+def clear(directory: Path) -> None:
+    """Delete everything in a run state directory but its lock (for `--restart`).
+
+    The caller holds the lock (`lock`), so no other run can start on the output meanwhile.
     """
     if not directory.exists():
         return
-    fd = _lock(directory, output)
-    try:
-        for entry in directory.iterdir():
-            if entry.name == "lock":
-                continue
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    finally:
-        _unlock(fd)
+    for entry in directory.iterdir():
+        if entry.name == "lock":
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def fingerprint_files(files: list[Path], relpaths: list[str]) -> list[dict[str, Any]]:
@@ -345,7 +445,23 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _lock(directory: Path, output: str) -> int:
+def _is_write_failure(e: sqlite3.Error) -> bool:
+    """Whether SQLite failed to write (disk full, I/O error), not to read a bad database."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+
+
+def _write_error(directory: Path, what: str, e: BaseException) -> OutputWriteError:
+    path = directory / "state.sqlite"
+    return OutputWriteError(f"{path}: {what}: {e}; free space and run again", path=str(path))
+
+
+def lock(directory: Path, output: str) -> int:
+    """Take the exclusive lock of a run state directory (it must exist); return its fd.
+
+    Raises:
+        RunLockedError: another live run holds it; the message names its pid.
+    """
     path = directory / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -364,7 +480,8 @@ def _lock(directory: Path, output: str) -> int:
     return fd
 
 
-def _unlock(fd: int) -> None:
+def unlock(fd: int) -> None:
+    """Release a lock taken with `lock`."""
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

@@ -8,6 +8,7 @@ a crash never leaves a torn line, an unreadable part, or rows the state does not
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -68,7 +69,9 @@ class JsonlWriter:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         created = not path.exists()
-        self._f = open(path, "ab")  # noqa: SIM115 - held open for the run
+        # Unbuffered: a failed write leaves nothing behind in a buffer that a later flush
+        # could append past the point the file is cut back to.
+        self._f = open(path, "ab", buffering=0)  # noqa: SIM115 - held open for the run
         size = self._f.seek(0, os.SEEK_END)
         if size > committed_offset:
             log.info("%s: dropping %d uncommitted bytes", path, size - committed_offset)
@@ -93,19 +96,49 @@ class JsonlWriter:
         self.pending += 1
 
     def commit(self) -> int:
-        """Write the buffered rows, flush and fsync; return the file's committed size."""
+        """Write the buffered rows and fsync; return the file's committed size.
+
+        On a failed write or fsync (disk full, I/O error) the file is cut back to its last
+        committed size and the rows stay buffered.
+
+        Raises:
+            OSError: the write or the fsync failed.
+        """
         if self._buf:
             data = b"".join(self._buf)
+            fd = self._f.fileno()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                self.rollback(self.offset)
+                raise
             self._buf.clear()
-            self._f.write(data)
-            self._f.flush()
-            os.fsync(self._f.fileno())
             self.offset += len(data)
         self.pending = 0
         return self.offset
 
+    def rollback(self, offset: int) -> None:
+        """Cut the file back to `offset` (a committed size) after a failed commit.
+
+        Best effort: if even that fails, the next open cuts it back.
+        """
+        try:
+            os.ftruncate(self._f.fileno(), offset)
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            log.warning(
+                "%s: cannot cut back to %d bytes now (%s); the next run will", self.path, offset, e
+            )
+            return
+        self.offset = min(self.offset, offset)
+
     def close(self) -> None:
         """Close the file; buffered, uncommitted rows are dropped."""
+        self._buf.clear()
+        self.pending = 0
         self._f.close()
 
 
@@ -205,7 +238,6 @@ class ParquetWriter:
     def commit(self) -> int:
         """Write the buffered rows as one new part file; return the committed part count."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         self._flush_chunk()
         if self._chunks:
@@ -214,15 +246,14 @@ class ParquetWriter:
                 if len(self._chunks) == 1
                 else pa.concat_tables(self._chunks, promote_options="permissive")
             )
-            self._chunks.clear()
+            self._chunks = [table]  # kept until the part is on disk
             path = self._path(self.parts + 1)
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f, compression="zstd")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(self.directory)
+            try:
+                _write_part(path, table)
+            except OSError:
+                self._remove(path)
+                raise
+            self._chunks.clear()
             self.parts += 1
             self._merged[self.parts] = False
         self.pending = 0
@@ -264,12 +295,15 @@ class ParquetWriter:
                                 rows += table.num_rows
                 f.flush()
                 os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(self.directory)
+        except OSError:  # before ArrowException: pyarrow's IOError is both
+            self._remove(path)
+            raise
         except (pa.ArrowException, ValueError) as e:
             tmp.unlink(missing_ok=True)
             log.info("%s: parts not merged: %s", self.directory, e)
             return None
-        os.replace(tmp, path)
-        fsync_dir(self.directory)
         self.parts = number
         for n in small:
             del self._merged[n]
@@ -285,10 +319,40 @@ class ParquetWriter:
             self._path(n).unlink(missing_ok=True)
         fsync_dir(self.directory)
 
+    def rollback(self, parts: int, live: list[int] | None) -> None:
+        """Go back to a committed `parts` / `live` list after a failed commit or merge: the
+        parts the run state does not list are deleted (best effort: else on the next open)."""
+        keep = set(range(1, parts + 1) if live is None else live)
+        for n in [n for n in self._merged if n not in keep]:
+            del self._merged[n]
+        for n in keep - self._merged.keys():
+            if self._path(n).exists():
+                self._merged[n] = False  # only small parts are ever merged away
+        for n in range(1, max(self.parts, parts) + 2):
+            if n not in keep:
+                self._remove(self._path(n))
+        self.parts = parts
+
+    def _remove(self, path: Path) -> None:
+        """Delete a part and its temporary file if they exist (best effort)."""
+        try:
+            removed = False
+            for p in (path, path.with_name(path.name + ".tmp")):
+                if p.exists():
+                    p.unlink()
+                    removed = True
+            if removed:
+                fsync_dir(self.directory)
+        except OSError as e:
+            log.warning(
+                "%s: cannot remove %s now (%s); the next run will", self.directory, path.name, e
+            )
+
     def close(self) -> None:
         """Drop buffered, uncommitted rows."""
         self._rows.clear()
         self._chunks.clear()
+        self.pending = 0
 
     def _flush_chunk(self) -> None:
         import pyarrow as pa
@@ -321,15 +385,33 @@ def _conform(table: Any, schema: Any) -> Any:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _write_part(path: Path, table: Any) -> None:
+    """Write `table` as the part `path`: temporary name, fsync, rename, fsync the directory."""
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def write_atomic(path: Path, chunks: list[bytes] | bytes) -> int:
     """Replace `path` with `chunks` (temp file, fsync, rename, fsync dir); return the size."""
     tmp = path.with_name(path.name + ".tmp")
     data = chunks if isinstance(chunks, bytes) else b"".join(chunks)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # the temporary file would only take space
+            tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
     return len(data)
 
