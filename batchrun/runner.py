@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from batchrun.errors import EndpointFailedError, JobError, OutputWriteError
 from batchrun.io.ledger import Ledger
+from batchrun.io.preflight import check_output_location
 from batchrun.io.readers import InputReader, Position, Row, open_input
 from batchrun.job import Job, check_token
 from batchrun.plan import remember_run
@@ -273,9 +274,10 @@ async def arun_job(
     control = control or RunControl()
     reader = open_input(job.input, limit=job.run.limit, source=job.source)
     codec = codec_for(job)
-    first = reader.first_record()
-    if first is not None and first.record is not None:
-        codec.check_first_row(first.record)
+    first = reader.first_fields()
+    if first is not None:
+        codec.check_first_row(first)
+    check_output_location(job)  # before the Ledger creates anything next to the output
     target_cm = target if target is not None else open_target(job)
     ledger = Ledger(job, reader, restart=restart)
     run = _Run(job, reader, codec, ledger, control, progress)

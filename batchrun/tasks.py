@@ -101,6 +101,7 @@ class RequestCodec:
         self.model = job.run.model
         self.batch_size = job.run.batch_size
         self.source = job.input.path
+        self.id_field = job.input.id_field
 
     # --- rows -> request -------------------------------------------------------------
 
@@ -145,13 +146,21 @@ class RequestCodec:
     def check_first_row(self, record: dict[str, Any]) -> None:
         """Check that the input's first row has what the job reads, before anything is sent.
 
+        `record` is the row as read (with its `id_field`, if any). An `id_field` missing from
+        the first row is most likely a typo in the job: every row would fail.
+
         Raises:
-            InputError: naming the missing field and the input file.
+            InputError: naming the missing field (or `[input] id_field`) and the input file.
         """
+        fields = ", ".join(repr(k) for k in list(record)[:20]) or "none"
+        if self.id_field is not None and self.id_field not in record:
+            raise InputError(
+                f"{self.source}: first row: [input] id_field {self.id_field!r} is not one of "
+                f"its fields ({fields})"
+            )
         try:
             self.render(record)
         except RowInputError as e:
-            fields = ", ".join(repr(k) for k in list(record)[:20]) or "none"
             raise InputError(f"{self.source}: first row: {e} (its fields: {fields})") from None
 
     # --- answer -> rows ----------------------------------------------------------------

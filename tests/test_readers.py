@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import zlib
 from pathlib import Path
 
 import orjson
@@ -11,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun.errors import InputError
-from batchrun.io.readers import open_input
+from batchrun.io.readers import InputReader, Row, open_input
 from batchrun.job import InputSpec
 
 
@@ -124,3 +126,129 @@ def test_missing_file_empty_glob_and_bad_parquet_are_input_errors(tmp_path: Path
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(InputError, match="is a directory"):
         open_input(InputSpec(path=str(tmp_path / "dir.jsonl")))
+
+
+# --- damage and special files --------------------------------------------------------------
+
+
+def _assert_resumes_alike(reader: InputReader, rows: list[Row], starts: list[int]) -> None:
+    """Starting at any row's position gives the same rows (ids, seqs, errors) from there on."""
+    want = [(r.seq, r.id, r.error) for r in rows]
+    for start in starts:
+        got = [(r.seq, r.id, r.error) for r in reader.rows(start_seq=start, start=rows[start].pos)]
+        assert got == want[start:], start
+
+
+def test_a_truncated_gzip_ends_in_one_damaged_tail_row_at_the_same_place_on_resume(
+    tmp_path: Path,
+) -> None:
+    data = b"".join(orjson.dumps({"id": f"k{i}", "text": "x" * 50}) + b"\n" for i in range(2000))
+    packed = gzip.compress(data, mtime=0)
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    readable = zlib.decompressobj(wbits=31).decompress(packed[: len(packed) // 2])
+    offset = readable.rfind(b"\n") + 1
+    reader = open_input(InputSpec(path=str(path), id_field="id"))
+    rows = list(reader.rows())
+    n = readable[:offset].count(b"\n")
+    assert [r.id for r in rows[:-1]] == [f"k{i}" for i in range(n)]
+    tail = rows[-1]
+    assert tail.seq == n and tail.id == f"in.jsonl.gz@{offset}" and tail.record is None
+    assert tail.error is not None and "EOFError" in tail.error and str(path) in tail.error
+    _assert_resumes_alike(reader, rows, [0, 1, n // 2, n - 1, n])
+
+
+def test_a_damaged_gzip_in_a_glob_does_not_stop_the_next_file(tmp_path: Path) -> None:
+    good = gzip.compress(b'{"text": "a0"}\n{"text": "a1"}\n', mtime=0)
+    (tmp_path / "a.jsonl.gz").write_bytes(good + b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff\xff")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b'{"text": "b0"}\n', mtime=0))
+    reader = open_input(InputSpec(path=str(tmp_path / "*.jsonl.gz")))
+    rows = list(reader.rows())
+    assert [r.id for r in rows] == ["a.jsonl.gz:0", "a.jsonl.gz:1", "a.jsonl.gz@30", "b.jsonl.gz:0"]
+    assert rows[2].error is not None and "zlib.error" in rows[2].error
+    _assert_resumes_alike(reader, rows, [1, 2, 3])
+
+
+def test_a_gzip_damaged_from_its_start_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 32)
+    with pytest.raises(InputError, match="not a readable gzip file"):
+        open_input(InputSpec(path=str(path)))
+
+
+def test_ragged_csv_rows_are_bad_rows_in_place_and_resume_across_blocks(tmp_path: Path) -> None:
+    # ~1.6 MB: more than one 1 MiB block, so skipping on resume crosses a block boundary.
+    lines = [f"{i},{'t' * 30} {i}" for i in range(40_000)]
+    bad = {0, 1, 997, 25_000, 25_001, 39_999}
+    for i in bad:
+        lines[i] = f"{i},extra,field" if i % 2 else f"{i}"
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\n" + "\n".join(lines) + "\n")
+    reader = open_input(InputSpec(path=str(path)))
+    rows = list(reader.rows())
+    assert [r.seq for r in rows] == list(range(40_000))
+    assert {r.seq for r in rows if r.record is None} == bad
+    assert rows[2].record == {"id": "2", "text": "t" * 30 + " 2"}
+    assert rows[997].error is not None and rows[997].error.startswith("CSV row has 3 field(s)")
+    assert rows[25_000].error == "CSV row has 1 field(s), the header 2: 25000"
+    assert reader.where(rows[25_000].pos) == "in.csv:row 25000"
+    _assert_resumes_alike(reader, rows, [0, 1, 2, 997, 998, 24_999, 25_000, 25_002, 39_999])
+
+
+def test_a_csv_arrow_cannot_decode_is_refused_or_cut_at_the_damage(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"id,text\n0,\xff not utf-8\n")
+    with pytest.raises(InputError, match="not a readable CSV file"):
+        open_input(InputSpec(path=str(path)))
+    path.write_bytes(b"id,\xff\n0,a\n")
+    with pytest.raises(InputError, match="cannot read the CSV header"):
+        open_input(InputSpec(path=str(path)))
+    # Past the first block, the rest of the file becomes one damaged tail row.
+    good = "".join(f"{i},{'t' * 40}\n" for i in range(30_000)).encode()
+    path.write_bytes(b"id,text\n" + good + b"30000,\xff\n30001,b\n")
+    reader = open_input(InputSpec(path=str(path)))
+    rows = list(reader.rows())
+    tail = rows[-1]
+    assert tail.id == f"in.csv@row {tail.seq}" and 0 < tail.seq <= 30_000
+    assert all(r.record is not None for r in rows[:-1])
+    _assert_resumes_alike(reader, rows, [0, tail.seq - 1, tail.seq])
+
+
+def test_a_corrupt_parquet_row_group_ends_the_file_in_one_tail_row(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    table = pa.table({"id": list(range(3000)), "text": [f"text {i} " * 5 for i in range(3000)]})
+    pq.write_table(table, path, row_group_size=1000, compression="snappy")
+    column = pq.ParquetFile(path).metadata.row_group(1).column(1)
+    data = bytearray(path.read_bytes())
+    data[column.data_page_offset + 8 : column.data_page_offset + 200] = b"\xff" * 192
+    path.write_bytes(bytes(data))
+    reader = open_input(InputSpec(path=str(path), id_field="id"))
+    rows = list(reader.rows())
+    assert [r.id for r in rows[:1000]] == list(range(1000))
+    assert len(rows) == 1001 and rows[1000].id == "in.parquet@row 1000"
+    assert reader.where(rows[1000].pos) == "in.parquet:row 1000"
+    _assert_resumes_alike(reader, rows, [0, 999, 1000])
+
+
+def test_first_fields_are_the_row_as_read_even_without_the_id_field(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "in.jsonl", [{"ID": 1, "text": "a"}, {"ID": 2, "text": "b"}])
+    reader = open_input(InputSpec(path=str(path), id_field="id"))
+    assert reader.first_fields() == {"ID": 1, "text": "a"}
+    first = reader.first_record()
+    assert first is not None and first.record is None
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert open_input(InputSpec(path=str(tmp_path / "empty.jsonl"))).first_fields() is None
+
+
+def test_special_files_and_nul_bytes_are_input_errors(tmp_path: Path) -> None:
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        open_input(InputSpec(path=str(fifo)))
+    with pytest.raises(InputError, match="is a device, not a regular file"):
+        open_input(InputSpec(path="/dev/null", format="jsonl"))
+    with pytest.raises(InputError, match="NUL byte"):
+        open_input(InputSpec(path=str(tmp_path / "a\0.jsonl")))
+    # A glob matches regular files only.
+    _jsonl(tmp_path / "ok.jsonl", [{"text": "a"}])
+    assert open_input(InputSpec(path=str(tmp_path / "*.jsonl"))).files == [tmp_path / "ok.jsonl"]

@@ -6,8 +6,19 @@ it: a byte offset for JSONL, a row index in the file for Parquet (served from th
 holds it) and CSV (skipped in whole batches). Memory stays flat: JSONL is read line by line,
 Parquet and CSV in record batches of `batch_rows`.
 
-A row that cannot be used (a line that is not a JSON object, a missing id field) comes out with
-`record = None` and `error` saying why, so the run can put it in the errors file and go on.
+A row that cannot be used (a line that is not a JSON object, a CSV row with the wrong number of
+fields, a missing id field) comes out with `record = None` and `error` saying why, so the run can
+put it in the errors file (status ``bad_input``) and go on.
+
+A file that is damaged part way (a truncated or corrupt ``.gz``, a Parquet row group or a CSV
+block that cannot be decoded) yields one last unusable row for its *damaged tail*, with the id
+``"<file>@<offset>"`` (the file's name, or its path in the glob as in glob ids; the offset is the
+byte of the decompressed JSONL at which reading failed, or ``row N`` for Parquet and CSV), and
+reading goes on with the next file. Whether a resumed run starts before the damage or at it, the
+damage is met at the same place, so the tail row has the same sequence number and position every
+time: it is settled once in the errors file, and a rerun skips it like any committed row, which
+keeps every row exactly once. Damage found by `open_input` (a file that cannot be opened, the
+first block of a CSV file) is an `InputError` instead: nothing has been sent yet.
 """
 
 from __future__ import annotations
@@ -16,6 +27,9 @@ import glob
 import gzip
 import logging
 import os
+import stat
+import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +49,12 @@ Position = tuple[int, int, int, int]
 
 _GLOB_CHARS = frozenset("*?[")
 _NO_POSITION: Position = (0, 0, 0, 1)
+_GZIP_DAMAGE = (EOFError, zlib.error, gzip.BadGzipFile)
+"""What reading a truncated or corrupt gzip raises (BadGzipFile: a bad header, CRC or length)."""
+_CSV_BLOCK = 1 << 20
+_CSV_CHECK_BLOCK = 64 << 10
+_SHOWN = 80
+"""Characters of a bad CSV row shown in its error."""
 
 
 @dataclass(slots=True)
@@ -132,6 +152,24 @@ class InputReader:
             return row
         return None
 
+    def first_fields(self) -> dict[str, Any] | None:
+        """The first row's fields as read, before `id_field` is looked up in them.
+
+        Returns None when the input is empty or its first row is not a usable object (a line
+        that is not JSON, a damaged file): that row goes to the errors file like any other.
+        """
+        plain = InputReader(
+            files=self.files,
+            root=self.root,
+            is_glob=self.is_glob,
+            fmt=self.format,
+            id_field=None,
+            limit=1,
+            batch_rows=self.batch_rows,
+        )
+        first = plain.first_record()
+        return first.record if first is not None else None
+
     def _file_rows(self, file_index: int, pos: Position, seq: int) -> Iterator[Row]:
         if self.format == "jsonl":
             return self._jsonl_rows(file_index, pos, seq)
@@ -154,72 +192,177 @@ class InputReader:
         path = self.files[file_index]
         row_in_file, offset, line_no = pos[1], pos[2], pos[3]
         loads = orjson.loads
+        gzipped = _is_gzip(path)
         with _open_binary(path) as f:
-            if offset:
-                f.seek(offset)
-            for line in f:
-                start = offset
-                offset += len(line)
-                here = line_no
-                line_no += 1
-                if not line.strip():
-                    continue
-                p = (file_index, row_in_file, start, here)
-                row_in_file += 1
-                try:
-                    record = loads(line)
-                except orjson.JSONDecodeError as e:
-                    yield Row(seq, self._position_id(seq, p), None, p, f"not JSON: {e}")
+            lines = iter(f)
+            try:
+                if offset:
+                    f.seek(offset)
+                for line in lines:
+                    start = offset
+                    offset += len(line)
+                    here = line_no
+                    line_no += 1
+                    if not line.strip():
+                        continue
+                    p = (file_index, row_in_file, start, here)
+                    row_in_file += 1
+                    try:
+                        record = loads(line)
+                    except orjson.JSONDecodeError as e:
+                        yield Row(seq, self._position_id(seq, p), None, p, f"not JSON: {e}")
+                        seq += 1
+                        continue
+                    yield self._make_row(seq, record, p)
                     seq += 1
-                    continue
-                yield self._make_row(seq, record, p)
-                seq += 1
+            except _GZIP_DAMAGE as e:
+                if not gzipped:
+                    raise
+                # `offset` is the start of the line that could not be read: the same on every run.
+                p = (file_index, row_in_file, offset, line_no)
+                yield self._damaged(seq, p, f"byte {offset} of the decompressed data", e)
+
+    def _damaged(self, seq: int, pos: Position, where: str, error: BaseException) -> Row:
+        """The one row standing for the unreadable rest of file `pos[0]`, from `pos` on."""
+        name = self.relpaths[pos[0]] if self.is_glob else self.files[pos[0]].name
+        at = str(pos[2]) if self.format == "jsonl" else f"row {pos[1]}"
+        kind = type(error)
+        kind_name = (
+            kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        )
+        detail = " ".join(str(error).split())[:200] or "no detail"
+        message = (
+            f"{self.files[pos[0]]}: cannot read past {where} ({kind_name}: {detail}); "
+            "the rest of this file is not read"
+        )
+        log.info("%s", message)
+        return Row(seq, f"{name}@{at}", None, pos, message)
 
     def _position_id(self, seq: int, pos: Position) -> Any:
         return seq if not self.is_glob else f"{self.relpaths[pos[0]]}:{pos[1]}"
 
     def _parquet_rows(self, file_index: int, start_row: int, seq: int) -> Iterator[Row]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = self.files[file_index]
-        pf = pq.ParquetFile(path)
-        meta = pf.metadata
-        group_start = 0
-        first_group = 0
-        for g in range(meta.num_row_groups):
-            n = meta.row_group(g).num_rows
-            if group_start + n > start_row:
-                break
-            group_start += n
-            first_group = g + 1
-        if first_group >= meta.num_row_groups:
-            return
-        groups = list(range(first_group, meta.num_row_groups))
-        batches = pf.iter_batches(batch_size=self.batch_rows, row_groups=groups)
-        for row_in_file, record in _records(batches, group_start, start_row - group_start):
-            yield self._make_row(seq, record, (file_index, row_in_file, -1, row_in_file + 1))
-            seq += 1
+        next_row = start_row  # where reading failed, if it does
+        try:
+            pf = pq.ParquetFile(path)
+            meta = pf.metadata
+            group_start = 0
+            for g in range(meta.num_row_groups):
+                n = meta.row_group(g).num_rows
+                if group_start + n > start_row:
+                    # One row group at a time, each read from its start: damage in a group is
+                    # then met at the same row whichever row a resumed run starts from.
+                    batches = pf.iter_batches(batch_size=self.batch_rows, row_groups=[g])
+                    skip = max(0, start_row - group_start)
+                    for row_in_file, record in _records(batches, group_start, skip):
+                        p = (file_index, row_in_file, -1, row_in_file + 1)
+                        yield self._make_row(seq, record, p)
+                        seq += 1
+                        next_row = row_in_file + 1
+                group_start += n
+                next_row = max(next_row, group_start)
+        except (pa.ArrowException, OSError) as e:
+            p = (file_index, next_row, -1, next_row + 1)
+            yield self._damaged(seq, p, f"row {next_row}", e)
 
     def _csv_rows(self, file_index: int, start_row: int, seq: int) -> Iterator[Row]:
         import pyarrow as pa
-        import pyarrow.csv as pacsv
 
         path = self.files[file_index]
-        columns = _csv_header(path)
-        if columns is None:
-            return
-        convert = pacsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()))
-        read = pacsv.ReadOptions(block_size=1 << 20)
-        reader = pacsv.open_csv(str(path), read_options=read, convert_options=convert)
+        invalid: deque[tuple[int, str]] = deque()
         row_in_file = start_row
         try:
-            for row_in_file, record in _records(reader, 0, start_row):
-                yield self._make_row(seq, record, (file_index, row_in_file, -1, row_in_file + 2))
+            columns = _csv_header(path)
+            if columns is None:
+                return
+            reader = _open_csv(path, columns, invalid, _CSV_BLOCK)
+        except (pa.ArrowInvalid, InputError) as e:
+            p = (file_index, 0, -1, 2)
+            yield self._damaged(seq, p, "row 0", e)
+            return
+        try:
+            for row_in_file, record, error in _csv_records(reader, invalid, start_row):
+                p = (file_index, row_in_file, -1, row_in_file + 2)
+                if error is not None:
+                    yield Row(seq, self._position_id(seq, p), None, p, error)
+                else:
+                    yield self._make_row(seq, record, p)
                 seq += 1
+                row_in_file += 1
         except pa.ArrowInvalid as e:
-            raise InputError(f"{path}: cannot read CSV after row {row_in_file}: {e}") from e
+            p = (file_index, row_in_file, -1, row_in_file + 2)
+            yield self._damaged(seq, p, f"row {row_in_file}", e)
         finally:
             reader.close()
+
+
+def _open_csv(path: Path, columns: list[str], invalid: deque[tuple[int, str]], block: int) -> Any:
+    """A streaming Arrow CSV reader whose rows with the wrong number of fields land in `invalid`.
+
+    Each lands as (row in the file, message); Arrow numbers the records it parses (the header is
+    1, blank lines are not counted) only when it parses in one thread, hence `use_threads=False`.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    def on_invalid(row: Any) -> str:
+        if row.number is None or row.number < 2:
+            return "error"
+        text = " ".join(str(row.text).split())
+        shown = text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+        invalid.append(
+            (
+                row.number - 2,
+                f"CSV row has {row.actual_columns} field(s), the header {row.expected_columns}: "
+                f"{shown}",
+            )
+        )
+        return "skip"
+
+    return pacsv.open_csv(
+        str(path),
+        read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string())),
+    )
+
+
+def _csv_records(
+    batches: Iterable[Any], invalid: deque[tuple[int, str]], skip: int
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(row in the file, record, None) and, in their place, (row, None, why) for the rows Arrow
+    left out (`invalid`, filled while it parses); the first `skip` rows are left out, whole
+    batches without converting them to Python."""
+    row = 0
+    for batch in batches:
+        n = batch.num_rows
+        end = row + n  # the batch's rows, and the invalid ones among them, end here
+        for index, _ in invalid:
+            if index >= end:
+                break
+            end += 1
+        if end <= skip:
+            while invalid and invalid[0][0] < end:
+                invalid.popleft()
+            row = end
+            continue
+        for record in batch.to_pylist():
+            while invalid and invalid[0][0] <= row:
+                index, why = invalid.popleft()
+                if index >= skip:
+                    yield index, None, why
+                row = max(row, index + 1)
+            if row >= skip:
+                yield row, record, None
+            row += 1
+    while invalid:
+        index, why = invalid.popleft()
+        if index >= skip:
+            yield index, None, why
 
 
 def _records(batches: Iterable[Any], first_row: int, skip: int) -> Iterator[tuple[int, Any]]:
@@ -244,17 +387,23 @@ def _records(batches: Iterable[Any], first_row: int, skip: int) -> Iterator[tupl
 def open_input(spec: InputSpec, *, limit: int | None = None, source: str = "job") -> InputReader:
     """Resolve `[input] path` (a file or a glob) and check every file can be opened.
 
+    A glob matches regular files only. The first block of every CSV file is parsed here, so a
+    CSV file that Arrow cannot read at all is refused before anything is sent.
+
     Args:
         spec: the job's `[input]`.
         limit: read at most this many rows (the first ones, every time).
         source: the job file, named in messages.
 
     Raises:
-        InputError: the file is missing, the glob matches nothing, a Parquet file is unreadable,
-            a file is a directory or cannot be opened.
+        InputError: the file is missing, the glob matches nothing, the path is a directory or
+            not a regular file (a FIFO, a device, a socket), a file cannot be opened, or it is
+            not a readable Parquet, gzip or CSV file.
     """
     pattern = spec.path
     fmt = spec.input_format
+    if "\0" in pattern:
+        raise InputError(f"{source}: [input] path {pattern!r} contains a NUL byte")
     is_glob = any(c in _GLOB_CHARS for c in pattern)
     if is_glob:
         files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
@@ -263,13 +412,7 @@ def open_input(spec: InputSpec, *, limit: int | None = None, source: str = "job"
         root = _glob_root(pattern)
     else:
         path = Path(pattern)
-        if not path.exists():
-            raise InputError(f"{source}: [input] path {pattern!r}: input file not found")
-        if path.is_dir():
-            raise InputError(
-                f"{source}: [input] path {pattern!r} is a directory; use a glob such as "
-                f"'{pattern.rstrip('/')}/*.{'jsonl' if fmt == 'jsonl' else fmt}'"
-            )
+        _check_regular(path, pattern, fmt, source)
         files = [path]
         root = path.parent
     for f in files:
@@ -279,10 +422,41 @@ def open_input(spec: InputSpec, *, limit: int | None = None, source: str = "job"
     )
 
 
+def _check_regular(path: Path, pattern: str, fmt: InputFormat, source: str) -> None:
+    """Refuse what is not a regular file before opening it: opening a FIFO blocks, a device
+    such as /dev/zero reads forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{source}: [input] path {pattern!r}: input file not found") from None
+    except OSError as e:
+        raise InputError(f"{source}: [input] path {pattern!r}: {e.strerror}") from e
+    if stat.S_ISDIR(mode):
+        raise InputError(
+            f"{source}: [input] path {pattern!r} is a directory; use a glob such as "
+            f"'{pattern.rstrip('/')}/*.{'jsonl' if fmt == 'jsonl' else fmt}'"
+        )
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"{source}: [input] path {pattern!r} is {_kind(mode)}, not a regular file; "
+            "batchrun reads its input from files"
+        )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
 def _check_readable(path: Path, fmt: InputFormat) -> None:
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            f.read(4)
     except OSError as e:
         raise InputError(f"{path}: cannot read input file: {e.strerror}") from e
     if fmt == "parquet":
@@ -297,9 +471,31 @@ def _check_readable(path: Path, fmt: InputFormat) -> None:
         try:
             with gzip.open(path, "rb") as g:
                 g.read(1)
-        except (OSError, EOFError) as e:
+        except (OSError, *_GZIP_DAMAGE) as e:
             raise InputError(f"{path}: not a readable gzip file: {e}") from e
-    del head
+    elif fmt == "csv":
+        _check_csv(path)
+
+
+def _check_csv(path: Path) -> None:
+    """Parse the header and the first block of a CSV file (Arrow reads it to start anyway)."""
+    import pyarrow as pa
+
+    columns = _csv_header(path)
+    if columns is None:
+        return
+    try:
+        reader = _open_csv(path, columns, deque(), _CSV_CHECK_BLOCK)
+    except pa.ArrowInvalid as e:
+        raise InputError(f"{path}: not a readable CSV file: {' '.join(str(e).split())}") from e
+    try:
+        reader.read_next_batch()
+    except StopIteration:
+        pass
+    except pa.ArrowInvalid as e:
+        raise InputError(f"{path}: not a readable CSV file: {' '.join(str(e).split())}") from e
+    finally:
+        reader.close()
 
 
 def _is_gzip(path: Path) -> bool:
@@ -323,11 +519,19 @@ def _count_lines(path: Path) -> int:
 
 
 def _csv_header(path: Path) -> list[str] | None:
+    """The header row's column names, or None for an empty file.
+
+    Raises:
+        InputError: the header is not UTF-8 text or cannot be parsed.
+    """
     import csv
 
-    opener = gzip.open if _is_gzip(path) else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
-        header = next(csv.reader(f), None)
+    try:
+        with _open_binary(path) as f:
+            line = f.readline()
+        header = next(csv.reader([line.decode("utf-8")]), None)
+    except (UnicodeDecodeError, csv.Error, OSError, *_GZIP_DAMAGE) as e:
+        raise InputError(f"{path}: cannot read the CSV header: {e}") from e
     return header
 
 
