@@ -491,8 +491,12 @@ def _read_job_text(p: Path) -> str:
         raise JobError(f"{_show(str(p))}: not a usable path: {e}") from e
     if len(raw) > MAX_JOB_FILE_BYTES:
         raise JobError(f"{p}: job file too large (more than 1 MiB)")
+    if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        raise JobError(f"{p}: the job file is UTF-32; save it as UTF-8")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise JobError(f"{p}: the job file is UTF-16; save it as UTF-8")
+    if b"\x00" in raw:
+        raise JobError(f"{p}: the job file contains NUL bytes (UTF-16?); save it as UTF-8 text")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -655,8 +659,26 @@ def _check_url(url: str, where: str) -> None:
         )
     if not parts.hostname:
         raise JobError(f"{where}: the URL has no host, got {shown}")
+    if not _valid_host(parts.netloc.rpartition("@")[2]):
+        raise JobError(f"{where}: not a valid host name or IP address in {shown}")
     if port is not None and not 1 <= port <= 65535:
         raise JobError(f"{where}: the port must be from 1 to 65535, got {shown}")
+
+
+def _valid_host(hostport: str) -> bool:
+    """A bracketed IPv6 address (checked by `urlsplit`) or a DNS name / IPv4 address, then a port."""
+    if hostport.startswith("["):
+        host = hostport[: hostport.find("]") + 1]
+        return bool(host) and hostport[len(host) :][:1] in ("", ":")
+    host = hostport.partition(":")[0]
+    try:  # IDNA both ways: "xn--zz" must decode, "ü" must encode and come back unchanged
+        ascii_host = host.encode("idna").decode("ascii")
+        back = ascii_host.encode("ascii").decode("idna")
+    except UnicodeError:
+        return False
+    if not host.isascii() and back != host.lower():  # a soft hyphen, a full-width letter
+        return False
+    return re.fullmatch(r"[A-Za-z0-9_.-]+", ascii_host) is not None
 
 
 def _depth(value: Any) -> int:

@@ -295,6 +295,9 @@ def test_bad_types_and_values(section: str, values: dict[str, Any], message: str
         ("http://h:abc", "Port could not be cast"),
         ("http://h:0", "port must be from 1 to 65535"),
         ("http://[::1", "Invalid IPv6 URL"),
+        ("http://[::1]]:80/", "not a valid host"),
+        ("http://a..b/", "not a valid host"),
+        ("http://a%zz/", "not a valid host"),
         ("http://user:s3cret@host", "credentials in the URL are refused"),
         ("http://user:s3cret@host:bad", "not a valid URL"),
         ("ftp://host", "must start with http:// or https://"),
@@ -311,7 +314,13 @@ def test_urls_are_parsed_up_front(key: str, url: str, message: str) -> None:
 
 
 def test_good_urls_are_accepted() -> None:
-    for url in ("http://127.0.0.1:8080", "https://x.example/v1/", "http://[::1]:1/a?b=c"):
+    for url in (
+        "http://127.0.0.1:8080",
+        "https://X.example/v1/",
+        "http://[::1]:1/a?b=c",
+        "http://b\xfccher.example",
+        "http://xn--bcher-kva.example",
+    ):
         assert Job.from_dict(_sections(endpoint={"url": url})).endpoint.url == url
 
 
