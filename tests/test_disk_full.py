@@ -23,10 +23,14 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.endpoints import SyncEndpointsClient
 from batchrun.errors import OutputWriteError
 from batchrun.job import load_job
 from batchrun.runner import run_job
 from tests.endpoint_app import EndpointApp
+from tests.lifecycle_support import job_sections as lifecycle_sections
+from tests.lifecycle_support import state_of
+from tests.lifecycle_support import write_job as write_lifecycle_job
 from tests.test_run_support import ROOT, job_sections, write_job, write_jsonl
 
 EFBIG = "[Errno 27] File too large"
@@ -60,7 +64,9 @@ def _job(tmp: Path, url: str, out: str, **output: Any) -> Path:
     )
 
 
-def _run(job: Path, *args: str, fsize: int | None = None) -> tuple[int, dict[str, Any], str]:
+def _run(
+    job: Path, *args: str, fsize: int | None = None, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], str]:
     """`batchrun run JOB` as a real process, its file sizes capped at `fsize` bytes."""
 
     def cap() -> None:
@@ -68,13 +74,13 @@ def _run(job: Path, *args: str, fsize: int | None = None) -> tuple[int, dict[str
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    environ = dict(os.environ, **(env or {}))
+    environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
+    environ["PYTHONDONTWRITEBYTECODE"] = "1"
     proc = subprocess.run(
         [sys.executable, "-m", "batchrun", "run", str(job), "--quiet", *args],
         cwd=job.parent,
-        env=env,
+        env=environ,
         capture_output=True,
         timeout=60,
         preexec_fn=cap,  # the limit is the point (the child runs no threads before exec)
@@ -253,4 +259,28 @@ def test_full_tmpfs_is_exit_7_with_the_summary_then_resume_exactly_once(
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
     summary = run_job(load_job(job_file), progress=False)
     assert summary.exit_code == 0 and summary.skipped_done == meta["results_count"]
+    _check_exactly_once(output, errors, n)
+
+
+# --- a lifecycle endpoint still gets its on_exit state ------------------------------------------
+
+
+def test_write_failure_still_pauses_the_endpoint(tmp_path: Path, local_service: Any) -> None:
+    n = 200
+    rng = random.Random(7)
+    write_jsonl(tmp_path / "input.jsonl", [{"id": i, "text": _text(rng, 1000)} for i in range(n)])
+    sections = lifecycle_sections(local_service.api_url, "held", tmp_path, rows=n)
+    job = write_lifecycle_job(tmp_path / "job.toml", sections)
+    output, errors = tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+    env = {"HF_TOKEN": local_service.token}
+
+    code, summary, err = _run(job, fsize=100_000, env=env)
+    _check_exit_7(code, summary, err, f"{output}: cannot write results", EFBIG)
+    assert summary["on_exit"] == "pause" and summary["endpoint_state_at_exit"] == "paused"
+    with SyncEndpointsClient(api_url=local_service.api_url, token=local_service.token) as api:
+        assert state_of(api, "held") == "paused"
+    _check_state_not_ahead(output, errors)
+
+    code, summary, err = _run(job, env=env)
+    assert code == 0, err
     _check_exactly_once(output, errors, n)
