@@ -194,11 +194,10 @@ class InputReader:
         loads = orjson.loads
         gzipped = _is_gzip(path)
         with _open_binary(path) as f:
-            lines = iter(f)
             try:
                 if offset:
                     f.seek(offset)
-                for line in lines:
+                for line in f:
                     start = offset
                     offset += len(line)
                     here = line_no
