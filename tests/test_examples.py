@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ import pytest
 
 from batchrun.endpoints import SyncEndpointsClient
 from batchrun.errors import BatchrunError, NotFoundError
+from tests.lifecycle_support import first_request_hangs
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -79,6 +81,19 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _job_env(job: Path) -> dict[str, str]:
+    """A job file's [endpoint.env]."""
+    env = tomllib.loads(job.read_text())["endpoint"].get("env", {})
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _set_env(service: Any, name: str, env: dict[str, str]) -> None:
+    """Replace a paused endpoint's env; its worker gets it at the next resume."""
+    with SyncEndpointsClient(api_url=service.api_url, token=service.token) as api:
+        assert api.get(name).state_text == "paused"
+        api.update(name, env=env)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -240,15 +255,15 @@ def test_nightly_forwards_a_stop_once_and_the_next_run_resumes(
         f"endpoint.api_url={local_service.api_url}",
         "--set",
         f"output.path={nightly.output}",
+        "--set",
+        "run.grace_period=1",
     ]
+    # the endpoint is created holding its first request (the job's request_timeout is 120 s):
+    # the run cannot end before the stop, however loaded the machine is
+    for key, value in first_request_hangs().items():
+        sets += ["--set", f'endpoint.env.{key}="{value}"']
     script = subprocess.Popen(
-        [
-            "bash",
-            str(NIGHTLY / "run-nightly.sh"),
-            *sets,
-            "--set",
-            "run.max_requests_per_minute=300",
-        ],
+        ["bash", str(NIGHTLY / "run-nightly.sh"), *sets],
         cwd=ROOT,
         env=_env(local_service, NIGHTLY_LOG_DIR=str(nightly.logs)),
         stdout=subprocess.DEVNULL,
@@ -256,7 +271,9 @@ def test_nightly_forwards_a_stop_once_and_the_next_run_resumes(
         start_new_session=True,
     )
     try:
-        _wait_for(lambda: len(_jsonl(nightly.output)) >= 2, 60, "the first results")
+        _wait_for(
+            lambda: len(_jsonl(nightly.output)) == TICKETS - 1, 60, "the rows not held to commit"
+        )
         if to_group:
             os.killpg(script.pid, sig)
         else:
@@ -271,6 +288,8 @@ def test_nightly_forwards_a_stop_once_and_the_next_run_resumes(
     assert stopped["endpoint_state_at_exit"] == "paused", nightly.debug()
     assert "not waiting for requests in flight" not in nightly.debug()  # one signal, not two
     assert f"interrupted (exit {code})" in nightly.log()
+    assert stopped["results_total"] == TICKETS - 1, nightly.debug()
+    _set_env(local_service, "nightly-tickets", _job_env(NIGHTLY / "job.toml"))  # no more hangs
     resumed = nightly.run()
     assert resumed.returncode == 0, nightly.debug()
     assert nightly.summaries("run")[-1]["skipped_done"] == stopped["results_total"]
@@ -452,17 +471,22 @@ def test_backfill_walkthrough(local_service: Any, tmp_path: Path) -> None:
     assert f"{done_1:,} already committed" in plan.stdout
     assert "measured by the last run" in plan.stdout
 
-    # 4. run again, Ctrl-C midway: exit 130, what finished is committed, endpoint paused
-    run = backfill.start_run()
-    _wait_for(lambda: _state(local_service, "backfill-echo") == "running", 60, "the endpoint")
+    # 4. run again, Ctrl-C midway: exit 130, what finished is committed, endpoint paused.
+    # The endpoint resumes holding its first request (for the 60 s request_timeout): the run
+    # cannot end before the Ctrl-C, however loaded the machine is
+    env = _job_env(EXAMPLES / "backfill.toml")
+    _set_env(local_service, "backfill-echo", first_request_hangs(env))
     before = len(list(backfill.output.glob("*.parquet")))
-    _wait_for(
-        lambda: len(list(backfill.output.glob("*.parquet"))) > before or run.poll() is not None,
-        60,
-        "a commit",
-    )
-    os.killpg(run.pid, signal.SIGINT)
-    out, err = run.communicate(timeout=60)
+    run = backfill.start_run()
+    try:
+        _wait_for(lambda: len(list(backfill.output.glob("*.parquet"))) > before, 60, "a commit")
+        os.killpg(run.pid, signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.communicate()
+    _set_env(local_service, "backfill-echo", env)  # no more hangs
     assert run.returncode == 130, err.decode()
     s2 = _summary(out)
     assert s2["stop_reason"] == "sigint" and s2["resumable"]
