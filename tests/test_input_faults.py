@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -220,6 +222,31 @@ def test_a_damaged_gzip_settles_its_tail_once_and_a_rerun_is_clean(
     again = orjson.loads(out)
     assert again["rows"] == 0 and again["skipped_done"] == tail["row"] + 1
     assert read_jsonl(tmp_path / "out/r.errors.jsonl") == errors
+
+
+def test_a_corrupt_parquet_row_group_settles_the_rest_of_the_file_once(
+    tmp_path: Path, endpoint_app: EndpointApp
+) -> None:
+    path = tmp_path / "in.parquet"
+    rows = _rows(3000)
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=1000, compression="snappy")
+    column = pq.ParquetFile(path).metadata.row_group(2).column(1)
+    data = bytearray(path.read_bytes())
+    data[column.data_page_offset + 8 : column.data_page_offset + 200] = b"\xff" * 192
+    path.write_bytes(bytes(data))
+    job = _job(tmp_path, endpoint_app.url, "in.parquet", input={"id_field": "id"})
+    code, _, err = _cli(job)
+    assert "Traceback" not in err and code == 3, err
+    results = read_jsonl(tmp_path / "out/r.jsonl")
+    errors = read_jsonl(tmp_path / "out/r.errors.jsonl")
+    assert sorted(r["id"] for r in results) == sorted(r["id"] for r in rows[:2000])
+    assert [(e["id"], e["status"], e["row"]) for e in errors] == [
+        ("in.parquet@row 2000", "bad_input", 2000)
+    ]
+    sent = endpoint_app.stats()["requests"]
+    assert sent == 2000
+    code, _, err = _cli(job)
+    assert code == 3 and endpoint_app.stats()["requests"] == sent, err
 
 
 # --- unusable output locations -------------------------------------------------------------
