@@ -262,16 +262,23 @@ def test_changed_input_refused_then_restart_says_what_it_discards(
 def test_second_live_run_on_the_same_output_is_refused(
     tmp_path: Path, endpoint_app: EndpointApp
 ) -> None:
-    endpoint_app.configure(latency_ms=50)
+    # the endpoint holds every request until the first run saw its SIGTERM: it stays live
+    endpoint_app.configure(hold_after=0)
     write_jsonl(tmp_path / "in.jsonl", _rows())
     job_file = _job(tmp_path, endpoint_app.url, "in.jsonl", "out/r.jsonl", run={"concurrency": 2})
-    first = start_run(job_file)
+    log = tmp_path / "first.stderr"
+    first = start_run(job_file, stderr=log)
     try:
-        wait_for(lambda: endpoint_app.stats()["requests"] > 0, what="the first run to send")
+        wait_for(
+            lambda: endpoint_app.stats()["statuses"].get("held", 0) > 0,
+            what="the first run's requests to be held",
+        )
         code, out, err = _cli("run", str(job_file), "--quiet")
         assert code == 2 and out == ""
         assert f"another run is live on this output (pid {first.pid})" in err
         first.terminate()
+        wait_for(lambda: "SIGTERM: finishing" in log.read_text(), what="the first run's SIGTERM")
+        endpoint_app.configure(hold_after=-1)
         code, summary, _ = finish(first)
         assert code == 143 and summary["stop_reason"] == "sigterm"
     finally:
