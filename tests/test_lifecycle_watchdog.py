@@ -186,7 +186,7 @@ def test_kill_9_runner_gets_its_endpoint_paused(
         latency = control_plane.pauses()[0] - killed_at
         print(f"kill -9 -> pause call in {latency:.3f}s")
         assert latency < 15
-        assert _wait_gone(dog_pid, 15)
+        assert _wait_gone(dog_pid, 15), "the watchdog did not exit within 15 s"
     finally:
         child.kill()
         child.wait()
@@ -210,7 +210,7 @@ def test_released_watchdog_exits_without_touching_the_endpoint(
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "released"
         assert child.wait(10) == 0
-        assert _wait_gone(dog_pid, 10)
+        assert _wait_gone(dog_pid, 10), "the watchdog did not exit within 10 s"
     finally:
         child.kill()
         child.wait()
@@ -236,7 +236,7 @@ def test_watchdog_leaves_an_endpoint_another_live_lease_holds(
     try:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
-        assert _wait_gone(dog_pid, 15)
+        assert _wait_gone(dog_pid, 15), "the watchdog did not exit within 15 s"
     finally:
         child.stdout.close() if child.stdout else None
         _kill(dog_pid)
