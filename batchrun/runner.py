@@ -159,7 +159,8 @@ def open_target(job: Job) -> AbstractAsyncContextManager[Target]:
     """The target for the job's `[endpoint]`.
 
     Raises:
-        JobError: `token_env` names an unset variable, or one whose value is not one line.
+        JobError: `token_env` names an unset variable, or the token (`token_env`'s, or for `hf`
+            the one `resolve_token` finds) is not one line.
     """
     ep = job.endpoint
     if ep.provider == "url":
@@ -175,8 +176,14 @@ def open_target(job: Job) -> AbstractAsyncContextManager[Target]:
             check_token(token, f"{job.source}: the token in ${ep.token_env}")
             headers["Authorization"] = f"Bearer {token}"
         return UrlTarget(ep.url, headers)
+    from batchrun.endpoints.auth import resolve_token
     from batchrun.lease import EndpointLease  # the control plane loads only for hf / local
 
+    if ep.provider == "hf":
+        try:  # a token that cannot be sent is refused before the run state is written
+            resolve_token()
+        except JobError as e:
+            raise JobError(f"{job.source}: {e}") from e
     return EndpointLease(job)
 
 

@@ -339,6 +339,12 @@ def test_a_token_with_a_line_break_is_refused_and_not_shown(
     with pytest.raises(JobError, match=r"the token in \$HF_TOKEN contains a line break") as info:
         resolve_token()
     assert "s3cret" not in str(info.value)
+    hf = Job.from_dict(
+        _sections(endpoint={"provider": "hf", "name": "e", "url": None}), source="job.toml"
+    )
+    with pytest.raises(JobError, match=r"^job.toml: the token in \$HF_TOKEN") as info:
+        open_target(hf)  # before the run state is written, not when the lease starts
+    assert "s3cret" not in str(info.value)
 
 
 def test_set_values_that_cannot_be_used() -> None:

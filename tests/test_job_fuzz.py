@@ -98,6 +98,8 @@ class Case:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     secret: str | None = None  # must not appear in any output
+    # ("dir" | "file" | "fifo", path) to make in the case's directory, or ("token", text)
+    setup: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --- what each key accepts, from the job's own dataclasses --------------------------------------
@@ -190,11 +192,12 @@ def out_of_range(draw: st.DrawFn, base: Sections) -> Case:
         above = st.integers(min_value=int(high) + 1, max_value=10**30)
         value: float = draw(st.one_of(below, above))
     else:
-        below_f = st.floats(max_value=low, allow_nan=False)
-        above_f = st.floats(min_value=high, allow_nan=False)
+        below_f = st.floats(max_value=low, exclude_max=not allowed.low_open, allow_nan=False)
+        below_f = below_f.map(lambda v: low - 1 if v in allowed else v)  # -0.0 is 0
+        above_f = st.floats(min_value=high, exclude_min=True, allow_nan=False)
         specials = st.sampled_from([float("nan"), float("inf"), float("-inf")])
-        huge = st.integers(int(high) + 1, 10**30)
-        value = draw(st.one_of(below_f, above_f, specials, huge).filter(lambda v: v not in allowed))
+        value = draw(st.one_of(below_f, above_f, specials, st.integers(int(high) + 1, 10**30)))
+    assert value not in allowed
     literal = _literal(value)
     how = draw(st.sampled_from(["file", "set", "option"]))
     if how == "option" and key in ("concurrency", "limit") and section == "run":
@@ -363,13 +366,22 @@ def special_file(draw: st.DrawFn, base: Sections) -> Case:
 
 
 @st.composite
-def bad_token(draw: st.DrawFn, base: Sections) -> Case:
+def bad_token(draw: st.DrawFn, base: Sections, api_url: str) -> Case:
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-."
     head = "tk" + draw(st.text(alphabet=alphabet, min_size=8, max_size=24))
     tail = draw(st.text(alphabet=alphabet + ": ", min_size=1, max_size=24)).strip() or "x"
     breaker = draw(st.sampled_from(["\n", "\r\n", "\r", "\x1b", "\x7f", "\t", "\x0b"]))
-    sections = _with(base, "endpoint", token_env=_q("FUZZ_TOKEN"))
-    return Case("token", sections, env={"FUZZ_TOKEN": head + breaker + tail}, secret=head)
+    token = head + breaker + tail
+    via = draw(st.sampled_from(["token_env", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "token-file"]))
+    if via == "token_env":
+        sections = _with(base, "endpoint", token_env=_q("FUZZ_TOKEN"))
+        return Case("token", sections, env={"FUZZ_TOKEN": token}, secret=head)
+    sections = _with(base, "endpoint", provider=_q("hf"), name=_q("fuzz"), api_url=_q(api_url))
+    del sections["endpoint"]["url"]
+    if via == "token-file":  # $HF_HOME/token, as `hf auth login` writes it
+        env = {"HF_HOME": "{where}/hf-home"}
+        return Case("token", sections, env=env, secret=head, setup=[("token", token)])
+    return Case("token", sections, env={via: token}, secret=head)
 
 
 @st.composite
@@ -433,6 +445,60 @@ def missing_part(draw: st.DrawFn, base: Sections) -> Case:
     return Case(f"missing:{section}", s)
 
 
+@st.composite
+def bad_location(draw: st.DrawFn, base: Sections) -> Case:
+    """Input and output locations (`batchrun/io/preflight.py` and the readers)."""
+    kind = draw(
+        st.sampled_from(
+            [
+                "input-fifo",
+                "input-dir",
+                "input-device",
+                "id-field",
+                "under-file",
+                "long-name",
+                "in-state-dir",
+                "state-is-file",
+                "lock-is-dir",
+                "errors-is-dir",
+                "jsonl-is-dir",
+                "parquet-is-file",
+            ]
+        )
+    )
+    s = {name: dict(v) for name, v in base.items()}
+    setup: list[tuple[str, str]] = []
+    if kind == "input-fifo":
+        s["input"]["path"] = _q("fifo.jsonl")
+        setup.append(("fifo", "fifo.jsonl"))
+    elif kind == "input-dir":
+        s["input"]["path"] = _q("d.jsonl")
+        setup.append(("dir", "d.jsonl"))
+    elif kind == "input-device":
+        s["input"] |= {"path": _q("/dev/zero"), "format": _q("jsonl")}
+    elif kind == "id-field":
+        s["input"]["id_field"] = _q(draw(st.sampled_from(["ID", "", "idd", "text.id", " id"])))
+    elif kind == "under-file":
+        s["output"]["path"] = _q("blocker/r.jsonl")
+        setup.append(("file", "blocker"))
+    elif kind == "long-name":
+        s["output"]["path"] = _q("out/" + "x" * draw(st.integers(250, 600)) + ".jsonl")
+    elif kind == "in-state-dir":
+        s["output"]["path"] = _q("out/r.jsonl.batchrun/x.jsonl")
+    elif kind == "state-is-file":
+        setup += [("dir", "out"), ("file", "out/r.jsonl.batchrun")]
+    elif kind == "lock-is-dir":
+        setup += [("dir", "out/r.jsonl.batchrun/lock")]
+    elif kind == "errors-is-dir":
+        setup += [("dir", "out/r.errors.jsonl")]
+    elif kind == "jsonl-is-dir":
+        setup += [("dir", "out/r.jsonl")]
+    else:
+        s["output"]["path"] = _q("out/r.parquet")
+        setup += [("dir", "out"), ("file", "out/r.parquet")]
+    return Case(f"location:{kind}", s, setup=setup)
+
+
 def invalid_cases(base: Sections, port: int) -> st.SearchStrategy[Case]:
     return st.one_of(
         out_of_range(base),
@@ -441,10 +507,11 @@ def invalid_cases(base: Sections, port: int) -> st.SearchStrategy[Case]:
         broken_toml(base),
         bad_url(base, port),
         special_file(base),
-        bad_token(base),
+        bad_token(base, f"http://{HOST}:{port}/v2"),
         bad_option(base),
         bad_combination(base),
         missing_part(base),
+        bad_location(base),
     )
 
 
@@ -468,7 +535,24 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
 def _job_path(case: Case, where: Path) -> Path:
+    for what, relative in case.setup:
+        if what == "token":
+            (where / "hf-home").mkdir()
+            (where / "hf-home" / "token").write_text(relative)
+            continue
+        target = where / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if what == "dir":
+            target.mkdir(parents=True)
+        elif what == "fifo":
+            os.mkfifo(target)
+        else:
+            target.write_text("")
     path = where / "job.toml"
     if case.special == "fifo":
         os.mkfifo(path)  # nobody writes: opening it for reading would block
@@ -499,9 +583,11 @@ def test_invalid_jobs_and_options_exit_2_with_one_line(
     event(case.kind.split(":")[0])
     where = Path(tempfile.mkdtemp(dir=workdir))
     job = _job_path(case, where)
+    tree = _tree(where)
     before = app.stats()["requests"]
+    env = {k: v.replace("{where}", str(where)) for k, v in case.env.items()}
     result = CliRunner().invoke(
-        main, ["run", str(job), "--quiet", *case.args], env=case.env, catch_exceptions=True
+        main, ["run", str(job), "--quiet", *case.args], env=env, catch_exceptions=True
     )
     err, out = result.stderr, result.stdout
     unexpected = result.exception is not None and not isinstance(result.exception, SystemExit)
@@ -516,7 +602,7 @@ def test_invalid_jobs_and_options_exit_2_with_one_line(
     assert out == ""
     if case.secret is not None:
         assert case.secret not in err
-    assert not (where / "out").exists(), f"{case.kind}: the run started: {err}"
+    assert _tree(where) == tree, f"{case.kind}: the refused run wrote something: {err}"
     assert app.stats()["requests"] == before, f"{case.kind}: a request was sent: {err}"
 
 
