@@ -30,8 +30,6 @@ from urllib.parse import urlsplit
 from batchrun.errors import JobError
 
 __all__ = [
-    "MAX_JOB_FILE_BYTES",
-    "RANGES",
     "BudgetSpec",
     "EndpointSpec",
     "InputSpec",
