@@ -153,12 +153,15 @@ SITES: dict[
                      {"commit_rows": 100}, 100_000, "out/r.errors.jsonl: cannot write the errors file",
                      EFBIG),
     # tiny results, a commit per row: the state's write-ahead log reaches the cap first
-    "state-commit": ("out/r.jsonl", lambda: _rows(300, 0, long_from=300), {}, {"commit_rows": 1},
+    "state-commit": ("out/r.jsonl", lambda: _rows(120, 0, long_from=120), {}, {"commit_rows": 1},
                      64_000, "out/r.jsonl.batchrun/state.sqlite: cannot record the commit",
                      "disk I/O error"),
     # small rows first, then parts of big rows over the cap
     "parquet-results": ("out/r.parquet", lambda: _rows(300, 4000, long_from=150), {},
-                        {"commit_rows": 20}, 64_000, "out/r.parquet: cannot ", EFBIG),
+                        {"commit_rows": 50}, 100_000, "out/r.parquet: cannot ", EFBIG),
+    # every part under the cap, the merge of 32 of them over it
+    "parquet-merge": ("out/r.parquet", lambda: _rows(1700, 600), {}, {"commit_rows": 50},
+                      600_000, "out/r.parquet: cannot merge part files", EFBIG),
 }  # fmt: skip
 
 

@@ -119,3 +119,41 @@ def test_parquet_merged_parts_are_not_merged_again(tmp_path: Path) -> None:
     assert _parts(out) == ["part-000003.parquet", "part-000006.parquet"]
     ids = [pq.read_table(out / p).column("id").to_pylist() for p in _parts(out)]
     assert ids == [[0, 1], [2, 3]]
+
+
+def test_parquet_small_merged_parts_are_merged_again_until_big(tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    w = ParquetWriter(out, compact_after=3, merge_rows=10)
+    ids = iter(range(100))
+
+    def commit(rows: int) -> None:
+        for _ in range(rows):
+            w.write({"id": next(ids)})
+        w.commit()
+
+    def merge() -> tuple[int, ...] | None:
+        plan = w.compact_begin()
+        if plan is None:
+            return None
+        w.compact_end(plan)
+        return plan.merged
+
+    for _ in range(3):
+        commit(2)  # slow, timed commits: small parts
+    assert merge() == (1, 2, 3)  # part 4: 6 rows, under merge_rows
+    commit(2)
+    assert merge() is None  # parts 4 and 5: two small ones
+    commit(2)
+    assert merge() == (4, 5, 6)  # part 7: 10 rows, big enough: never rewritten
+    for _ in range(3):
+        commit(5)
+    assert merge() == (8, 9, 10)  # part 11: 15 rows
+    w.close()
+    again = ParquetWriter(
+        out, committed_parts=11, live_parts=[7, 11], compact_after=2, merge_rows=10
+    )
+    assert again.compact_begin() is None  # both merged, 10+ rows: read from the footers
+    again.close()
+    assert _parts(out) == ["part-000007.parquet", "part-000011.parquet"]
+    table = pq.read_table([str(out / p) for p in _parts(out)])
+    assert table.column("id").to_pylist() == list(range(25))

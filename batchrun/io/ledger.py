@@ -48,8 +48,10 @@ __all__ = ["Ledger", "job_fingerprint"]
 
 log = logging.getLogger(__name__)
 
-PARQUET_COMMIT_FACTOR = 5
-"""Parquet commits this many times fewer (bigger part files); JSONL commits are cheap appends."""
+PARQUET_COMPACT_AFTER = 32
+"""Parquet commits as often as JSONL (a kill re-sends at most one commit's rows), one small part
+each; this many small parts are merged into one of up to PARQUET_COMPACT_AFTER × commit_rows
+rows (a merge of smaller, timed commits is merged again until it holds half that)."""
 
 
 def job_fingerprint(job: Job, reader: InputReader) -> dict[str, Any]:
@@ -86,9 +88,8 @@ class Ledger:
         self.format = out.output_format
         if self.format == "jsonl" and self.output.is_dir():
             raise RunStateError(f"{out.path}: JSONL output must be a file, found a directory")
-        factor = PARQUET_COMMIT_FACTOR if self.format == "parquet" else 1
-        self.commit_rows = out.commit_rows * factor
-        self.commit_seconds = out.commit_seconds * factor
+        self.commit_rows = out.commit_rows
+        self.commit_seconds = out.commit_seconds
         self._fingerprint = job_fingerprint(job, reader)
         self.discarded: str | None = None
         """What `--restart` discarded (set by `begin`)."""
@@ -129,7 +130,13 @@ class Ledger:
             self._recover()
             c = self.state.committed
             self.results: ResultWriter = (
-                ParquetWriter(self.output, committed_parts=c.parts, live_parts=c.live_parts)
+                ParquetWriter(
+                    self.output,
+                    committed_parts=c.parts,
+                    live_parts=c.live_parts,
+                    compact_after=PARQUET_COMPACT_AFTER,
+                    merge_rows=PARQUET_COMPACT_AFTER * self.commit_rows // 2,
+                )
                 if self.format == "parquet"
                 else JsonlWriter(self.output, committed_offset=c.results_offset)
             )

@@ -162,19 +162,23 @@ class ParquetWriter:
     or not at all. Opening deletes temporary files and every part the run state does not list
     as live. Buffered rows become Arrow tables every `chunk_rows` rows, which keeps them compact.
 
-    Commit parts are merged so a long, slow run does not leave thousands of files: once
-    `compact_after` commit parts are live, `compact_begin` streams them (one part, one small
-    batch at a time, so memory stays flat) into a new part marked as merged in its metadata;
-    merged parts are never merged again (no rewriting of big files). The caller records the new
-    live list in the run state, then `compact_end` deletes the merged parts. A crash at any
-    step leaves either the old parts or the new one listed as live; opening deletes the other.
+    Commits are small and frequent (a kill loses at most one commit's rows), so parts are
+    merged to keep the file count down: once `compact_after` small parts are live,
+    `compact_begin` streams them (one part, one small batch at a time, so memory stays flat)
+    into a new part marked as merged in its metadata. A merged part with fewer than
+    `merge_rows` rows still counts as small and is merged again with the next ones, so slow
+    runs (small commits) still end with parts of about `merge_rows` rows; a merged part of
+    `merge_rows` or more is never rewritten. The caller records the new live list in the run
+    state, then `compact_end` deletes the merged parts. A crash at any step leaves either the
+    old parts or the new one listed as live; opening deletes the other.
 
     Args:
         directory: the output directory (the job's `.parquet` path).
         committed_parts: the highest part number the run state recorded.
         live_parts: the part numbers the run state lists as live (None: 1..committed_parts).
         chunk_rows: rows per in-memory Arrow chunk.
-        compact_after: merge when this many commit parts are live (0: never).
+        compact_after: merge when this many small parts are live (0: never).
+        merge_rows: a merged part is small (merged again) below this many rows (0: never).
     """
 
     def __init__(
@@ -185,6 +189,7 @@ class ParquetWriter:
         live_parts: list[int] | None = None,
         chunk_rows: int = 1000,
         compact_after: int = 32,
+        merge_rows: int = 0,
     ) -> None:
         self.directory = directory
         if directory.exists() and not directory.is_dir():
@@ -206,15 +211,12 @@ class ParquetWriter:
         self.parts = committed_parts
         self.chunk_rows = chunk_rows
         self.compact_after = compact_after
-        self._merged: dict[int, bool] = {}  # live part number -> made by a merge
-        if live:
-            import pyarrow.parquet as pq
-
-            for n in sorted(live):
-                path = self._path(n)
-                if path.exists():
-                    meta = pq.read_schema(path).metadata or {}
-                    self._merged[n] = _MERGED_KEY in meta
+        self.merge_rows = merge_rows
+        self._live: dict[int, _Part] = {}  # live part number -> what it is
+        for n in sorted(live):
+            path = self._path(n)
+            if path.exists():
+                self._live[n] = _Part.of(path)
         self._rows: list[dict[str, Any]] = []
         self._chunks: list[Any] = []
         self._schema: Any = None
@@ -223,7 +225,7 @@ class ParquetWriter:
     @property
     def live(self) -> list[int]:
         """The numbers of the committed part files, in order."""
-        return sorted(self._merged)
+        return sorted(self._live)
 
     def _path(self, number: int) -> Path:
         return self.directory / f"part-{number:06d}.parquet"
@@ -255,7 +257,7 @@ class ParquetWriter:
                 raise
             self._chunks.clear()
             self.parts += 1
-            self._merged[self.parts] = False
+            self._live[self.parts] = _Part(merged=False, rows=table.num_rows)
         self.pending = 0
         return self.parts
 
@@ -268,7 +270,11 @@ class ParquetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        small = [n for n, merged in sorted(self._merged.items()) if not merged]
+        small = [
+            n
+            for n, part in sorted(self._live.items())
+            if not part.merged or part.rows < self.merge_rows
+        ]
         if not self.compact_after or len(small) < self.compact_after:
             return None
         try:
@@ -306,8 +312,8 @@ class ParquetWriter:
             return None
         self.parts = number
         for n in small:
-            del self._merged[n]
-        self._merged[number] = True
+            del self._live[n]
+        self._live[number] = _Part(merged=True, rows=rows)
         log.debug(
             "%s: merged %d parts (%d rows) into %s", self.directory, len(small), rows, path.name
         )
@@ -323,11 +329,13 @@ class ParquetWriter:
         """Go back to a committed `parts` / `live` list after a failed commit or merge: the
         parts the run state does not list are deleted (best effort: else on the next open)."""
         keep = set(range(1, parts + 1) if live is None else live)
-        for n in [n for n in self._merged if n not in keep]:
-            del self._merged[n]
-        for n in keep - self._merged.keys():
-            if self._path(n).exists():
-                self._merged[n] = False  # only small parts are ever merged away
+        for n in [n for n in self._live if n not in keep]:
+            del self._live[n]
+        for n in keep - self._live.keys():
+            try:
+                self._live[n] = _Part.of(self._path(n))
+            except OSError:
+                pass  # gone: the next open sees the state's list and the directory again
         for n in range(1, max(self.parts, parts) + 2):
             if n not in keep:
                 self._remove(self._path(n))
@@ -370,6 +378,22 @@ class ParquetWriter:
         if schema is None or not any(pa.types.is_null(f.type) for f in table.schema):
             self._schema = table.schema
         self._chunks.append(table)
+
+
+@dataclass(slots=True, frozen=True)
+class _Part:
+    """A live part: made by a merge or by a commit, and how many rows it holds."""
+
+    merged: bool
+    rows: int
+
+    @classmethod
+    def of(cls, path: Path) -> _Part:
+        """Read it from the file's footer."""
+        import pyarrow.parquet as pq
+
+        meta = pq.read_metadata(path)
+        return cls(merged=_MERGED_KEY in (meta.metadata or {}), rows=meta.num_rows)
 
 
 def _conform(table: Any, schema: Any) -> Any:
