@@ -8,6 +8,7 @@ site fail first in turn, and, as root, a 2 MiB tmpfs that really fills (ENOSPC).
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import resource
@@ -240,6 +241,17 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("out", ["r.jsonl", "r.parquet"])
 def test_full_tmpfs_is_exit_7_with_the_summary_then_resume_exactly_once(
     tmp_path: Path, small_disk: Path, endpoint_app: EndpointApp, out: str
@@ -258,6 +270,13 @@ def test_full_tmpfs_is_exit_7_with_the_summary_then_resume_exactly_once(
     _check_state_not_ahead(output, errors)
     meta = _meta(output)
     assert error.summary.results_total == meta["results_count"] > 0
+
+    _fill(small_disk / "ballast")  # a rerun on a disk still full: exit 7 again, nothing lost
+    with pytest.raises(OutputWriteError, match=full):
+        run_job(load_job(job_file), progress=False)
+    assert _meta(output) == meta
+    _check_state_not_ahead(output, errors)
+    (small_disk / "ballast").unlink()
 
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
     summary = run_job(load_job(job_file), progress=False)

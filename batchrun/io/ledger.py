@@ -26,6 +26,7 @@ two-step state change that a crash at any point can complete on the next open.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -47,6 +48,9 @@ from batchrun.job import Job
 __all__ = ["Ledger", "job_fingerprint"]
 
 log = logging.getLogger(__name__)
+
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+"""Errors of a disk that cannot take more (exit 7), not of a wrong output location (exit 2)."""
 
 PARQUET_COMPACT_AFTER = 32
 """Parquet commits as often as JSONL (a kill re-sends at most one commit's rows), one small part
@@ -111,8 +115,14 @@ class Ledger:
             self._anchor: tuple[int, Position | None] = (0, None)
             self.done_above: set[int] = set()
             self.committed_at_start = 0
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._restart_lock = lock(self.state_dir, out.path)
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                self._restart_lock = lock(self.state_dir, out.path)
+            except OSError as e:
+                failure = self._open_failure(e)
+                if failure is None:
+                    raise
+                raise failure from e
             try:
                 self._to_discard = self._measure_discard()
             except BaseException:
@@ -123,6 +133,27 @@ class Ledger:
             self._open(None)
 
     def _open(self, lock_fd: int | None) -> None:
+        """Open the state and the writers; a full disk or an I/O error is `OutputWriteError`."""
+        try:
+            self._open_state(lock_fd)
+        except OSError as e:
+            failure = self._open_failure(e)
+            if failure is None:
+                raise
+            raise failure from e
+
+    def _open_failure(self, e: OSError) -> OutputWriteError | None:
+        """`e` while opening as exit 7 if it is a full disk or an I/O error, else None."""
+        if e.errno not in _WRITE_ERRNOS:
+            return None
+        path = e.filename or self.output
+        return OutputWriteError(
+            f"{path}: cannot open the output for writing: [Errno {e.errno}] {e.strerror}; "
+            "free space and run again",
+            path=str(path),
+        )
+
+    def _open_state(self, lock_fd: int | None) -> None:
         self.state = RunState.open(
             self.state_dir, fingerprint=self._fingerprint, output=str(self.output), lock_fd=lock_fd
         )

@@ -475,8 +475,11 @@ def lock(directory: Path, output: str) -> int:
             f"{output}: another run is live on this output (pid {pid}); "
             "wait for it to end or stop it first"
         ) from e
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # the pid is for the message above; a full disk must not stop the run here
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:
+        log.info("%s: pid not written (%s)", path, e)
     return fd
 
 
