@@ -278,6 +278,7 @@ async def arun_job(
     """
     if limit is not None:
         job = dataclasses.replace(job, run=dataclasses.replace(job.run, limit=limit))
+        job.validate()  # a caller's limit has the range a job file's has
     control = control or RunControl()
     reader = open_input(job.input, limit=job.run.limit, source=job.source)
     codec = codec_for(job)

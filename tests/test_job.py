@@ -371,3 +371,12 @@ def test_cli_refuses_a_directory_and_huge_numbers_in_one_line(tmp_path: Path) ->
         f"batchrun: error: {job}: [run] request_timeout must be more than 0 and at most "
         "604,800 (seconds), got nan\n"
     )
+
+
+def test_a_python_callers_limit_has_the_job_files_range(tmp_path: Path) -> None:
+    from batchrun.runner import run_job
+
+    job = Job.from_dict(_sections(), source="job.toml", base_dir=tmp_path)
+    with pytest.raises(JobError, match=r"\[run\] limit must be from 0 to 4,611,686"):
+        run_job(job, limit=10**20, progress=False)
+    assert not (tmp_path / "out.jsonl.batchrun").exists()
