@@ -28,9 +28,7 @@ uncommitted and a resume sends them again.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import random
 import time
 from collections.abc import (
     AsyncIterable,
@@ -55,7 +53,15 @@ from batchrun.errors import (
     InferenceStatusError,
     ResponseTooLargeError,
 )
-from batchrun.tasks import BadResponseError, RequestCodec, excerpt, request_url, scrub_secrets
+from batchrun.net import (
+    backoff,
+    excerpt,
+    parse_retry_after,
+    retry_line,
+    scrub_secrets,
+    server_message,
+)
+from batchrun.tasks import BadResponseError, RequestCodec, request_url
 
 __all__ = [
     "Outcome",
@@ -63,7 +69,6 @@ __all__ = [
     "PoolStats",
     "Request",
     "RetryPolicy",
-    "parse_retry_after",
     "secrets_of",
     "status_error",
 ]
@@ -195,8 +200,7 @@ class RetryPolicy:
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after `failures` failed attempts: exponential, half of it jitter."""
-        base = min(self.backoff_max, self.backoff_initial * 2.0 ** max(failures - 1, 0))
-        return base / 2 + random.uniform(0, base / 2)
+        return backoff(failures, initial=self.backoff_initial, cap=self.backoff_max)
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -224,10 +228,8 @@ class RetryPolicy:
             )
         else:
             log.warning(
-                "retry %d/%d in %.1fs: %s %s",
-                tries.counted,
-                self.max_attempts - 1,
-                wait,
+                "%s: %s %s",
+                retry_line(tries.counted, self.max_attempts - 1, wait),
                 getattr(error, "status", "error"),
                 message,
             )
@@ -641,30 +643,4 @@ def _server_message(body: bytes, secrets: Sequence[str]) -> str:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return excerpt(body, secrets=secrets)
-    if isinstance(payload, dict):
-        for key in ("error", "message", "detail"):
-            value = payload.get(key)
-            if isinstance(value, dict):  # OpenAI: {"error": {"message": ...}}
-                value = value.get("message") or value
-            if value:
-                text = value if isinstance(value, str) else orjson.dumps(value)
-                return excerpt(text, secrets=secrets)
-    return excerpt(body, secrets=secrets)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
+    return server_message(payload, secrets=secrets) or excerpt(body, secrets=secrets)

@@ -31,6 +31,7 @@ import orjson
 
 from batchrun.errors import BatchrunError, InferenceError, InputError, JobError
 from batchrun.job import Job
+from batchrun.net import excerpt
 
 __all__ = [
     "BadResponseError",
@@ -42,13 +43,9 @@ __all__ = [
     "RowInputError",
     "check_first_row",
     "codec_for",
-    "excerpt",
     "render_row",
     "request_url",
-    "scrub_secrets",
 ]
-
-_EXCERPT = 200
 
 
 class RowInputError(BatchrunError):
@@ -429,27 +426,6 @@ def check_first_row(job: Job, record: dict[str, Any]) -> None:
         InputError: the row lacks the field or a template field, naming it and the input file.
     """
     codec_for(job).check_first_row(record)
-
-
-def excerpt(body: bytes | str, limit: int = _EXCERPT, *, secrets: Sequence[str] = ()) -> str:
-    """A short, one-line excerpt of a body for error messages.
-
-    Args:
-        body: the server's bytes or text.
-        limit: the longest excerpt, in characters.
-        secrets: replaced by ``***`` before the body is cut, so no part of one is shown.
-    """
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = " ".join(scrub_secrets(text, secrets).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def scrub_secrets(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every occurrence of each of `secrets` replaced by ``***``, longest first."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret and secret in text:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _bad_shape(payload: Any, expected: str) -> BadResponseError:

@@ -15,8 +15,9 @@ import pytest
 
 from batchrun.errors import InferenceConnectionError, InferenceStatusError, ResponseTooLargeError
 from batchrun.job import Job
-from batchrun.pool import Outcome, Pool, Request, parse_retry_after, secrets_of, status_error
-from batchrun.tasks import BadResponseError, RequestCodec, codec_for, excerpt
+from batchrun.net import excerpt, parse_retry_after
+from batchrun.pool import Outcome, Pool, Request, secrets_of, status_error
+from batchrun.tasks import BadResponseError, RequestCodec, codec_for
 from tests.endpoint_app import EndpointApp, EndpointProcess, expected_generated_text
 
 FAST = {"backoff_max": 0.02, "backoff_initial": 0.005}

@@ -41,7 +41,7 @@ import orjson
 
 from batchrun.errors import OutputWriteError, RunStateError
 from batchrun.io.readers import InputReader, Position
-from batchrun.io.state import RunState, clear, fingerprint_files, lock, peek, unlock
+from batchrun.io.state import RunState, clear, fingerprint_files, lock, unlock
 from batchrun.io.writers import JsonlWriter, ParquetWriter, ResultWriter, fsync_dir
 from batchrun.job import Job
 
@@ -403,7 +403,7 @@ class Ledger:
 
     @property
     def _db_path(self) -> Path:
-        return self.state_dir / "state.sqlite"
+        return RunState.database(self.state_dir)
 
     def _fail(
         self, what: str, path: Path, error: BaseException, *, rollback: bool = True
@@ -589,7 +589,7 @@ class Ledger:
         tmp.unlink(missing_ok=True)
 
     def _refuse_orphan_output(self) -> None:
-        if (self.state_dir / "state.sqlite").exists():
+        if RunState.exists(self.state_dir):
             return
         present = [p for p in (self.output, self.errors_path) if _nonempty(p)]
         if present:
@@ -601,9 +601,9 @@ class Ledger:
     def _measure_discard(self) -> str | None:
         """What `begin` will discard (the lock is held: it cannot change meanwhile)."""
         what = []
-        seen = peek(self.state_dir)
+        seen = RunState.peek(self.state_dir)
         if seen is not None:
-            c, created_at = seen
+            c, created_at = seen.committed, seen.created_at
             self._old_counts = (c.results_count, c.errors_count)
             what.append(
                 f"{c.results_count} result(s), {c.errors_count} error row(s) and the run "

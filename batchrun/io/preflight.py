@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchrun.errors import JobError
+from batchrun.io.state import STATE_SUFFIX, RunState
 from batchrun.job import Job
 
 __all__ = ["check_output_location"]
@@ -28,7 +29,7 @@ SQLITE_MAX_PATH = 504
 """The longest database path SQLite opens: its unix VFS allows 512 bytes, and the journal
 (`state.sqlite-journal`) adds 8 to the database's path."""
 
-_STATE_SUFFIXES = (".jsonl.batchrun", ".parquet.batchrun")
+_STATE_SUFFIXES = (".jsonl" + STATE_SUFFIX, ".parquet" + STATE_SUFFIX)
 _RESULTS = "the results"
 _SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -62,14 +63,14 @@ def check_output_location(job: Job) -> None:
     if not out.path.strip():
         raise JobError(f"{prefix} is empty")
     state = Path(out.state_dir)
-    db = state / "state.sqlite"
+    db = RunState.database(state)
     entries = [
         _Entry(Path(out.path), _RESULTS, out.output_format == "parquet"),
         _Entry(Path(out.errors_path), "the errors file", False),
         _Entry(Path(out.errors_path + ".retry"), "the errors file's retry file", False),
         _Entry(Path(out.errors_path + ".tmp"), "the errors file's rewrite", False),
         _Entry(state, "the run-state directory", True),
-        _Entry(state / "lock", "the run state's lock", False),
+        _Entry(RunState.lock_path(state), "the run state's lock", False),
         _Entry(db, "the run state's database", False),
         *(_Entry(Path(f"{db}{s}"), "the run state's database", False) for s in _SQLITE_SIDE_FILES),
     ]

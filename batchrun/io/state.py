@@ -9,6 +9,10 @@ One SQLite database in WAL mode (`state.sqlite`, `synchronous=FULL`) holds:
 - `ids`: the on-disk index of `id_field` values (first position wins), for `duplicate_id`;
 - `retry_done`: rows of the errors file settled by an interrupted `--retry-errors`.
 
+Beside it, `last_run.json` keeps the last run's summary (for `batchrun plan` and `status`).
+This module is the only code that knows the directory's layout: reports read it through
+`RunState.peek`, `RunState.live_pid` and `RunState.last_run`, without taking the lock.
+
 A commit is one transaction, made after the outputs were flushed and fsynced, so the outputs are
 never behind the state; on resume the outputs are cut back to the state. A transaction that
 fails (disk full, I/O error) is rolled back explicitly, so the state stays at the last good
@@ -21,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -37,11 +42,11 @@ from batchrun.errors import OutputWriteError, RunLockedError, RunStateError
 __all__ = [
     "Committed",
     "RunState",
+    "StateView",
     "clear",
     "describe_changes",
     "fingerprint_files",
     "lock",
-    "peek",
     "unlock",
 ]
 
@@ -56,6 +61,11 @@ CREATE TABLE IF NOT EXISTS retry_done (seq INTEGER PRIMARY KEY, ok INTEGER NOT N
 _HASH_SPAN = 64 * 1024
 _LOOKUP_CHUNK = 500  # ids per SELECT ... IN (...), well under SQLite's variable limit
 STATE_VERSION = 1
+STATE_SUFFIX = ".batchrun"
+"""The run state of output `x` lives in the directory `x.batchrun`."""
+_DB = "state.sqlite"
+_LOCK = "lock"
+_LAST_RUN = "last_run.json"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,6 +116,19 @@ class Committed:
         }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateView:
+    """A read-only look at a run state (`RunState.peek`).
+
+    Attributes:
+        committed: what it says is committed.
+        created_at: when it was made (ISO time), if it says.
+    """
+
+    committed: Committed
+    created_at: str | None
+
+
 class RunState:
     """The SQLite run state of one output, held under an exclusive lock.
 
@@ -151,7 +174,7 @@ class RunState:
             directory.mkdir(parents=True, exist_ok=True)
             lock_fd = lock(directory, output)
         try:
-            db = _connect(directory / "state.sqlite")
+            db = _connect(directory / _DB)
             state = cls(directory, db, lock_fd)
         except sqlite3.Error as e:
             unlock(lock_fd)
@@ -186,6 +209,87 @@ class RunState:
                 + ". Run again with --restart to start over (discards the results so far)."
             )
         return state
+
+    @staticmethod
+    def directory_for(output: str) -> Path:
+        """The run state directory of the output at `output`."""
+        return Path(output + STATE_SUFFIX)
+
+    @staticmethod
+    def database(directory: Path) -> Path:
+        """The SQLite database of the run state in `directory` (SQLite adds `-wal`, `-shm`
+        and `-journal` beside it)."""
+        return directory / _DB
+
+    @staticmethod
+    def lock_path(directory: Path) -> Path:
+        """The lock file of the run state in `directory`."""
+        return directory / _LOCK
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        """Whether `directory` holds a run state (its database)."""
+        return (directory / _DB).exists()
+
+    @staticmethod
+    def peek(directory: Path) -> StateView | None:
+        """What a run state holds, read-only and without its lock (for reports, or a caller
+        that holds the lock); None when there is none or it cannot be read."""
+        path = directory / _DB
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
+                created_at = str(orjson.loads(row[0])) if row else None
+                return StateView(committed=_load(db), created_at=created_at)
+            finally:
+                db.close()
+        except (sqlite3.Error, orjson.JSONDecodeError) as e:
+            log.warning("cannot read %s: %s", path, e)
+            return None
+
+    @staticmethod
+    def live_pid(directory: Path) -> int | None:
+        """The pid of the live run holding the state's lock (-1 if it wrote none), or None."""
+        try:
+            fd = os.open(directory / _LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                return int(text) if text.isdigit() else -1
+            return None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def remember_run(directory: Path, summary: dict[str, Any]) -> None:
+        """Keep a run's summary (with the time it finished) in `last_run.json`, for the next
+        `batchrun plan` and `status`; a run state that is gone, or a full disk, skips it."""
+        if not directory.is_dir():
+            return
+        data = dict(summary)
+        data["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        tmp = directory / f".{_LAST_RUN}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, directory / _LAST_RUN)
+        except OSError as e:
+            log.warning("cannot write %s: %s", directory / _LAST_RUN, e)
+
+    @staticmethod
+    def last_run(directory: Path) -> dict[str, Any] | None:
+        """The summary `remember_run` kept, or None."""
+        try:
+            data = json.loads((directory / _LAST_RUN).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     @property
     def created_at(self) -> str | None:
@@ -361,23 +465,6 @@ def _load(db: sqlite3.Connection) -> Committed:
     return c
 
 
-def peek(directory: Path) -> tuple[Committed, str | None] | None:
-    """What a run state holds and when it was made, without changing it (the caller holds its
-    lock); None when there is none or it cannot be read."""
-    path = directory / "state.sqlite"
-    if not path.exists():
-        return None
-    try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
-            return _load(db), (str(orjson.loads(row[0])) if row else None)
-        finally:
-            db.close()
-    except (sqlite3.Error, orjson.JSONDecodeError):
-        return None
-
-
 def clear(directory: Path) -> None:
     """Delete everything in a run state directory but its lock (for `--restart`).
 
@@ -386,7 +473,7 @@ def clear(directory: Path) -> None:
     if not directory.exists():
         return
     for entry in directory.iterdir():
-        if entry.name == "lock":
+        if entry.name == _LOCK:
             continue
         if entry.is_dir():
             shutil.rmtree(entry)
@@ -452,7 +539,7 @@ def _is_write_failure(e: sqlite3.Error) -> bool:
 
 
 def _write_error(directory: Path, what: str, e: BaseException) -> OutputWriteError:
-    path = directory / "state.sqlite"
+    path = directory / _DB
     return OutputWriteError(f"{path}: {what}: {e}; free space and run again", path=str(path))
 
 
@@ -462,7 +549,7 @@ def lock(directory: Path, output: str) -> int:
     Raises:
         RunLockedError: another live run holds it; the message names its pid.
     """
-    path = directory / "lock"
+    path = directory / _LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
