@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import os
 import shutil
 import sqlite3
 import time
@@ -41,8 +40,15 @@ import orjson
 
 from batchrun.errors import OutputWriteError, RunStateError
 from batchrun.io.readers import InputReader, Position
-from batchrun.io.state import RunState, clear, fingerprint_files, lock, unlock
-from batchrun.io.writers import JsonlWriter, ParquetWriter, ResultWriter, fsync_dir
+from batchrun.io.state import Committed, RunState, clear, fingerprint_files, lock, unlock
+from batchrun.io.writers import (
+    JsonlWriter,
+    ParquetWriter,
+    ResultWriter,
+    move_temp,
+    temp_path,
+    write_temp,
+)
 from batchrun.job import Job
 
 __all__ = ["Ledger", "job_fingerprint"]
@@ -51,6 +57,8 @@ log = logging.getLogger(__name__)
 
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 """Errors of a disk that cannot take more (exit 7), not of a wrong output location (exit 2)."""
+
+_NOTHING = Committed()
 
 PARQUET_COMPACT_AFTER = 32
 """Parquet commits as often as JSONL (a kill re-sends at most one commit's rows), one small part
@@ -111,9 +119,6 @@ class Ledger:
         self._to_discard: str | None = None
         self._old_counts = (0, 0)
         if restart:
-            self.watermark = 0
-            self._anchor: tuple[int, Position | None] = (0, None)
-            self.done_above: set[int] = set()
             self.committed_at_start = 0
             try:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -175,9 +180,6 @@ class Ledger:
         except BaseException:
             self.state.close()
             raise
-        self.watermark = c.watermark
-        self._anchor = (c.anchor_seq, c.anchor_pos)
-        self.done_above = set(c.done_above)
         self.committed_at_start = c.results_count + c.errors_count
 
     def begin(self) -> None:
@@ -219,9 +221,27 @@ class Ledger:
 
     # -- what is done ------------------------------------------------------------------------
     @property
+    def committed(self) -> Committed:
+        """The last good commit (before `begin` of a `--restart`: nothing)."""
+        if self._restart_lock is not None:
+            return _NOTHING
+        return self.state.committed
+
+    @property
+    def watermark(self) -> int:
+        """Every row below it is committed."""
+        return self.committed.watermark
+
+    @property
+    def done_above(self) -> frozenset[int]:
+        """The committed rows at or above the watermark."""
+        return self.committed.done_above
+
+    @property
     def anchor(self) -> tuple[int, Position | None]:
         """(seq, position) a reader can start from; rows below the watermark are then skipped."""
-        return self._anchor
+        c = self.committed
+        return c.anchor_seq, c.anchor_pos
 
     @property
     def results_count(self) -> int:
@@ -239,7 +259,7 @@ class Ledger:
 
     def is_done(self, seq: int) -> bool:
         """Whether row `seq` is committed (in results or errors)."""
-        return seq < self.watermark or seq in self.done_above
+        return self.committed.is_done(seq)
 
     def first_seqs(self, rows: Sequence[tuple[Any, int]]) -> list[int | None]:
         """For each (id value, seq), the earlier row with the same id if it is a duplicate
@@ -319,67 +339,62 @@ class Ledger:
         n_errors = self.errors.pending
         n_retry = self._retry.pending if self._retry is not None else 0
         c = self.state.committed
-        new = dataclasses.replace(
-            c,
-            done_above=set(),
-            results_count=c.results_count + n_results,
-            errors_count=c.errors_count + n_errors,
-            swap_size=None,
-        )
+        offsets: dict[str, Any] = {}
         results = self.results
         failing = (self.output, "cannot write results")
         try:
             if isinstance(results, ParquetWriter):
-                new.parts = results.commit()
-                new.live_parts = results.live
+                offsets["parts"] = results.commit()
+                offsets["live_parts"] = tuple(results.live)
             else:
-                new.results_offset = results.commit()
+                offsets["results_offset"] = results.commit()
             failing = (self.errors_path, "cannot write the errors file")
-            new.errors_offset = self.errors.commit()
+            offsets["errors_offset"] = self.errors.commit()
             if self._retry is not None:
                 failing = (self.retry_path, "cannot write the --retry-errors file")
-                new.retry_offset = self._retry.commit()
+                offsets["retry_offset"] = self._retry.commit()
         except OSError as e:
             raise self._fail(failing[1], failing[0], e) from e
-        completed = self._completed
-        done = self.done_above.union(completed)
+        done = c.done_above.union(self._completed)
         tracked = self._tracked
         passed = 0
-        last: tuple[int, Position] | None = None
-        for item in tracked:
-            if item[0] not in done:
+        anchor_pos: Position | None
+        for seq, _ in tracked:
+            if seq not in done:
                 break
-            last = item
             passed += 1
         if passed < len(tracked):
-            watermark, anchor = tracked[passed][0], tracked[passed]
-        elif last is not None:
-            watermark, anchor = last[0] + 1, last
+            anchor_seq, anchor_pos = tracked[passed]
+            watermark = anchor_seq
+        elif passed:
+            anchor_seq, anchor_pos = tracked[passed - 1]
+            watermark = anchor_seq + 1
         else:
-            watermark, anchor = self.watermark, (c.anchor_seq, c.anchor_pos)  # type: ignore[assignment]
-        new.watermark = watermark
-        new.anchor_seq, new.anchor_pos = anchor[0], anchor[1]
+            watermark, anchor_seq, anchor_pos = c.watermark, c.anchor_seq, c.anchor_pos
+        new = dataclasses.replace(
+            c,
+            watermark=watermark,
+            anchor_seq=anchor_seq,
+            anchor_pos=anchor_pos,
+            done_above=frozenset(s for s in done if s >= watermark),
+            results_count=c.results_count + n_results,
+            errors_count=c.errors_count + n_errors,
+            swap_size=None,
+            **offsets,
+        )
         try:
-            self.state.commit(
-                new,
-                new_done=[s for s in completed if s >= watermark],
-                retry_settled=self._retry_settled,
-            )
+            self.state.commit(new, retry_settled=self._retry_settled)
         except sqlite3.Error as e:
             raise self._fail("cannot record the commit in the run state", self._db_path, e) from e
         for _ in range(passed):
             tracked.popleft()
-        moved = watermark != self.watermark
-        self.done_above = {s for s in done if s >= watermark}
-        self.watermark = watermark
-        self._anchor = (new.anchor_seq, new.anchor_pos)
         self._completed = []
         self._retry_settled = []
         self.run_results += n_results
         self.run_errors += n_errors + n_retry
         if isinstance(results, ParquetWriter):
             self._compact(results)
-        return moved
+        return watermark != c.watermark
 
     def _compact(self, results: ParquetWriter) -> None:
         """Merge small Parquet parts: new part, then the state lists it, then old ones go."""
@@ -390,7 +405,7 @@ class Ledger:
         if compaction is None:
             return
         new = dataclasses.replace(
-            self.state.committed, parts=compaction.number, live_parts=results.live
+            self.state.committed, parts=compaction.number, live_parts=tuple(results.live)
         )
         try:
             self.state.commit(new)
@@ -518,7 +533,7 @@ class Ledger:
             ) from e
 
     def _rewrite_errors(self) -> None:
-        c = dataclasses.replace(self.state.committed)
+        c = self.state.committed
         if c.retry_offset is None:
             return
         settled = self.state.retry_settled()
@@ -542,36 +557,26 @@ class Ledger:
             for line in data.splitlines(keepends=True):
                 kept.append(line)
                 count += 1
-        tmp = self.errors_path.with_name(self.errors_path.name + ".tmp")
-        try:
-            size = _write_file(tmp, kept)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # the state does not know it: it would only take space
-            raise
-        c.swap_size = size
-        c.errors_count = count
-        self.state.commit(c)
-        os.replace(tmp, self.errors_path)
-        fsync_dir(self.errors_path.parent)
+        size = write_temp(self.errors_path, kept)
+        self.state.commit(dataclasses.replace(c, swap_size=size, errors_count=count))
+        move_temp(self.errors_path)
         self._finish_swap()
 
     def _finish_swap(self) -> None:
-        c = dataclasses.replace(self.state.committed)
+        c = self.state.committed
         assert c.swap_size is not None
-        c.errors_offset = c.swap_size
-        c.swap_size = None
-        c.retry_offset = None
-        self.state.clear_retry(c)
+        self.state.clear_retry(
+            dataclasses.replace(c, errors_offset=c.swap_size, swap_size=None, retry_offset=None)
+        )
         self.retry_path.unlink(missing_ok=True)
 
     # -- opening -----------------------------------------------------------------------------
     def _recover(self) -> None:
         c = self.state.committed
         if c.swap_size is not None:
-            tmp = self.errors_path.with_name(self.errors_path.name + ".tmp")
+            tmp = temp_path(self.errors_path)
             if tmp.exists() and tmp.stat().st_size == c.swap_size:
-                os.replace(tmp, self.errors_path)
-                fsync_dir(self.errors_path.parent)
+                move_temp(self.errors_path)
             log.info("finishing an interrupted --retry-errors rewrite of %s", self.errors_path)
             try:
                 self._finish_swap()
@@ -585,8 +590,7 @@ class Ledger:
         elif c.retry_offset is not None:
             log.info("settling an interrupted --retry-errors in %s", self.errors_path)
             self._finalize_retry()
-        tmp = self.errors_path.with_name(self.errors_path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
+        temp_path(self.errors_path).unlink(missing_ok=True)
 
     def _refuse_orphan_output(self) -> None:
         if RunState.exists(self.state_dir):
@@ -642,11 +646,3 @@ def _nonempty(path: Path) -> bool:
     if path.is_dir():
         return any(path.iterdir())
     return path.exists() and path.stat().st_size > 0
-
-
-def _write_file(path: Path, chunks: list[bytes]) -> int:
-    with open(path, "wb") as f:
-        f.write(b"".join(chunks))
-        f.flush()
-        os.fsync(f.fileno())
-    return path.stat().st_size

@@ -31,13 +31,14 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from batchrun.errors import OutputWriteError, RunLockedError, RunStateError
+from batchrun.io.writers import write_atomic
 
 __all__ = [
     "Committed",
@@ -68,9 +69,12 @@ _LOCK = "lock"
 _LAST_RUN = "last_run.json"
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Committed:
     """What the state says is committed: where outputs end and where reading resumes.
+
+    Frozen: a commit builds a new one (`dataclasses.replace`), and `RunState` swaps it in only
+    once its transaction has committed, so `RunState.committed` is always the last good commit.
 
     Attributes:
         watermark: every row with a lower sequence number is committed.
@@ -89,15 +93,19 @@ class Committed:
     watermark: int = 0
     anchor_seq: int = 0
     anchor_pos: tuple[int, int, int, int] | None = None
-    done_above: set[int] = field(default_factory=set)
+    done_above: frozenset[int] = frozenset()
     results_offset: int = 0
     parts: int = 0
-    live_parts: list[int] | None = None
+    live_parts: tuple[int, ...] | None = None
     errors_offset: int = 0
     results_count: int = 0
     errors_count: int = 0
     retry_offset: int | None = None
     swap_size: int | None = None
+
+    def is_done(self, seq: int) -> bool:
+        """Whether row `seq` is committed."""
+        return seq < self.watermark or seq in self.done_above
 
     def meta(self) -> dict[str, Any]:
         """The scalar fields, as stored in `meta`."""
@@ -107,7 +115,7 @@ class Committed:
             "anchor_pos": list(self.anchor_pos) if self.anchor_pos is not None else None,
             "results_offset": self.results_offset,
             "parts": self.parts,
-            "live_parts": self.live_parts,
+            "live_parts": list(self.live_parts) if self.live_parts is not None else None,
             "errors_offset": self.errors_offset,
             "results_count": self.results_count,
             "errors_count": self.errors_count,
@@ -277,8 +285,7 @@ class RunState:
         data["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         tmp = directory / f".{_LAST_RUN}.{os.getpid()}.tmp"
         try:
-            tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, directory / _LAST_RUN)
+            write_atomic(directory / _LAST_RUN, json.dumps(data, sort_keys=True).encode(), tmp=tmp)
         except OSError as e:
             log.warning("cannot write %s: %s", directory / _LAST_RUN, e)
 
@@ -332,31 +339,26 @@ class RunState:
         ]
 
     def commit(
-        self,
-        committed: Committed,
-        *,
-        new_done: Iterable[int] = (),
-        retry_settled: Iterable[tuple[int, bool]] = (),
+        self, committed: Committed, *, retry_settled: Iterable[tuple[int, bool]] = ()
     ) -> None:
-        """Record one commit in one transaction (the outputs were fsynced before).
+        """Record one commit in one transaction (the outputs were fsynced before); only then
+        does `committed` become `self.committed`.
 
         Args:
-            committed: the new committed offsets, watermark, anchor and counters.
-            new_done: rows committed above the new watermark in this commit.
+            committed: the new committed offsets, watermark, rows above it, anchor, counters.
             retry_settled: (seq, succeeded) for errors-file rows settled by `--retry-errors`.
 
         Raises:
-            sqlite3.Error: the transaction failed and was rolled back; `committed` (the
-                attribute) is still the last good commit.
+            sqlite3.Error: the transaction failed and was rolled back; `self.committed` is
+                still the last good commit.
         """
+        added = committed.done_above - self.committed.done_above
         try:
             self._begin()
             db = self._db
-            db.execute("DELETE FROM done WHERE seq < ?", (committed.watermark,))
-            db.executemany(
-                "INSERT OR IGNORE INTO done (seq) VALUES (?)",
-                ((s,) for s in new_done if s >= committed.watermark),
-            )
+            if committed.watermark != self.committed.watermark:
+                db.execute("DELETE FROM done WHERE seq < ?", (committed.watermark,))
+            db.executemany("INSERT OR IGNORE INTO done (seq) VALUES (?)", ((s,) for s in added))
             db.executemany(
                 "INSERT OR REPLACE INTO retry_done (seq, ok) VALUES (?, ?)",
                 ((s, int(ok)) for s, ok in retry_settled),
@@ -456,13 +458,15 @@ class RunState:
 
 def _load(db: sqlite3.Connection) -> Committed:
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    c = Committed()
+    fields: dict[str, Any] = {}
     for key in Committed.__dataclass_fields__:
         if key in meta and key != "done_above":
             value = orjson.loads(meta[key])
-            setattr(c, key, tuple(value) if key == "anchor_pos" and value else value)
-    c.done_above = {int(s) for (s,) in db.execute("SELECT seq FROM done")}
-    return c
+            if key in ("anchor_pos", "live_parts") and value is not None:
+                value = tuple(value)
+            fields[key] = value
+    done = frozenset(int(s) for (s,) in db.execute("SELECT seq FROM done"))
+    return Committed(done_above=done, **fields)
 
 
 def clear(directory: Path) -> None:

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -25,7 +26,10 @@ __all__ = [
     "ResultWriter",
     "dumps_line",
     "fsync_dir",
+    "move_temp",
+    "temp_path",
     "write_atomic",
+    "write_temp",
 ]
 
 log = logging.getLogger(__name__)
@@ -186,7 +190,7 @@ class ParquetWriter:
         directory: Path,
         *,
         committed_parts: int = 0,
-        live_parts: list[int] | None = None,
+        live_parts: Sequence[int] | None = None,
         chunk_rows: int = 1000,
         compact_after: int = 32,
         merge_rows: int = 0,
@@ -286,28 +290,26 @@ class ParquetWriter:
             return None
         number = self.parts + 1
         path = self._path(number)
-        tmp = path.with_name(path.name + ".tmp")
         rows = 0
+
+        def merge(f: BinaryIO) -> None:
+            nonlocal rows
+            with pq.ParquetWriter(f, schema, compression="zstd") as out:
+                for n in small:
+                    with pq.ParquetFile(self._path(n)) as part:
+                        for batch in part.iter_batches(
+                            batch_size=self.chunk_rows, use_threads=False
+                        ):
+                            table = pa.Table.from_batches([batch])
+                            out.write_table(_conform(table, schema))
+                            rows += table.num_rows
+
         try:
-            with open(tmp, "wb") as f:
-                with pq.ParquetWriter(f, schema, compression="zstd") as out:
-                    for n in small:
-                        with pq.ParquetFile(self._path(n)) as part:
-                            for batch in part.iter_batches(
-                                batch_size=self.chunk_rows, use_threads=False
-                            ):
-                                table = pa.Table.from_batches([batch])
-                                out.write_table(_conform(table, schema))
-                                rows += table.num_rows
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(self.directory)
+            write_atomic(path, merge)
         except OSError:  # before ArrowException: pyarrow's IOError is both
             self._remove(path)
             raise
         except (pa.ArrowException, ValueError) as e:
-            tmp.unlink(missing_ok=True)
             log.info("%s: parts not merged: %s", self.directory, e)
             return None
         self.parts = number
@@ -325,7 +327,7 @@ class ParquetWriter:
             self._path(n).unlink(missing_ok=True)
         fsync_dir(self.directory)
 
-    def rollback(self, parts: int, live: list[int] | None) -> None:
+    def rollback(self, parts: int, live: Sequence[int] | None) -> None:
         """Go back to a committed `parts` / `live` list after a failed commit or merge: the
         parts the run state does not list are deleted (best effort: else on the next open)."""
         keep = set(range(1, parts + 1) if live is None else live)
@@ -345,7 +347,7 @@ class ParquetWriter:
         """Delete a part and its temporary file if they exist (best effort)."""
         try:
             removed = False
-            for p in (path, path.with_name(path.name + ".tmp")):
+            for p in (path, temp_path(path)):
                 if p.exists():
                     p.unlink()
                     removed = True
@@ -410,34 +412,73 @@ def _conform(table: Any, schema: Any) -> Any:
 
 
 def _write_part(path: Path, table: Any) -> None:
-    """Write `table` as the part `path`: temporary name, fsync, rename, fsync the directory."""
+    """Write `table` as the part `path`, atomically (`write_atomic`)."""
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
 
-def write_atomic(path: Path, chunks: list[bytes] | bytes) -> int:
-    """Replace `path` with `chunks` (temp file, fsync, rename, fsync dir); return the size."""
-    tmp = path.with_name(path.name + ".tmp")
-    data = chunks if isinstance(chunks, bytes) else b"".join(chunks)
+def write_atomic(
+    path: Path, data: bytes | list[bytes] | Callable[[BinaryIO], object], *, tmp: Path | None = None
+) -> int:
+    """Replace `path` whole: write a temporary file, fsync it, rename it over `path`, fsync the
+    directory; return the new size. Every file batchrun replaces goes through here.
+
+    Args:
+        path: the file to replace.
+        data: its new content, or a function that writes it to the open temporary file.
+        tmp: the temporary file (default `<path>.tmp`, which a reader may treat as stray).
+
+    Raises:
+        OSError: it could not be written; `path` is as it was and the temporary file is gone.
+    """
+    tmp = tmp or temp_path(path)
+    size = write_temp(path, data, tmp=tmp)
+    move_temp(path, tmp=tmp)
+    return size
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary file `write_atomic` writes before it renames it over `path`."""
+    return path.with_name(path.name + ".tmp")
+
+
+def write_temp(
+    path: Path, data: bytes | list[bytes] | Callable[[BinaryIO], object], *, tmp: Path | None = None
+) -> int:
+    """The first half of `write_atomic`: the temporary file, written and fsynced; its size.
+
+    For a replacement that something must record in between (the errors-file rewrite notes
+    its size in the run state before `move_temp`).
+
+    Raises:
+        OSError: it could not be written; the temporary file is gone.
+    """
+    tmp = tmp or temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data if isinstance(data, bytes) else b"".join(data))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
+            return f.tell()
+    except BaseException:
         with contextlib.suppress(OSError):  # the temporary file would only take space
             tmp.unlink(missing_ok=True)
         raise
+
+
+def move_temp(path: Path, *, tmp: Path | None = None) -> None:
+    """The second half of `write_atomic`: rename the temporary file over `path`, fsync the
+    directory.
+
+    Raises:
+        OSError: the rename or the fsync failed.
+    """
+    os.replace(tmp or temp_path(path), path)
     fsync_dir(path.parent)
-    return len(data)
 
 
 def fsync_dir(directory: Path) -> None:
