@@ -47,6 +47,7 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from batchrun.codecs import BadResponseError, RequestCodec, request_url
 from batchrun.errors import (
     InferenceConnectionError,
     InferenceError,
@@ -61,7 +62,6 @@ from batchrun.net import (
     scrub_secrets,
     server_message,
 )
-from batchrun.tasks import BadResponseError, RequestCodec, request_url
 
 __all__ = [
     "Outcome",

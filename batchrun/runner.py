@@ -35,16 +35,17 @@ from bisect import bisect_left
 from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from batchrun.codecs import RequestCodec, RowInputError, codec_for
 from batchrun.errors import EndpointFailedError, JobError, OutputWriteError
 from batchrun.io.ledger import Ledger
 from batchrun.io.preflight import check_output_location
 from batchrun.io.readers import InputReader, Position, Row, open_input
+from batchrun.io.state import RunState
 from batchrun.job import Job, check_token
-from batchrun.plan import remember_run
 from batchrun.pool import Outcome, Pool, Request
-from batchrun.tasks import RequestCodec, RowInputError, codec_for
 
 __all__ = [
     "RunControl",
@@ -177,7 +178,7 @@ def open_target(job: Job) -> AbstractAsyncContextManager[Target]:
             headers["Authorization"] = f"Bearer {token}"
         return UrlTarget(ep.url, headers)
     from batchrun.endpoints.auth import resolve_token
-    from batchrun.lease import EndpointLease  # the control plane loads only for hf / local
+    from batchrun.lifecycle.lease import EndpointLease  # the control plane: hf / local only
 
     if ep.provider == "hf":
         try:  # a token that cannot be sent is refused before the run state is written
@@ -316,7 +317,8 @@ async def arun_job(
                 setattr(run.summary, key, value)
     finally:
         run.close()
-        remember_run(job.output.path, run.summary.to_json())  # for `batchrun status` / `plan`
+        # for `batchrun status` / `plan`
+        RunState.remember_run(Path(job.output.state_dir), run.summary.to_json())
     if run.write_error is not None:
         run.write_error.summary = run.summary
         raise run.write_error

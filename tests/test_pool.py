@@ -8,19 +8,24 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
 
+from batchrun.codecs import BadResponseError, RequestCodec, codec_for
 from batchrun.errors import InferenceConnectionError, InferenceStatusError, ResponseTooLargeError
 from batchrun.job import Job
 from batchrun.net import excerpt, parse_retry_after
 from batchrun.pool import Outcome, Pool, Request, secrets_of, status_error
-from batchrun.tasks import BadResponseError, RequestCodec, codec_for
 from tests.endpoint_app import EndpointApp, EndpointProcess, expected_generated_text
 
 FAST = {"backoff_max": 0.02, "backoff_initial": 0.005}
+
+
+def encode(codec: RequestCodec, records: Sequence[dict[str, Any]]) -> bytes:
+    """A request body built the way the runner builds it: each row rendered, then encoded."""
+    return codec.encode_rendered([codec.render(r) for r in records])
 
 
 def make_codec(**run: Any) -> RequestCodec:
@@ -36,7 +41,7 @@ def make_codec(**run: Any) -> RequestCodec:
 
 
 def make_requests(codec: RequestCodec, n: int, prefix: str = "row") -> list[Request]:
-    return [Request(i, codec.encode([{"text": f"{prefix} {i}"}]), 1) for i in range(n)]
+    return [Request(i, encode(codec, [{"text": f"{prefix} {i}"}]), 1) for i in range(n)]
 
 
 def run_pool(
@@ -175,7 +180,7 @@ def test_retries_give_up_after_max_attempts_with_the_server_message(
 ) -> None:
     endpoint_app.configure(fail_match="poison", fail_status=502, fail_message="bad gateway today")
     codec = make_codec()
-    requests = [Request(i, codec.encode([{"text": t}]), 1) for i, t in enumerate(["ok", "poison"])]
+    requests = [Request(i, encode(codec, [{"text": t}]), 1) for i, t in enumerate(["ok", "poison"])]
     pool, outcomes = run_pool(endpoint_app.url, requests, codec=codec, max_attempts=4)
     got = by_key(outcomes)
     assert got[0].error is None
@@ -192,7 +197,7 @@ def test_a_4xx_is_final_and_carries_the_server_message(endpoint_app: EndpointApp
     endpoint_app.configure(reject_match="forbidden-word", reject_status=422)
     codec = make_codec()
     texts = ["fine", "has forbidden-word in it"]
-    requests = [Request(t, codec.encode([{"text": t}]), 1) for t in texts]
+    requests = [Request(t, encode(codec, [{"text": t}]), 1) for t in texts]
     _, outcomes = run_pool(endpoint_app.url, requests, codec=codec, max_attempts=5)
     got = by_key(outcomes)
     error = got[texts[1]].error
@@ -499,7 +504,7 @@ def test_an_echoed_token_is_scrubbed_from_errors_and_retry_lines(
     endpoint_app.configure(echo_auth="error", echo_auth_match="hostile", fail_status=status)
     codec = make_codec()
     texts = ["fine", "hostile row"]
-    requests = [Request(t, codec.encode([{"text": t}]), 1) for t in texts]
+    requests = [Request(t, encode(codec, [{"text": t}]), 1) for t in texts]
     with caplog.at_level(logging.DEBUG):
         _, outcomes = run_pool(endpoint_app.url, requests, codec=codec, headers=AUTH)
     got = by_key(outcomes)
@@ -553,7 +558,7 @@ def test_an_answer_over_max_response_bytes_is_final_and_the_others_succeed(
     )
     codec = make_codec()
     texts = ["a", "huge one", "b", "c"]
-    requests = [Request(t, codec.encode([{"text": t}]), 1) for t in texts]
+    requests = [Request(t, encode(codec, [{"text": t}]), 1) for t in texts]
     pool, outcomes = run_pool(
         endpoint_app.url, requests, codec=codec, max_attempts=3, max_response_bytes=1 << 20
     )

@@ -34,7 +34,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,17 @@ import aiohttp
 import httpx
 import orjson
 
+from batchrun.codecs import RequestCodec, codec_for
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
-from batchrun.tasks import codec_for
 from tests.endpoint_app import EndpointProcess
 
 WARMUP = 200
+
+
+def encode(codec: RequestCodec, records: Sequence[dict[str, Any]]) -> bytes:
+    """A request body built the way the runner builds it: each row rendered, then encoded."""
+    return codec.encode_rendered([codec.render(r) for r in records])
 
 
 @dataclass
@@ -105,7 +110,7 @@ async def run_pool(url: str, texts: list[str], concurrency: int, seconds: float)
         for i, text in enumerate(texts):
             if time.perf_counter() > deadline:
                 return
-            yield Request(i, codec.encode([{"text": text}]), 1)
+            yield Request(i, encode(codec, [{"text": text}]), 1)
 
     def on_outcome(outcome: Outcome) -> None:
         nonlocal done

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import pytest
 
-from batchrun.errors import InputError, JobError
-from batchrun.job import Job
-from batchrun.pool import Outcome, Pool, Request
-from batchrun.tasks import (
+from batchrun.codecs import (
     BadResponseError,
     ChatCodec,
     EmbeddingsCodec,
@@ -20,11 +18,12 @@ from batchrun.tasks import (
     RawCodec,
     RequestCodec,
     RowInputError,
-    check_first_row,
     codec_for,
-    render_row,
     request_url,
 )
+from batchrun.errors import InputError, JobError
+from batchrun.job import Job
+from batchrun.pool import Outcome, Pool, Request
 from tests.endpoint_app import (
     EndpointApp,
     expected_embedding,
@@ -46,8 +45,13 @@ def make_job(
     )
 
 
+def encode(codec: RequestCodec, records: Sequence[dict[str, Any]]) -> bytes:
+    """A request body built the way the runner builds it: each row rendered, then encoded."""
+    return codec.encode_rendered([codec.render(r) for r in records])
+
+
 def body(codec: RequestCodec, *records: dict[str, Any]) -> Any:
-    return orjson.loads(codec.encode(list(records)))
+    return orjson.loads(encode(codec, list(records)))
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -86,7 +90,7 @@ def test_field_and_template() -> None:
 def test_a_row_missing_its_field_is_a_row_input_error() -> None:
     codec = codec_for(make_job(inp={"template": "{title}: {body}"}))
     with pytest.raises(RowInputError, match="template field 'body' missing from the row") as e:
-        render_row(codec, {"title": "T"})
+        codec.render({"title": "T"})
     assert e.value.status == "bad_input"
     with pytest.raises(RowInputError, match="field 'text' missing"):
         codec_for(make_job()).render({"other": 1})
@@ -96,9 +100,9 @@ def test_a_row_missing_its_field_is_a_row_input_error() -> None:
 
 def test_check_first_row_names_the_field_and_the_file() -> None:
     job = make_job(inp={"template": "{title}: {body}"})
-    check_first_row(job, {"title": "T", "body": "B"})
+    codec_for(job).check_first_row({"title": "T", "body": "B"})
     with pytest.raises(InputError) as e:
-        check_first_row(job, {"title": "T", "text": "x"})
+        codec_for(job).check_first_row({"title": "T", "text": "x"})
     message = str(e.value)
     assert "data/in.jsonl" in message and "'body'" in message and "'title', 'text'" in message
 
@@ -144,8 +148,8 @@ def test_embeddings_body() -> None:
 def test_raw_body() -> None:
     codec = codec_for(make_job(request_format="raw", inp={"field": "payload"}))
     assert codec.path == ""
-    assert codec.encode([{"payload": {"inputs": "x", "k": [1]}}]) == b'{"inputs":"x","k":[1]}'
-    assert codec.encode([{"payload": '{"already": "json"}'}]) == b'{"already": "json"}'
+    assert encode(codec, [{"payload": {"inputs": "x", "k": [1]}}]) == b'{"inputs":"x","k":[1]}'
+    assert encode(codec, [{"payload": '{"already": "json"}'}]) == b'{"already": "json"}'
 
 
 def test_request_url() -> None:
@@ -280,7 +284,7 @@ def test_round_trip_against_a_real_server(
     rows = [{"text": f"row number {i}"} for i in range(23)]
     requests = [
         Request(
-            list(range(i, min(i + batch_size, len(rows)))), codec.encode(rows[i : i + batch_size])
+            list(range(i, min(i + batch_size, len(rows)))), encode(codec, rows[i : i + batch_size])
         )
         for i in range(0, len(rows), batch_size)
     ]
@@ -307,7 +311,7 @@ def test_round_trip_against_a_real_server(
 def test_raw_round_trip(endpoint_app: EndpointApp) -> None:
     codec = codec_for(make_job(request_format="raw", inp={"field": "payload"}))
     records = [{"payload": {"inputs": f"r{i}", "parameters": {"x": i}}} for i in range(5)]
-    requests = [Request(i, codec.encode([r])) for i, r in enumerate(records)]
+    requests = [Request(i, encode(codec, [r])) for i, r in enumerate(records)]
     outcomes: list[Outcome] = []
     pool = Pool(url=endpoint_app.url, codec=codec, concurrency=2, request_timeout=5, max_attempts=1)
     asyncio.run(pool.run(requests, outcomes.append))
@@ -327,6 +331,6 @@ def test_tgi_generate_route_with_the_inputs_format(endpoint_app: EndpointApp) ->
         request_timeout=5,
         max_attempts=1,
     )
-    asyncio.run(pool.run([Request(0, codec.encode([{"text": "tgi"}]))], outcomes.append))
+    asyncio.run(pool.run([Request(0, encode(codec, [{"text": "tgi"}]))], outcomes.append))
     assert outcomes[0].results == [{"generated_text": expected_generated_text("tgi")}]
     assert endpoint_app.stats()["routes"] == {"/generate": 1}

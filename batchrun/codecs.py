@@ -41,9 +41,7 @@ __all__ = [
     "RawCodec",
     "RequestCodec",
     "RowInputError",
-    "check_first_row",
     "codec_for",
-    "render_row",
     "request_url",
 ]
 
@@ -131,14 +129,6 @@ class RequestCodec:
     def encode_rendered(self, items: Sequence[Any]) -> bytes:
         """One request body for already rendered rows (1..batch_size of them)."""
         raise NotImplementedError
-
-    def encode(self, records: Sequence[dict[str, Any]]) -> bytes:
-        """One request body for 1..batch_size rows.
-
-        Raises:
-            RowInputError: a row cannot be rendered (render rows one by one to tell which).
-        """
-        return self.encode_rendered([self.render(r) for r in records])
 
     def check_first_row(self, record: dict[str, Any]) -> None:
         """Check that the input's first row has what the job reads, before anything is sent.
@@ -408,24 +398,6 @@ def codec_for(job: Job) -> RequestCodec:
             f'{job.source}: [run] batch_size > 1 does not work with request_format "{fmt}"'
         )
     return cls(job)
-
-
-def render_row(codec: RequestCodec, record: dict[str, Any]) -> Any:
-    """What `record` contributes to a request; see `RequestCodec.render`.
-
-    Raises:
-        RowInputError: the row lacks a field the job reads.
-    """
-    return codec.render(record)
-
-
-def check_first_row(job: Job, record: dict[str, Any]) -> None:
-    """Check the input's first row against the job before anything is sent.
-
-    Raises:
-        InputError: the row lacks the field or a template field, naming it and the input file.
-    """
-    codec_for(job).check_first_row(record)
 
 
 def _bad_shape(payload: Any, expected: str) -> BadResponseError:
