@@ -3,7 +3,7 @@
 Each of the ``concurrency`` workers pulls a `Request` from the source only when it is free, so
 at most ``concurrency`` requests are held at any time, however large the input. A request's
 first attempt is a plain ``await``; only when it fails does the request enter the retry policy
-(`RetryPolicy`, one tenacity object), which:
+(`InferenceRetryPolicy`, one tenacity object), which:
 
 - retries connection errors, the per-attempt timeout, and HTTP 408, 425, 429, 500, 502, 503,
   504 with exponential backoff and jitter, capped at ``backoff_max``; any other status (a 4xx,
@@ -64,11 +64,11 @@ from batchrun.net import (
 )
 
 __all__ = [
+    "InferenceRetryPolicy",
     "Outcome",
     "Pool",
     "PoolStats",
     "Request",
-    "RetryPolicy",
     "secrets_of",
     "status_error",
 ]
@@ -144,7 +144,24 @@ class _Tries:
         self.waking = False
 
 
-class RetryPolicy:
+class _Hold:
+    """What the retry policy needs of the pool: the Retry-After hold every worker waits for,
+    the counters, and what to scrub from a logged message (tenacity gets this, not the pool)."""
+
+    __slots__ = ("loop", "secrets", "stats", "until")
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.until = 0.0  # loop time until which dispatch is held
+        self.secrets = secrets
+        self.stats = PoolStats()
+
+    def remaining(self) -> float:
+        """Seconds the hold still lasts (0 when none)."""
+        return self.until - self.loop.time() if self.loop is not None else 0.0
+
+
+class InferenceRetryPolicy:
     """Which failures are retried, how long to wait, when to give up: one tenacity object.
 
     Args:
@@ -210,13 +227,12 @@ class RetryPolicy:
 
     def _log_retry(self, state: RetryCallState) -> None:
         tries: _Tries = state.args[0]
-        pool: Pool = state.args[2]
-        pool.stats.retries += 1
+        hold: _Hold = state.args[2]
+        hold.stats.retries += 1
         error = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
-        if pool._loop is not None:  # a Retry-After hold is part of the wait
-            wait = max(wait, pool._hold_until - pool._loop.time())
-        message = scrub_secrets(str(error), pool._secrets)
+        wait = max(wait, hold.remaining())  # a Retry-After hold is part of the wait
+        message = scrub_secrets(str(error), hold.secrets)
         if tries.waking and tries.wake_since is not None:
             log.warning(
                 "retry (endpoint waking up, %.0fs of %.0fs) in %.1fs: %s %s",
@@ -294,7 +310,7 @@ class Pool:
         self.request_timeout = request_timeout
         self.retry_after_max = retry_after_max
         self.max_response_bytes = max_response_bytes
-        self.policy = RetryPolicy(
+        self.policy = InferenceRetryPolicy(
             max_attempts=max_attempts,
             backoff_max=backoff_max,
             backoff_initial=backoff_initial,
@@ -310,16 +326,20 @@ class Pool:
         self._secrets = secrets_of(self._headers)
         self._secret_bytes = tuple(secret.encode("utf-8") for secret in self._secrets)
         self._interval = 60.0 / max_requests_per_minute if max_requests_per_minute > 0 else 0.0
-        self.stats = PoolStats()
+        self._shared = _Hold(self._secrets)
         self._stopping = False
         self._slots: list[_Slot] = []
-        self._hold_until = 0.0
         self._next_slot = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"Pool(url={self.url!r}, concurrency={self.concurrency})"
+
+    @property
+    def stats(self) -> PoolStats:
+        """The counters of the current (or last) `run`."""
+        return self._shared.stats
 
     # --- running -------------------------------------------------------------------------
 
@@ -337,7 +357,8 @@ class Pool:
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self.stats = PoolStats()
+        self._shared.loop = loop
+        self._shared.stats = PoolStats()
         if isinstance(requests, AsyncIterable):
             pull = self._async_puller(aiter(requests))
         else:
@@ -457,7 +478,7 @@ class Pool:
     async def _send(self, request: Request) -> Outcome:
         loop_time = self._loop.time  # type: ignore[union-attr]
         start = loop_time()
-        if self._hold_until > start or self._interval:
+        if self._shared.until > start or self._interval:
             await self._gate()
         try:
             results = await self._attempt(request)
@@ -471,7 +492,7 @@ class Pool:
         self._failed(tries, first)
         try:
             results: list[dict[str, Any]] = await self.policy.retrying.copy()(
-                self._again, tries, request, self
+                self._again, tries, request, self._shared
             )
         except InferenceError as error:
             outcome = Outcome(request, None, error, tries.attempts, 0.0)
@@ -480,7 +501,7 @@ class Pool:
         outcome.latency_ms = (self._loop.time() - start) * 1000.0  # type: ignore[union-attr]
         return outcome
 
-    async def _again(self, tries: _Tries, request: Request, pool: Pool) -> list[dict[str, Any]]:
+    async def _again(self, tries: _Tries, request: Request, hold: _Hold) -> list[dict[str, Any]]:
         """One attempt under tenacity; attempt 1 replays the fast path's failure."""
         if tries.pending is not None:
             error, tries.pending = tries.pending, None
@@ -509,22 +530,23 @@ class Pool:
         assert loop is not None
         now = loop.time()
         until = now + min(max(seconds, 0.0), self.retry_after_max)
-        if until <= self._hold_until:
+        hold = self._shared
+        if until <= hold.until:
             return
-        if self._hold_until <= now:
+        if hold.until <= now:
             log.warning(
                 "endpoint answered %d with Retry-After %.1fs: holding all dispatch until then",
                 status,
                 until - now,
             )
-        self.stats.held_s += until - max(self._hold_until, now)
-        self._hold_until = until
+        self.stats.held_s += until - max(hold.until, now)
+        hold.until = until
 
     async def _gate(self) -> None:
         loop = self._loop
         assert loop is not None
         while True:
-            wait = self._hold_until - loop.time()
+            wait = self._shared.until - loop.time()
             if wait <= 0:
                 break
             await asyncio.sleep(wait)

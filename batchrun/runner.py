@@ -6,10 +6,10 @@ open_input ──> rows ──> (skip committed, id index, render) ──> Pool 
 open_target(job) ──> url + headers + stop event ─────────────────┘
 ```
 
-The target is an async context manager giving the URL, the headers and a way to say "stop
-dispatching" (`Target`). For `provider = "url"` it is `UrlTarget`; for "hf" and "local" it is
-`batchrun.lease.EndpointLease`, which resumes or creates the endpoint, meters its cost, and puts
-it to rest on the way out.
+The target (`batchrun.targets.Target`) gives the URL, the headers and a way to say "stop
+dispatching"; the runner enters it once the input and the run state were checked and leaves it
+(puts the endpoint to rest) however the run ends. The bar and the log lines are
+`batchrun.progress`.
 
 A `RunControl` stops a run from outside: the CLI's signal handlers call `stop("sigint")`, a
 second Ctrl-C `stop("sigint", grace=0)`; budget and lease stops arrive through the target's
@@ -28,47 +28,37 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import sys
 import time
 from bisect import bisect_left
 from collections.abc import AsyncGenerator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from batchrun.codecs import RequestCodec, RowInputError, codec_for
-from batchrun.errors import EndpointFailedError, JobError, OutputWriteError
+from batchrun.errors import EndpointFailedError, OutputWriteError
 from batchrun.io.ledger import Ledger
 from batchrun.io.preflight import check_output_location
 from batchrun.io.readers import InputReader, Position, Row, open_input
 from batchrun.io.state import RunState
-from batchrun.job import Job, check_token
+from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
+from batchrun.progress import Counts, Progress
+from batchrun.targets import StopReason, Target, open_target
 
-__all__ = [
-    "RunControl",
-    "RunSummary",
-    "Target",
-    "UrlTarget",
-    "arun_job",
-    "exit_code_for",
-    "open_target",
-    "run_job",
-]
+__all__ = ["RunControl", "RunSummary", "arun_job", "exit_code_for", "run_job"]
 
 log = logging.getLogger(__name__)
 
 NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
 """Errors-file statuses `--retry-errors` leaves alone: sending them again cannot help."""
 
-_LOG_EVERY_S = 30.0
 _ID_CHUNK = 256
 """Rows looked up in the on-disk id index at a time (one insert and one select each)."""
-_STOP_CODES = {"sigint": 130, "sigterm": 143, "budget": 4, "deadline": 4}
-WRITE_FAILED = "output_write_failed"
-"""The stop reason of a run whose output could not be written (exit 7)."""
+_RETURNED_STOPS = frozenset(
+    {StopReason.BUDGET, StopReason.DEADLINE, StopReason.SIGINT, StopReason.SIGTERM}
+)
+"""Stops after which `run_job` returns (the others raise, or leave the code to the rows)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -102,7 +92,7 @@ class RunSummary:
     elapsed_s: float = 0.0
     rows_per_s: float = 0.0
     exit_code: int = 0
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     output: str = ""
     errors_path: str = ""
     resumable: bool = False
@@ -124,70 +114,6 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-class Target(Protocol):
-    """Where requests go, and a way for the target to stop the run (endpoint failed, budget).
-
-    `stop_reason` is read once `stop_event` is set. A target may also have
-    ``summary_fields() -> dict[str, Any]``, copied into the `RunSummary` after it is closed.
-    """
-
-    url: str
-    headers: dict[str, str]
-    stop_event: asyncio.Event
-    stop_reason: str | None
-
-
-class UrlTarget:
-    """The target for `provider = "url"`: a fixed URL, an optional Bearer token, no lifecycle."""
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
-        self.url = url
-        self.headers = dict(headers or {})
-        self.stop_event = asyncio.Event()
-        self.stop_reason: str | None = None
-
-    def __repr__(self) -> str:  # the headers may carry a token
-        return f"UrlTarget(url={self.url!r})"
-
-    async def __aenter__(self) -> UrlTarget:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-def open_target(job: Job) -> AbstractAsyncContextManager[Target]:
-    """The target for the job's `[endpoint]`.
-
-    Raises:
-        JobError: `token_env` names an unset variable, or the token (`token_env`'s, or for `hf`
-            the one `resolve_token` finds) is not one line.
-    """
-    ep = job.endpoint
-    if ep.provider == "url":
-        assert ep.url is not None  # Job.validate
-        headers: dict[str, str] = {}
-        if ep.token_env:
-            token = os.environ.get(ep.token_env, "").strip()
-            if not token:
-                raise JobError(
-                    f"{job.source}: [endpoint] token_env = {ep.token_env!r}, "
-                    "but that environment variable is not set"
-                )
-            check_token(token, f"{job.source}: the token in ${ep.token_env}")
-            headers["Authorization"] = f"Bearer {token}"
-        return UrlTarget(ep.url, headers)
-    from batchrun.endpoints.auth import resolve_token
-    from batchrun.lifecycle.lease import EndpointLease  # the control plane: hf / local only
-
-    if ep.provider == "hf":
-        try:  # a token that cannot be sent is refused before the run state is written
-            resolve_token()
-        except JobError as e:
-            raise JobError(f"{job.source}: {e}") from e
-    return EndpointLease(job)
-
-
 class RunControl:
     """Stops a run from outside: signal handlers, a budget watcher, a caller.
 
@@ -197,7 +123,7 @@ class RunControl:
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
-        self.reason: str | None = None
+        self.reason: StopReason | None = None
         self.grace: float | None = None
         self._listeners: list[Callable[[], None]] = []
 
@@ -205,15 +131,15 @@ class RunControl:
         """Call `listener` on every later `stop` (the runner shortens the grace with it)."""
         self._listeners.append(listener)
 
-    def stop(self, reason: str, *, grace: float | None = None) -> None:
-        """Stop dispatching, with `reason` ("sigint", "sigterm", "budget", "deadline", ...).
+    def stop(self, reason: StopReason | str, *, grace: float | None = None) -> None:
+        """Stop dispatching, with `reason` (a `StopReason` or its value: "sigint", ...).
 
         Args:
             reason: why; decides the exit code.
             grace: seconds in-flight requests get (None: the job's `grace_period`; 0: none).
         """
         if self.reason is None:
-            self.reason = reason
+            self.reason = StopReason.of(reason)
         if grace is not None and (self.grace is None or grace < self.grace):
             self.grace = grace
         self.event.set()
@@ -221,10 +147,11 @@ class RunControl:
             listener()
 
 
-def exit_code_for(stop_reason: str | None, errors_total: int) -> int:
+def exit_code_for(stop_reason: StopReason | str | None, errors_total: int) -> int:
     """The exit code of a run that returns (DESIGN.md order: 4, 130/143, 3, 0)."""
-    if stop_reason is not None and stop_reason in _STOP_CODES:
-        return _STOP_CODES[stop_reason]
+    reason = StopReason.of(stop_reason)
+    if reason in _RETURNED_STOPS and reason.exit_code is not None:
+        return reason.exit_code
     return 3 if errors_total else 0
 
 
@@ -250,7 +177,7 @@ async def arun_job(
     limit: int | None = None,
     progress: bool = True,
     control: RunControl | None = None,
-    target: AbstractAsyncContextManager[Target] | None = None,
+    target: Target | None = None,
 ) -> RunSummary:
     """Send every uncommitted row of the job's input once, committing results as they come.
 
@@ -263,7 +190,7 @@ async def arun_job(
         progress: a tqdm bar on stderr when it is a terminal, else an INFO line every 30 s.
         control: lets the caller stop the run (the CLI's signal handlers use it).
         target: where requests go; default `open_target(job)`. It is entered after the input
-            and the run state were checked, and exited (put to rest) however the run ends.
+            and the run state were checked, and left (put to rest) however the run ends.
 
     Returns:
         the summary, for exit codes 0, 3, 4, 130 and 143.
@@ -287,34 +214,30 @@ async def arun_job(
     if first is not None:
         codec.check_first_row(first)
     check_output_location(job)  # before the Ledger creates anything next to the output
-    target_cm = target if target is not None else open_target(job)
+    target = target if target is not None else open_target(job)
     ledger = Ledger(job, reader, restart=restart)
     run = _Run(job, reader, codec, ledger, control, progress)
     try:
-        entered = await _enter(target_cm, control)
-        if entered is None:  # stopped while the endpoint was being made ready
+        if not await _enter(target, control):  # stopped while the endpoint was made ready
             run.summary.stop_reason = control.reason
             run.finish_summary()
         else:
             try:
-                if entered.stop_event.is_set():  # budget or deadline ran out while getting ready
-                    log.warning("stopping (%s) before the first request", entered.stop_reason)
-                    run.summary.stop_reason = entered.stop_reason or "stopped"
+                if target.stop_event.is_set():  # budget or deadline ran out while getting ready
+                    log.warning("stopping (%s) before the first request", target.stop_reason)
+                    run.summary.stop_reason = target.stop_reason or StopReason.STOPPED
                     run.finish_summary()
                 elif run.begin():  # --restart discards only now, with the endpoint ready
-                    await run.execute(entered, retry_errors=retry_errors)
+                    await run.execute(target, retry_errors=retry_errors)
                 else:
                     run.finish_summary()
-            except BaseException:
-                if not await target_cm.__aexit__(*sys.exc_info()):
-                    raise
-            else:
-                await target_cm.__aexit__(None, None, None)
+            except BaseException as e:
+                await target.leave(e)
+                raise
+            await target.leave(None)
         # A lease stopped while getting ready has put its endpoint to rest too: report it.
-        summary_fields = getattr(entered or target_cm, "summary_fields", None)
-        if summary_fields is not None:
-            for key, value in summary_fields().items():
-                setattr(run.summary, key, value)
+        for key, value in target.summary_fields().items():
+            setattr(run.summary, key, value)
     finally:
         run.close()
         # for `batchrun status` / `plan`
@@ -322,19 +245,18 @@ async def arun_job(
     if run.write_error is not None:
         run.write_error.summary = run.summary
         raise run.write_error
-    if run.summary.stop_reason == "endpoint_failed":
-        reason = getattr(target_cm, "stop_message", None) or "the endpoint failed mid-run"
+    if run.summary.stop_reason == StopReason.ENDPOINT_FAILED:
+        reason = target.stop_message or "the endpoint failed mid-run"
         raise EndpointFailedError(
             f"{reason}; {run.summary.results_total} result(s) are committed and a rerun resumes"
         )
     return run.summary
 
 
-async def _enter(
-    target_cm: AbstractAsyncContextManager[Target], control: RunControl
-) -> Target | None:
-    """Enter the target (it may wait a long time for an endpoint), unless a stop comes first."""
-    entering = asyncio.ensure_future(target_cm.__aenter__())
+async def _enter(target: Target, control: RunControl) -> bool:
+    """Enter the target (it may wait a long time for an endpoint), unless a stop comes first;
+    whether it was entered."""
+    entering = asyncio.ensure_future(target.enter())
     stopped = asyncio.ensure_future(control.event.wait())
     try:
         await asyncio.wait({entering, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -344,12 +266,13 @@ async def _enter(
     finally:
         stopped.cancel()
     if entering.done():
-        return entering.result()
+        entering.result()
+        return True
     log.warning("stopping (%s) before the endpoint was ready", control.reason)
     entering.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await entering
-    return None
+    return False
 
 
 @dataclass(slots=True)
@@ -390,12 +313,10 @@ class _Run:
             skipped_done=ledger.committed_at_start,
             discarded=ledger.discarded,
         )
-        self.bar: Any = None
-        self._unshown = 0
         self.progress = progress
         self.total = reader.count_rows() if progress else None
+        self.shown: Progress | None = None
         self._pools: list[Pool] = []
-        self.cost_text: Callable[[], str] | None = None
         self.write_error: OutputWriteError | None = None
 
     # -- the run -----------------------------------------------------------------------------
@@ -412,8 +333,14 @@ class _Run:
             asyncio.create_task(self._watch_stop(target)),
             asyncio.create_task(self._commit_timer()),
         ]
-        self.cost_text = getattr(target, "cost_text", None)
-        self._start_progress()
+        self.shown = Progress(
+            enabled=self.progress,
+            total=self.total,
+            initial=self.ledger.committed_at_start,
+            counts=self._counts,
+            cost_text=target.cost_text,
+            start=self.start,
+        )
         try:
             if retry_errors:
                 seqs = sorted(
@@ -432,9 +359,7 @@ class _Run:
                 seq, pos = self.ledger.anchor
                 rows = self.reader.rows(start_seq=seq, start=pos)
                 await self._dispatch(target, self._new_rows(rows), track=True)
-            mark_idle = getattr(target, "mark_idle", None)
-            if mark_idle is not None:  # from the last result on, billed time is idle
-                mark_idle()
+            target.mark_idle()  # from the last result on, billed time is idle
             if self.write_error is None:
                 self._write(self.ledger.commit)
         finally:
@@ -582,7 +507,7 @@ class _Run:
             },
         )
         self.summary.failed += 1
-        self._tick(0, 1)
+        self._tick(1)
         self._maybe_commit()
 
     def _on_outcome(self, outcome: Outcome) -> None:
@@ -600,7 +525,7 @@ class _Run:
                 row["latency_ms"] = latency
                 ledger.add_result(h.seq, row)
             self.summary.succeeded += len(handles)
-            self._tick(len(handles), 0)
+            self._tick(len(handles))
         else:
             error = outcome.error
             status = error.status if error is not None else "error"
@@ -618,7 +543,7 @@ class _Run:
                     },
                 )
             self.summary.failed += len(handles)
-            self._tick(0, len(handles))
+            self._tick(len(handles))
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:
@@ -641,7 +566,7 @@ class _Run:
             return
         self.write_error = error
         log.info("stopping: an output cannot be written; requests in flight are dropped")
-        self.summary.stop_reason = WRITE_FAILED
+        self.summary.stop_reason = StopReason.OUTPUT_WRITE_FAILED
         self.summary.error = str(error)
         self.stopping = True
         self.moved.set()
@@ -650,13 +575,11 @@ class _Run:
 
     async def _commit_timer(self) -> None:
         period = max(0.05, self.ledger.commit_seconds / 2)
-        last_log = time.monotonic()
         while True:
             await asyncio.sleep(period)
             self._maybe_commit()
-            if self.bar is None and self.progress and time.monotonic() - last_log >= _LOG_EVERY_S:
-                last_log = time.monotonic()
-                self._log_progress()
+            if self.shown is not None:
+                self.shown.heartbeat()
 
     async def _watch_stop(self, target: Target) -> None:
         control_wait = asyncio.ensure_future(self.control.event.wait())
@@ -668,7 +591,7 @@ class _Run:
             target_wait.cancel()
         reason = self.control.reason if self.control.event.is_set() else target.stop_reason
         if self.write_error is None:
-            self.summary.stop_reason = reason or "stopped"
+            self.summary.stop_reason = reason or StopReason.STOPPED
         self.stopping = True
         self.moved.set()
         grace = self._grace()
@@ -687,60 +610,17 @@ class _Run:
             pool.stop(grace=grace)
 
     # -- progress and summary ----------------------------------------------------------------
-    def _start_progress(self) -> None:
-        if not self.progress or not sys.stderr.isatty():
-            return
-        from tqdm import tqdm
+    def _tick(self, settled: int) -> None:
+        if self.shown is not None:
+            self.shown.tick(settled)
 
-        self.bar = tqdm(
-            total=self.total,
-            initial=self.ledger.committed_at_start,
-            unit="row",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            mininterval=0.5,
-        )
-
-    def _tick(self, ok: int, failed: int) -> None:
-        bar = self.bar
-        if bar is not None:
-            bar.update(ok + failed)
-            self._unshown += ok + failed
-            if self._unshown >= 256:
-                self._show_counts()
-
-    def _show_counts(self) -> None:
-        self._unshown = 0
-        counts: dict[str, Any] = {
-            "ok": self.summary.succeeded,
-            "errors": self.summary.failed,
-            "retries": sum(p.stats.retries for p in self._pools),
-        }
-        if self.cost_text is not None:
-            counts["cost"] = self.cost_text()
-        self.bar.set_postfix(counts, refresh=False)
-
-    def _log_progress(self) -> None:
+    def _counts(self) -> Counts:
         s = self.summary
-        done = s.succeeded + s.failed
-        elapsed = time.monotonic() - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        total = f"/{self.total}" if self.total is not None else ""
-        eta = ""
-        if self.total is not None and rate > 0:
-            eta = f", ETA {max(0.0, (self.total - done - s.skipped_done) / rate):.0f} s"
-        if self.cost_text is not None:
-            eta += f", cost {self.cost_text()}"
-        log.info(
-            "progress: %d%s rows (ok %d, errors %d, retries %d, already done %d), %.0f rows/s%s",
-            done + s.skipped_done,
-            total,
-            s.succeeded,
-            s.failed,
-            sum(p.stats.retries for p in self._pools),
-            s.skipped_done,
-            rate,
-            eta,
+        return Counts(
+            succeeded=s.succeeded,
+            failed=s.failed,
+            retries=sum(p.stats.retries for p in self._pools),
+            skipped_done=s.skipped_done,
         )
 
     def finish_summary(self) -> None:
@@ -762,9 +642,8 @@ class _Run:
     def close(self) -> None:
         """Commit what completed (a cancelled run keeps it) unless a write failed, then close
         the ledger; a failure of this last commit is the run's write error too."""
-        if self.bar is not None:
-            self._show_counts()
-            self.bar.close()
+        if self.shown is not None:
+            self.shown.close()
         try:
             if self.write_error is None and self.ledger.pending:
                 self._write(self.ledger.commit)

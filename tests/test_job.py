@@ -138,7 +138,7 @@ from click.testing import CliRunner  # noqa: E402
 from batchrun.cli import main  # noqa: E402
 from batchrun.endpoints.auth import resolve_token  # noqa: E402
 from batchrun.job import MAX_JOB_FILE_BYTES, RANGES  # noqa: E402
-from batchrun.runner import open_target  # noqa: E402
+from batchrun.targets import open_target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

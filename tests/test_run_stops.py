@@ -11,6 +11,7 @@ import pytest
 from batchrun.errors import EndpointFailedError
 from batchrun.job import load_job
 from batchrun.runner import RunControl, RunSummary, arun_job, run_job
+from batchrun.targets import UrlTarget
 from tests.endpoint_app import EndpointApp
 from tests.test_run_support import (
     committed_meta,
@@ -164,28 +165,23 @@ async def _until_held(
         await asyncio.sleep(0.01)
 
 
-class SlowTarget:
+class SlowTarget(UrlTarget):
     """A target like a lease: slow to become ready, able to stop the run, put to rest on exit."""
 
     def __init__(self, url: str, *, ready: asyncio.Event | None = None) -> None:
-        self.url = url
-        self.headers: dict[str, str] = {}
-        self.stop_event = asyncio.Event()
-        self.stop_reason: str | None = None
+        super().__init__(url)
         self.ready = ready
         self.exited: tuple[object, ...] | None = None
 
-    async def __aenter__(self) -> SlowTarget:
+    async def enter(self) -> None:
         if self.ready is not None:
             await self.ready.wait()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.exited = exc
+    async def leave(self, error: BaseException | None) -> None:
+        self.exited = (type(error) if error else None, error, None)
 
     def fail(self, reason: str) -> None:
-        self.stop_reason = reason
-        self.stop_event.set()
+        self.stop(reason)
 
     def summary_fields(self) -> dict[str, object]:
         return {"endpoint": "test/slow", "on_exit": "pause", "endpoint_state_at_exit": "paused"}

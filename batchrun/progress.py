@@ -1,0 +1,132 @@
+"""What a run shows while it runs: a tqdm bar on a terminal, else an INFO line every 30 s.
+
+The bar counts settled rows (from those committed by earlier runs on) and shows ok / errors /
+retries and, for a metered target, the cost so far; the log line says the same with the rate
+and an ETA. Nothing here changes the run: `Progress` only reads the counts it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Counts", "Progress"]
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 30.0
+_SHOW_EVERY = 256
+"""Rows between two updates of the bar's counts (a postfix costs more than a tick)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Counts:
+    """The counts shown: this run's settled rows, retries, and rows done by earlier runs."""
+
+    succeeded: int
+    failed: int
+    retries: int
+    skipped_done: int
+
+
+class Progress:
+    """The bar or the log line of one run.
+
+    Args:
+        enabled: show progress at all (`run_job(progress=...)`).
+        total: rows in the input, if known.
+        initial: rows committed by earlier runs (where the bar starts).
+        counts: the current counts.
+        cost_text: the cost so far ("$0.0123"), or None when nothing is metered.
+        start: when the run started (`time.monotonic()`), for the rate.
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        total: int | None,
+        initial: int,
+        counts: Callable[[], Counts],
+        cost_text: Callable[[], str | None],
+        start: float | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.total = total
+        self._counts = counts
+        self._cost_text = cost_text
+        self._start = time.monotonic() if start is None else start
+        self._last_log = time.monotonic()
+        self._unshown = 0
+        self.bar: Any = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="row",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
+
+    def tick(self, settled: int) -> None:
+        """`settled` more rows are done (results or errors)."""
+        bar = self.bar
+        if bar is not None:
+            bar.update(settled)
+            self._unshown += settled
+            if self._unshown >= _SHOW_EVERY:
+                self._show_counts()
+
+    def heartbeat(self) -> None:
+        """Called now and then: the log line every `LOG_EVERY_S` when there is no bar."""
+        if self.bar is None and self.enabled and time.monotonic() - self._last_log >= LOG_EVERY_S:
+            self._last_log = time.monotonic()
+            self.log_line()
+
+    def log_line(self) -> None:
+        """Log where the run stands at INFO."""
+        c = self._counts()
+        done = c.succeeded + c.failed
+        elapsed = time.monotonic() - self._start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        total = f"/{self.total}" if self.total is not None else ""
+        eta = ""
+        if self.total is not None and rate > 0:
+            eta = f", ETA {max(0.0, (self.total - done - c.skipped_done) / rate):.0f} s"
+        cost = self._cost_text()
+        if cost is not None:
+            eta += f", cost {cost}"
+        log.info(
+            "progress: %d%s rows (ok %d, errors %d, retries %d, already done %d), %.0f rows/s%s",
+            done + c.skipped_done,
+            total,
+            c.succeeded,
+            c.failed,
+            c.retries,
+            c.skipped_done,
+            rate,
+            eta,
+        )
+
+    def close(self) -> None:
+        """Show the final counts and close the bar."""
+        if self.bar is not None:
+            self._show_counts()
+            self.bar.close()
+            self.bar = None
+
+    def _show_counts(self) -> None:
+        self._unshown = 0
+        c = self._counts()
+        shown: dict[str, Any] = {"ok": c.succeeded, "errors": c.failed, "retries": c.retries}
+        cost = self._cost_text()
+        if cost is not None:
+            shown["cost"] = cost
+        self.bar.set_postfix(shown, refresh=False)
