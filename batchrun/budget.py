@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from batchrun.endpoints.models import EndpointState
 from batchrun.job import BudgetSpec
 
 __all__ = ["BILLED_STATES", "Budget", "CostMeter", "MeterReading", "StopDecision"]
 
-BILLED_STATES = frozenset({"pending", "initializing", "updating", "running"})
+BILLED_STATES = frozenset(state.value for state in EndpointState if state.bills)
 """Endpoint states that cost money. paused, scaledToZero and failed do not."""
 
 _EPS = 1e-9

@@ -21,6 +21,8 @@ BatchrunError (exit 1)
 │   ├── EndpointNotRunningError            paused / scaledToZero where running was needed
 │   └── EndpointNotDeployedError           no URL yet
 ├── EndpointRestError (exit 6)             the endpoint could not be put in its on_exit state
+├── NotAtRestYetError                      on_exit's read-back did not show the state asked for in time
+│                                          (tried again; never escapes `apply_on_exit`)
 ├── OutputWriteError (exit 7)              an output could not be written (disk full, I/O error); resumable
 └── InferenceError (exit 1)                one data-plane request failed (never escapes the pool)
     ├── InferenceStatusError               an HTTP status from the endpoint; carries status, message, retry_after
@@ -55,6 +57,7 @@ __all__ = [
     "InferenceStatusError",
     "InputError",
     "JobError",
+    "NotAtRestYetError",
     "NotFoundError",
     "OutputWriteError",
     "PermissionDeniedError",
@@ -174,6 +177,10 @@ class EndpointRestError(BatchrunError):
     """The endpoint could not be put in its on_exit state; it may still be billing."""
 
     exit_code = 6
+
+
+class NotAtRestYetError(BatchrunError):
+    """The read-back after an on_exit call did not show the state asked for in time."""
 
 
 class OutputWriteError(BatchrunError):

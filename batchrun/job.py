@@ -47,8 +47,6 @@ OnExit = Literal["pause", "scale-to-zero", "delete", "restore", "keep"]
 RequestFormat = Literal["inputs", "chat", "embeddings", "raw"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
 
-DEFAULT_LOCAL_API_URL = "http://127.0.0.1:8765/v2"
-DEFAULT_HF_API_URL = "https://api.endpoints.huggingface.cloud/v2"
 
 MAX_JOB_FILE_BYTES = 1024 * 1024
 """A job file is a few hundred bytes; a bigger one is a wrong path (a data file, /dev/zero)."""
@@ -155,13 +153,6 @@ class EndpointSpec:
     scale_to_zero_timeout: int | None = None
     custom_image: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def resolved_api_url(self) -> str:
-        """The control-plane base URL: `api_url`, else the provider's default."""
-        if self.api_url:
-            return self.api_url.rstrip("/")
-        return DEFAULT_HF_API_URL if self.provider == "hf" else DEFAULT_LOCAL_API_URL
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)

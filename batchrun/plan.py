@@ -9,7 +9,6 @@ state, written by `remember_run`). `run_status` reads a run state without taking
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -22,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.endpoints import EndpointsClient, Hardware, RetryPolicy, resolve_token
+from batchrun.endpoints.connect import api_url_for, local_token
 from batchrun.errors import APIConnectionError, BatchrunError, NotFoundError
 from batchrun.io.readers import open_input
+from batchrun.io.state import RunState
 from batchrun.job import Job
-from batchrun.leases import LeaseRecord, LeaseRegistry
+from batchrun.lifecycle.registry import LeaseRecord, LeaseRegistry
 
 __all__ = [
     "Plan",
@@ -156,18 +157,8 @@ def _live_pid(output: str) -> int | None:
 
 
 def remember_run(output: str, summary: dict[str, Any]) -> None:
-    """Keep a run's summary in its run state, for the next `batchrun plan` and `status`."""
-    directory = Path(output + ".batchrun")
-    if not directory.is_dir():
-        return
-    data = dict(summary)
-    data["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    tmp = directory / f".{_LAST_RUN}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, directory / _LAST_RUN)
-    except OSError as e:
-        logger.warning("cannot write %s: %s", directory / _LAST_RUN, e)
+    """Keep a run's summary in its run state (see `RunState.remember_run`)."""
+    RunState.remember_run(RunState.directory_for(output), summary)
 
 
 def _last_run(output: str) -> dict[str, Any] | None:
@@ -176,14 +167,6 @@ def _last_run(output: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _local_token() -> str | None:
-    from batchrun.local import default_state_dir
-
-    with contextlib.suppress(OSError):
-        return (default_state_dir() / "token").read_text(encoding="utf-8").strip() or None
-    return None
 
 
 async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
@@ -223,10 +206,10 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
     endpoint_name = spec.url if spec.provider == "url" else f"{spec.namespace or '?'}/{spec.name}"
     state: str | None = None
     if spec.provider in ("hf", "local") and spec.name:
-        token = resolve_token() if spec.provider == "hf" else (resolve_token() or _local_token())
+        token = resolve_token() if spec.provider == "hf" else (resolve_token() or local_token())
         try:
             async with EndpointsClient(
-                api_url=spec.resolved_api_url,
+                api_url=api_url_for(spec),
                 token=token,
                 namespace=spec.namespace,
                 timeout=10.0,

@@ -14,8 +14,8 @@ import pytest
 from batchrun.endpoints import SyncEndpointsClient
 from batchrun.errors import EndpointFailedError, EndpointRestError, JobError
 from batchrun.job import Job
-from batchrun.lease import EndpointLease
-from batchrun.leases import LeaseRegistry
+from batchrun.lifecycle.lease import EndpointLease
+from batchrun.lifecycle.registry import LeaseRegistry
 from tests.lifecycle_support import ECHO, FaultyProxy, job_sections, state_of, wait_for
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from batchrun.endpoints import EndpointsClient, RetryPolicy
 from batchrun.errors import EndpointRestError
-from batchrun.on_exit import apply_on_exit, pause_command, rest_action
+from batchrun.lifecycle.rest import apply_on_exit, pause_command, rest_action
 
 
 class FakeAPI:

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 from batchrun.home import batchrun_home
-from batchrun.leases import LeaseRecord, LeaseRegistry
+from batchrun.lifecycle.registry import LeaseRecord, LeaseRegistry
 
 _HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from batchrun.leases import LeaseRecord, LeaseRegistry
+    from batchrun.lifecycle.registry import LeaseRecord, LeaseRegistry
     registry = LeaseRegistry(Path(sys.argv[1]))
     with registry.locked():
         held = registry.register(LeaseRecord(
@@ -107,7 +107,7 @@ def test_registry_lock_serializes_processes(tmp_path: Path) -> None:
         """
         import sys, time
         from pathlib import Path
-        from batchrun.leases import LeaseRegistry
+        from batchrun.lifecycle.registry import LeaseRegistry
         with LeaseRegistry(Path(sys.argv[1])).locked():
             print(time.monotonic(), flush=True)
         """

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from batchrun.endpoints import SyncEndpointsClient
-from batchrun.leases import LeaseRegistry
+from batchrun.lifecycle.registry import LeaseRegistry
 from tests.lifecycle_support import (
     ECHO,
     FaultyProxy,

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from batchrun.leases import LeaseRecord, LeaseRegistry
-from batchrun.on_exit import settle_dead_lease
-from batchrun.watchdog import Watchdog, WatchdogOrders
+from batchrun.lifecycle.reaper import settle_dead_lease
+from batchrun.lifecycle.registry import LeaseRecord, LeaseRegistry
+from batchrun.lifecycle.watchdog import Watchdog, WatchdogOrders
 
 TOKEN = "hf_watchdogsecret_0123456789"
 
@@ -113,8 +113,8 @@ _RUNNER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from batchrun.leases import LeaseRecord, LeaseRegistry
-    from batchrun.watchdog import Watchdog, WatchdogOrders
+    from batchrun.lifecycle.registry import LeaseRecord, LeaseRegistry
+    from batchrun.lifecycle.watchdog import Watchdog, WatchdogOrders
     root, api_url, token, mode = sys.argv[1:5]
     registry = LeaseRegistry(Path(root))
     with registry.locked():
@@ -175,7 +175,7 @@ def test_kill_9_runner_gets_its_endpoint_paused(
         ps = subprocess.run(
             ["ps", "-ww", "-o", "args=", "-p", str(dog_pid)], capture_output=True, text=True
         )
-        assert "batchrun.watchdog" in ps.stdout and TOKEN not in ps.stdout
+        assert "batchrun.lifecycle.watchdog" in ps.stdout and TOKEN not in ps.stdout
         killed_at = time.monotonic()
         child.send_signal(signal.SIGKILL)
         child.wait(10)

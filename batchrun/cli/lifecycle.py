@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from batchrun.job import load_job, parse_overrides
-from batchrun.on_exit import reap_dead_leases
+from batchrun.lifecycle.reaper import reap_dead_leases
 from batchrun.plan import lease_lines, lease_statuses, plan_job, run_status
 
 __all__ = ["plan", "reap", "status"]

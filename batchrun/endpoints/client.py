@@ -100,11 +100,6 @@ class EndpointsClient:
             f"token={token})"
         )
 
-    @property
-    def has_token(self) -> bool:
-        """Whether a token was found (its value is never exposed)."""
-        return self._token is not None
-
     async def __aenter__(self) -> EndpointsClient:
         return self
 

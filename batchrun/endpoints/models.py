@@ -35,6 +35,11 @@ class EndpointState(StrEnum):
     FAILED = "failed"
     SCALED_TO_ZERO = "scaledToZero"
 
+    @property
+    def bills(self) -> bool:
+        """Whether Hugging Face bills an endpoint in this state (a replica is up or starting)."""
+        return self in _BILLED
+
     @classmethod
     def parse(cls, value: Any) -> EndpointState:
         """The state for an API value; an unknown value counts as PENDING (still changing).
@@ -47,6 +52,16 @@ class EndpointState(StrEnum):
         except ValueError:
             logger.warning("unknown endpoint state %r, treating it as pending", value)
             return cls.PENDING
+
+
+_BILLED = frozenset(
+    {
+        EndpointState.PENDING,
+        EndpointState.INITIALIZING,
+        EndpointState.UPDATING,
+        EndpointState.RUNNING,
+    }
+)
 
 
 def _dict(value: Any) -> dict[str, Any]:

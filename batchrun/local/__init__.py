@@ -10,15 +10,19 @@ starts the service a `provider = "local"` job talks to.
 
 from __future__ import annotations
 
-from batchrun.local.app import run_service
-from batchrun.local.service import (
-    DEFAULT_API_URL,
-    LocalServiceInfo,
-    default_state_dir,
-    ensure_service,
-    service_status,
-    stop_service,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchrun.local.app import run_service
+    from batchrun.local.service import (
+        DEFAULT_API_URL,
+        LocalServiceInfo,
+        default_state_dir,
+        ensure_service,
+        service_status,
+        stop_service,
+    )
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -29,3 +33,28 @@ __all__ = [
     "service_status",
     "stop_service",
 ]
+
+_HOMES = {
+    "DEFAULT_API_URL": "service",
+    "LocalServiceInfo": "service",
+    "default_state_dir": "service",
+    "ensure_service": "service",
+    "run_service": "app",
+    "service_status": "service",
+    "stop_service": "service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load each name from its module on first use: a worker or a client of the service
+    imports only the modules it needs (PEP 562)."""
+    module = _HOMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

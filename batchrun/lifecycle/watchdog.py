@@ -1,6 +1,6 @@
 """The watchdog: puts the endpoint to rest when its runner dies without a `finally` (kill -9).
 
-The runner starts `python -m batchrun.watchdog` in its own session (so a Ctrl-C or a hang-up
+The runner starts `python -m batchrun.lifecycle.watchdog` in its own session (so a Ctrl-C or a hang-up
 of the runner's terminal does not reach it) with a pipe on its stdin whose only write end the
 runner keeps. Over that pipe it first sends the orders (one JSON line: the lease, the endpoint,
 `on_exit`, and the token, which so never shows in `ps`, the environment or a file); the watchdog
@@ -10,7 +10,7 @@ answers "ready" on its stdout and closes it. Then it blocks reading the pipe.
   pipe; the watchdog exits.
 - The runner dies any other way: the kernel closes the write end, the read returns EOF at once,
   and the watchdog claims the dead lease (`LeaseRegistry.claim`), and unless another live lease
-  holds the endpoint, applies `on_exit` (`batchrun.on_exit.apply_on_exit`), then deletes the
+  holds the endpoint, applies `on_exit` (`batchrun.lifecycle.rest.apply_on_exit`), then deletes the
   lease. If that fails, the lease stays on disk for `batchrun reap`.
 
 It logs to `leases/watchdog.log` in batchrun's home.
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchrun.errors import BatchrunError, EndpointRestError
-from batchrun.leases import HeldLease, LeaseRegistry
-from batchrun.on_exit import settle_dead_lease
+from batchrun.lifecycle.reaper import settle_dead_lease
+from batchrun.lifecycle.registry import HeldLease, LeaseRegistry
 
 __all__ = ["Watchdog", "WatchdogOrders", "main"]
 
@@ -97,7 +97,7 @@ class Watchdog:
             BatchrunError: it did not start or did not answer in time.
         """
         process = subprocess.Popen(
-            [sys.executable, "-m", "batchrun.watchdog"],
+            [sys.executable, "-m", "batchrun.lifecycle.watchdog"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -200,7 +200,7 @@ def _serve(orders: WatchdogOrders, buffer: bytes) -> int:
 
 
 def main() -> int:
-    """Entry point of `python -m batchrun.watchdog` (started by `Watchdog.start` only)."""
+    """Entry point of `python -m batchrun.lifecycle.watchdog` (started by `Watchdog.start` only)."""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     buffer = b""

@@ -8,13 +8,14 @@ async with EndpointLease(job) as lease:        # get / create / resume, wait unt
 
 Entering: resolve the API and token (`provider = "local"` starts the local service if nothing
 answers), register a lease in batchrun's home, read the endpoint (missing → create it from the
-job's create fields, or exit 2 without them; failed → exit 5), learn the price, start the
-watchdog (it survives a kill -9 of this process), resume or create, wait until ready (up to
-`[endpoint] ready_timeout`, exit 5 after). Meanwhile two background tasks watch: the endpoint's
-state (feeding the cost meter; `failed` mid-run sets `stop_reason = "endpoint_failed"`) and the
-budget (`"budget"` / `"deadline"`, early enough that the pause lands inside the limit).
+job's create fields, or exit 2 without them; failed → exit 5), learn the price (`pricing`), start
+the watchdog (it survives a kill -9 of this process), resume or create, wait until ready (up to
+`[endpoint] ready_timeout`, exit 5 after). Meanwhile two background tasks (`watchers`) watch: the
+endpoint's state (feeding the cost meter; `failed` mid-run sets `stop_reason =
+"endpoint_failed"`) and the budget (`"budget"` / `"deadline"`, early enough that the pause lands
+inside the limit).
 
-Leaving: unless another live lease holds the endpoint, `apply_on_exit` (retried, confirmed);
+Leaving: unless another live lease holds the endpoint, `rest.apply_on_exit` (retried, confirmed);
 if that fails, `EndpointRestError` (exit 6) naming the endpoint and the pause command, the lease
 is left on disk and the watchdog keeps trying. A cancelled task still waits for the pause.
 """
@@ -31,28 +32,22 @@ from typing import Any
 
 import httpx
 
-from batchrun.budget import Budget, CostMeter, MeterReading
-from batchrun.endpoints import Endpoint, EndpointsClient, EndpointState, RetryPolicy, resolve_token
-from batchrun.errors import (
-    BatchrunError,
-    EndpointFailedError,
-    EndpointRestError,
-    JobError,
-    NotFoundError,
-)
+from batchrun.budget import Budget, CostMeter
+from batchrun.endpoints.client import EndpointsClient
+from batchrun.endpoints.connect import api_url_for, control_token
+from batchrun.endpoints.http import RetryPolicy
+from batchrun.endpoints.models import Endpoint, EndpointState
+from batchrun.errors import BatchrunError, EndpointFailedError, EndpointRestError, JobError
 from batchrun.job import Job
-from batchrun.leases import HeldLease, LeaseRecord, LeaseRegistry
-from batchrun.on_exit import RestOutcome, apply_on_exit
-from batchrun.watchdog import Watchdog, WatchdogOrders
+from batchrun.lifecycle.pricing import check_budget_fits, price_per_hour
+from batchrun.lifecycle.registry import HeldLease, LeaseRecord, LeaseRegistry
+from batchrun.lifecycle.rest import RestOutcome, apply_on_exit
+from batchrun.lifecycle.watchdog import Watchdog, WatchdogOrders
+from batchrun.lifecycle.watchers import FAILED, EndpointReader, watch_budget, watch_state
 
 __all__ = ["EndpointLease"]
 
 logger = logging.getLogger(__name__)
-
-STOP_REASONS = ("budget", "deadline", "endpoint_failed")
-"""What `EndpointLease.stop_reason` can say."""
-
-_FAILED = (EndpointState.FAILED, EndpointState.UPDATE_FAILED)
 
 
 class EndpointLease:
@@ -100,7 +95,7 @@ class EndpointLease:
             raise JobError(f"{job.source}: EndpointLease needs provider hf or local and a name")
         self.job = job
         self.name: str = spec.name
-        self.api_url = spec.resolved_api_url
+        self.api_url = api_url_for(spec)
         self.on_exit: str = spec.on_exit
         self._explicit_token = token
         self._token: str | None = None
@@ -128,12 +123,12 @@ class EndpointLease:
         self.rest_requested_at: float | None = None
         self.idle_at: float | None = None
         self._client: EndpointsClient | None = None
+        self._reader: EndpointReader | None = None
         self._registry = LeaseRegistry()
         self._lease: HeldLease | None = None
         self._watchdog: Watchdog | None = None
         self._touched = False  # from here on, leaving must apply on_exit
         self._tasks: list[asyncio.Task[None]] = []
-        self._rtt = 0.0  # slowest recent control-plane read, seconds
 
     def __repr__(self) -> str:
         return (
@@ -150,10 +145,6 @@ class EndpointLease:
             self.stop_message = message
             logger.warning("%s/%s: %s", self.namespace, self.name, message)
         self.stop_event.set()
-
-    def reading(self) -> MeterReading:
-        """The cost meter's reading now."""
-        return self.meter.reading()
 
     def cost_text(self) -> str:
         """The cost so far for the progress bar, e.g. "$0.0123" ("$?" without a price)."""
@@ -190,7 +181,7 @@ class EndpointLease:
 
     async def _enter(self) -> None:
         spec = self.job.endpoint
-        self._token = await self._resolve_token()
+        self._token = await control_token(spec.provider, self.api_url, self._explicit_token)
         self._client = EndpointsClient(
             api_url=self.api_url,
             token=self._token,
@@ -199,6 +190,7 @@ class EndpointLease:
             retry=RetryPolicy(attempts=4, backoff_initial=0.25, backoff_max=4.0),
         )
         self.namespace = await self._client.namespace()
+        self._reader = EndpointReader(self._client, self.name, self.namespace)
         async with self._registry.alocked():
             self._lease = self._registry.register(
                 LeaseRecord(
@@ -211,32 +203,23 @@ class EndpointLease:
                     output=self.job.output.path,
                 )
             )
-        found = await self._read()
+        found = await self._reader.read()
         self._check_found(found)
         self.found_state = found.state_text if found else "missing"
-        self.meter.price_per_hour = await self._price(found)
-        self._check_budget_fits()
+        self.meter.price_per_hour = await price_per_hour(
+            self.job, self._client, found, namespace=self.namespace
+        )
+        check_budget_fits(self.job, self.meter.price_per_hour, self.budget)
         self._lease.update(found_state=self.found_state)
         if self._watchdog_wanted:
             await self._start_watchdog()
         self._touched = True
-        self.endpoint = await self._wake(found)
-        self.meter.observe(
-            self.endpoint.state_text,
-            target_replica=self.endpoint.target_replica,
-            ready_replica=self.endpoint.ready_replica,
-        )
-        self._tasks = [
-            asyncio.create_task(self._watch_state(), name="lease-state"),
-            asyncio.create_task(self._watch_budget(), name="lease-budget"),
-        ]
+        self._seen(await self._wake(found))
+        self._start_watchers()
         ready = await self._wait_ready()
         if ready is None:  # stopped by the budget or the deadline while waiting
             return
-        self.endpoint = ready
-        self.meter.observe(
-            ready.state_text, target_replica=ready.target_replica, ready_replica=ready.ready_replica
-        )
+        self._seen(ready)
         self.meter.mark_ready()
         self.meter.mark_busy()
         logger.info(
@@ -249,17 +232,6 @@ class EndpointLease:
         self.url = ready.url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
-    async def _resolve_token(self) -> str | None:
-        if self._explicit_token:
-            return self._explicit_token
-        if self.job.endpoint.provider == "local":
-            from batchrun.local import ensure_service  # the service's modules load only here
-
-            info = await asyncio.to_thread(ensure_service, api_url=self.api_url)
-            if info.token:
-                return info.token
-        return resolve_token()
-
     def _check_found(self, found: Endpoint | None) -> None:
         spec = self.job.endpoint
         where = f"endpoint {self.namespace}/{self.name}"
@@ -268,62 +240,11 @@ class EndpointLease:
                 f"{self.job.source}: {where} does not exist at {self.api_url}, and [endpoint] "
                 "repository is not set, so it cannot be created"
             )
-        if found is not None and found.state in _FAILED:
+        if found is not None and found.state in FAILED:
             raise EndpointFailedError(
                 f"{where} is {found.state_text} ({found.message or 'no message'}); nothing was "
                 "sent. Fix or recreate it, then run again"
             )
-
-    async def _price(self, found: Endpoint | None) -> float | None:
-        budget = self.job.budget
-        if budget.price_per_hour is not None:
-            return budget.price_per_hour
-        spec = self.job.endpoint
-        want = {
-            "vendor": (found.vendor if found else None) or spec.vendor,
-            "region": (found.region if found else None) or spec.region,
-            "instance_type": (found.instance_type if found else None) or spec.instance_type,
-            "instance_size": (found.instance_size if found else None) or spec.instance_size,
-        }
-        assert self._client is not None
-        try:
-            options = await self._client.hardware(
-                vendor=want["vendor"], region=want["region"], namespace=self.namespace
-            )
-        except BatchrunError as e:
-            options = []
-            logger.warning("no price list from %s: %s", self.api_url, e)
-        for hw in options:
-            if (hw.instance_type, hw.instance_size) == (
-                want["instance_type"],
-                want["instance_size"],
-            ):
-                return hw.price_per_hour
-        described = "{vendor}/{region} {instance_type} {instance_size}".format(**want)
-        if budget.max_cost_usd is not None:
-            raise JobError(
-                f"{self.job.source}: [budget] max_cost_usd is set but {self.api_url} lists no "
-                f"price for {described}; set [budget] price_per_hour"
-            )
-        logger.warning("no price for %s: the cost is not metered", described)
-        return None
-
-    def _check_budget_fits(self) -> None:
-        budget = self.job.budget
-        price = self.meter.price_per_hour
-        src = self.job.source
-        if budget.max_cost_usd is not None and price:
-            replicas = max(self.job.endpoint.min_replica, 1)
-            one = price * replicas * budget.billing_quantum_s / 3600.0
-            if one > budget.max_cost_usd:
-                raise JobError(
-                    f"{src}: [budget] max_cost_usd ${budget.max_cost_usd:g} does not cover one "
-                    f"billing quantum ({budget.billing_quantum_s:g}s at ${price:g}/h × "
-                    f"{replicas} replica = ${one:.4f}); nothing was started"
-                )
-        left = self.budget.seconds_left()
-        if left is not None and left <= 0:
-            raise JobError(f"{src}: [budget] the deadline or max_duration has already passed")
 
     async def _start_watchdog(self) -> None:
         assert self._lease is not None
@@ -402,69 +323,41 @@ class EndpointLease:
 
     # -- watching ---------------------------------------------------------------------------
 
-    async def _read(self) -> Endpoint | None:
-        assert self._client is not None
-        start = time.monotonic()
-        try:
-            return await self._client.get(self.name, namespace=self.namespace)
-        except NotFoundError:
-            return None
-        finally:
-            self._rtt = max(self._rtt * 0.8, time.monotonic() - start)
+    def _seen(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.meter.observe(
+            endpoint.state_text,
+            target_replica=endpoint.target_replica,
+            ready_replica=endpoint.ready_replica,
+        )
 
-    async def _watch_state(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_every)
-            try:
-                endpoint = await self._read()
-            except BatchrunError as e:
-                logger.warning("could not read %s/%s: %s", self.namespace, self.name, e)
-                continue
-            where = f"endpoint {self.namespace}/{self.name}"
-            if endpoint is None:
-                self.stop("endpoint_failed", f"{where} was deleted during the run")
-                return
-            self.endpoint = endpoint
-            self.meter.observe(
-                endpoint.state_text,
-                target_replica=endpoint.target_replica,
-                ready_replica=endpoint.ready_replica,
-            )
-            if endpoint.state in _FAILED:
-                reason = endpoint.message or "no message from the server"
-                self.stop("endpoint_failed", f"{where} {endpoint.state_text} mid-run: {reason}")
-                return
-            if endpoint.state is EndpointState.PAUSED and self.url:
-                self.stop("endpoint_failed", f"{where} was paused by someone else mid-run")
-                return
+    def _start_watchers(self) -> None:
+        assert self._reader is not None
+        state = watch_state(
+            self._reader,
+            every=self.refresh_every,
+            stop=self.stop,
+            seen=self._seen,
+            serving=lambda: bool(self.url),
+        )
+        budget = watch_budget(
+            meter=self.meter,
+            budget=self.budget,
+            stop=self.stop,
+            stopped=lambda: self.stop_reason is not None,
+            margin_s=self.margin_s,
+            held=self._lease,
+        )
+        self._tasks = [
+            asyncio.create_task(state, name="lease-state"),
+            asyncio.create_task(budget, name="lease-budget"),
+        ]
 
     def margin_s(self) -> float:
         """From a stop decision until billing stops: drain in-flight requests, commit, pause."""
         drain = min(self.job.run.grace_period, self.job.run.request_timeout)
-        pause = max(0.5, 3 * self._rtt)
-        return drain + pause
-
-    async def _watch_budget(self) -> None:
-        tick = min(1.0, max(self.meter.quantum_s / 8, 0.05))
-        next_note = 0.0
-        while True:
-            await asyncio.sleep(tick)
-            if self.budget.limited and self.stop_reason is None:
-                decision = self.budget.check(self.meter, margin_s=tick + self.margin_s())
-                if decision is not None:
-                    self.stop(decision.reason, decision.message)
-            now = time.monotonic()
-            if self._lease is not None and now >= next_note:
-                next_note = now + 2.0
-                reading = self.meter.reading()
-                with contextlib.suppress(OSError):
-                    self._lease.update(
-                        meter={
-                            "cost_usd": reading.cost_usd,
-                            "billed_s": reading.billed_s,
-                            "idle_billed_s": reading.idle_billed_s,
-                        }
-                    )
+        rtt = self._reader.rtt if self._reader is not None else 0.0
+        return drain + max(0.5, 3 * rtt)
 
     # -- leaving ----------------------------------------------------------------------------
 
@@ -529,7 +422,8 @@ class EndpointLease:
                     "%s/%s stays up: still leased by pid %s", self.namespace, self.name, pids
                 )
                 with contextlib.suppress(BatchrunError):
-                    current = await self._read()
+                    assert self._reader is not None
+                    current = await self._reader.read()
                     self.state_at_exit = current.state_text if current else "deleted"
                 self.meter.stop()
                 lease.release()
