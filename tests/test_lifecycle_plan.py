@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from batchrun.cli import main
-from batchrun.plan import remember_run
+from batchrun.io.state import RunState
 from tests.lifecycle_support import write_job, write_rows
 
 
@@ -56,7 +56,7 @@ def test_plan_uses_the_last_runs_rate_and_committed_rows(tmp_path: Path) -> None
     job = _url_job(tmp_path, 1000)
     state = tmp_path / "out.jsonl.batchrun"
     state.mkdir()
-    remember_run(str(tmp_path / "out.jsonl"), {"rows_per_s": 50.0, "exit_code": 4})
+    RunState.remember_run(tmp_path / "out.jsonl.batchrun", {"rows_per_s": 50.0, "exit_code": 4})
     plan = _plan(str(job))
     assert plan["rows_per_second"] == 50.0
     assert str(plan["rate_source"]).startswith("measured by the last run")

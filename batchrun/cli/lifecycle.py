@@ -17,7 +17,7 @@ import click
 
 from batchrun.job import load_job, parse_overrides
 from batchrun.lifecycle.reaper import reap_dead_leases
-from batchrun.plan import lease_lines, lease_statuses, plan_job, run_status
+from batchrun.reports import lease_lines, lease_statuses, plan_job, run_status
 
 __all__ = ["plan", "reap", "status"]
 

@@ -1,27 +1,27 @@
-"""`batchrun plan` and `batchrun status`: what a job would cost, and where a run stands.
+"""Read-only views: `batchrun plan` (what a job would cost), `batchrun status` (where a run
+stands, and which leases are live).
 
 Nothing here resumes, creates or sends anything: `plan_job` counts the input cheaply (Parquet
 metadata, a line count), subtracts what the run state says is committed, reads the endpoint's
 state and price when the API answers (or the job's `[budget] price_per_hour`), and estimates
-duration and cost at a given rate or the rate the last run measured (`last_run.json` in the run
-state, written by `remember_run`). `run_status` reads a run state without taking its lock.
+duration and cost at a given rate or the rate the last run measured (`RunState.last_run`).
+`run_status` reads a run state without taking its lock (`RunState.peek`); `lease_statuses`
+reads the lease registry. The layout of the run state is `RunState`'s alone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
-import json
-import logging
 import math
-import os
-import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.endpoints import EndpointsClient, Hardware, RetryPolicy, resolve_token
+from batchrun.endpoints.auth import resolve_token
+from batchrun.endpoints.client import EndpointsClient
 from batchrun.endpoints.connect import api_url_for, local_token
+from batchrun.endpoints.http import RetryPolicy
+from batchrun.endpoints.models import Hardware
 from batchrun.errors import APIConnectionError, BatchrunError, NotFoundError
 from batchrun.io.readers import open_input
 from batchrun.io.state import RunState
@@ -34,13 +34,8 @@ __all__ = [
     "lease_lines",
     "lease_statuses",
     "plan_job",
-    "remember_run",
     "run_status",
 ]
-
-logger = logging.getLogger(__name__)
-
-_LAST_RUN = "last_run.json"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -115,58 +110,12 @@ def _hms(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _state_db(output: str) -> Path:
-    return Path(output + ".batchrun") / "state.sqlite"
-
-
 def _committed_counts(output: str) -> tuple[int, int] | None:
     """(results, errors) committed according to the run state, or None without one."""
-    path = _state_db(output)
-    if not path.exists():
+    view = RunState.peek(RunState.directory_for(output))
+    if view is None:
         return None
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        logger.warning("cannot read %s: %s", path, e)
-        return None
-    return int(json.loads(meta.get("results_count", "0"))), int(
-        json.loads(meta.get("errors_count", "0"))
-    )
-
-
-def _live_pid(output: str) -> int | None:
-    """The pid of the live run on `output`, or None (its lock file is not held)."""
-    path = Path(output + ".batchrun") / "lock"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        return None
-    finally:
-        os.close(fd)
-
-
-def remember_run(output: str, summary: dict[str, Any]) -> None:
-    """Keep a run's summary in its run state (see `RunState.remember_run`)."""
-    RunState.remember_run(RunState.directory_for(output), summary)
-
-
-def _last_run(output: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads((Path(output + ".batchrun") / _LAST_RUN).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return view.committed.results_count, view.committed.errors_count
 
 
 async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
@@ -189,7 +138,7 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
     remaining = max(rows - committed, 0)
     rate_source: str | None = "given" if rows_per_second else None
     if not rows_per_second:
-        last = _last_run(job.output.path)
+        last = RunState.last_run(RunState.directory_for(job.output.path))
         if last and last.get("rows_per_s"):
             rows_per_second = float(last["rows_per_s"])
             rate_source = f"measured by the last run, {last.get('finished', '?')}"
@@ -358,6 +307,7 @@ def _lease_json(registry: LeaseRegistry, record: LeaseRecord) -> dict[str, Any]:
 def run_status(output: str, registry: LeaseRegistry | None = None) -> RunStatus:
     """What the run state of `output` says, its live run, and the leases it holds."""
     counts = _committed_counts(output)
+    directory = RunState.directory_for(output)
     resolved = str(Path(output).resolve())
     leases = [
         lease
@@ -369,9 +319,9 @@ def run_status(output: str, registry: LeaseRegistry | None = None) -> RunStatus:
         has_state=counts is not None,
         results=counts[0] if counts else 0,
         errors=counts[1] if counts else 0,
-        live_pid=_live_pid(output),
+        live_pid=RunState.live_pid(directory),
         leases=leases,
-        last_run=_last_run(output),
+        last_run=RunState.last_run(directory),
     )
 
 
