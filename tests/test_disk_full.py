@@ -13,7 +13,6 @@ import os
 import random
 import resource
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import pytest
 
 from batchrun.endpoints import SyncEndpointsClient
 from batchrun.errors import OutputWriteError
+from batchrun.io.state import RunState
 from batchrun.job import load_job
 from batchrun.runner import run_job
 from tests.endpoint_app import EndpointApp
@@ -91,11 +91,9 @@ def _run(
 
 
 def _meta(output: Path) -> dict[str, Any]:
-    db = sqlite3.connect(f"file:{output}.batchrun/state.sqlite?mode=ro", uri=True)
-    try:
-        return {k: orjson.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-    finally:
-        db.close()
+    view = RunState.peek(RunState.directory_for(str(output)))
+    assert view is not None, f"no run state for {output}"
+    return view.committed.meta()
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

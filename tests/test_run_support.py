@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
+
+from batchrun.io.state import RunState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,11 +87,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def committed_meta(output: Path) -> dict[str, Any]:
     """The run state's committed offsets (read-only look, as a crash left them)."""
-    db = sqlite3.connect(f"file:{output}.batchrun/state.sqlite?mode=ro", uri=True)
-    try:
-        return {k: orjson.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-    finally:
-        db.close()
+    view = RunState.peek(RunState.directory_for(str(output)))
+    assert view is not None, f"no run state for {output}"
+    return view.committed.meta()
 
 
 def committed_ids(output: Path, errors: Path) -> set[Any]:
