@@ -72,7 +72,8 @@ def run(
         overrides.setdefault("output", {})["path"] = output
     job = load_job(job_file, **overrides)
     if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
-        logging.getLogger("batchrun.runner").setLevel(logging.INFO)  # progress lines off a TTY
+        for name in ("batchrun.runner", "batchrun.progress"):  # progress lines off a TTY
+            logging.getLogger(name).setLevel(logging.INFO)
     try:
         summary = asyncio.run(
             _run_with_signals(
