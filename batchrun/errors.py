@@ -97,13 +97,24 @@ class APIError(BatchrunError):
 
     Attributes:
         status: the HTTP status code.
-        message: the server's own message (its ``error`` field), or a short body excerpt.
+        message: the whole message (what was asked, and the server's words).
+        retry_after: seconds from the answer's ``Retry-After`` header, if any.
+        server_message: the server's own words alone (token scrubbed), or "".
     """
 
-    def __init__(self, message: str, *, status: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        retry_after: float | None = None,
+        server_message: str = "",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+        self.server_message = server_message
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}"

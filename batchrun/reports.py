@@ -20,7 +20,7 @@ from typing import Any
 from batchrun.endpoints.auth import resolve_token
 from batchrun.endpoints.client import EndpointsClient
 from batchrun.endpoints.connect import api_url_for, local_token
-from batchrun.endpoints.http import RetryPolicy
+from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Hardware
 from batchrun.errors import APIConnectionError, BatchrunError, NotFoundError
 from batchrun.io.readers import open_input
@@ -162,7 +162,7 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
                 token=token,
                 namespace=spec.namespace,
                 timeout=10.0,
-                retry=RetryPolicy(attempts=1),  # a plan does not wait for a missing service
+                retry=ControlRetryPolicy(attempts=1),  # a plan does not wait for a missing service
             ) as client:
                 namespace = await client.namespace()
                 endpoint_name = f"{namespace}/{spec.name}"

@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from batchrun.endpoints import (
+    ControlRetryPolicy,
     Endpoint,
     EndpointsClient,
     EndpointState,
-    RetryPolicy,
     SyncEndpointsClient,
     resolve_token,
 )
@@ -45,7 +45,7 @@ from batchrun.errors import (
 
 TOKEN = "hf_SeCrEtTokenValue1234567890"
 API = "https://api.endpoints.huggingface.cloud/v2"
-FAST = RetryPolicy(attempts=4, backoff_initial=0.001, backoff_max=0.01, retry_after_max=0.05)
+FAST = ControlRetryPolicy(attempts=4, backoff_initial=0.001, backoff_max=0.01, retry_after_max=0.05)
 
 # A running endpoint as the API returns it (DESIGN.md, from huggingface_hub's tests).
 RUNNING: dict[str, Any] = {
@@ -493,7 +493,7 @@ def test_http_errors_map_to_typed_errors_with_the_server_message(
 ) -> None:
     hf.faults.append(status_once(status, method="GET", suffix="/nope", times=99, json=body))
     with pytest.raises(cls) as info:
-        run(use(hf, lambda c: c.get("nope"), retry=RetryPolicy(attempts=1)))
+        run(use(hf, lambda c: c.get("nope"), retry=ControlRetryPolicy(attempts=1)))
     error = info.value
     assert type(error) is cls and error.status == status  # type: ignore[attr-defined]
     for word in words:
@@ -515,7 +515,7 @@ def test_x_error_message_header_and_html_bodies(hf: FakeHF) -> None:
         )
     )
     with pytest.raises(APIServerError) as info:
-        run(use(hf, lambda c: c.get("my-endpoint"), retry=RetryPolicy(attempts=1)))
+        run(use(hf, lambda c: c.get("my-endpoint"), retry=ControlRetryPolicy(attempts=1)))
     assert "upstream down" in str(info.value) and "<html" not in str(info.value)
     assert info.value.status == 502 and info.value.exit_code == 1
 

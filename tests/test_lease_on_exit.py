@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batchrun.endpoints import EndpointsClient, RetryPolicy
+from batchrun.endpoints import ControlRetryPolicy, EndpointsClient
 from batchrun.errors import EndpointRestError
 from batchrun.lifecycle.rest import apply_on_exit, pause_command, rest_action
 
@@ -58,7 +58,7 @@ def _apply(api: FakeAPI, on_exit: str, found: str | None = "paused", **kw: Any) 
             token="hf_secret_token_xyz",
             namespace="ns",
             transport=httpx.MockTransport(api.handle),
-            retry=RetryPolicy(attempts=2, backoff_initial=0.01, backoff_max=0.01),
+            retry=ControlRetryPolicy(attempts=2, backoff_initial=0.01, backoff_max=0.01),
         ) as client:
             return await apply_on_exit(
                 client,

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from batchrun.endpoints import Endpoint, EndpointsClient, Hardware
-from batchrun.endpoints.payloads import ENDPOINT_TYPES, SCALING_METRICS
+from batchrun.endpoints.payloads import CREATE_DEFAULTS, ENDPOINT_TYPES, SCALING_METRICS, CreateSpec
 from batchrun.errors import BatchrunError
 from batchrun.job import parse_duration
 
@@ -294,8 +294,8 @@ def get(name: str, api: _Api, as_json: bool, quiet: bool) -> None:
 def _model_options(fn: Callable[..., Any], *, create: bool) -> Callable[..., Any]:
     """Options shared by create and update; create gives them defaults, update sends only those given."""
 
-    def default(value: Any) -> Any:
-        return value if create else None
+    def default(field: str) -> Any:
+        return CREATE_DEFAULTS[field] if create else None
 
     options = [
         click.option(
@@ -312,16 +312,22 @@ def _model_options(fn: Callable[..., Any], *, create: bool) -> Callable[..., Any
             metavar="TASK",
             help="Hugging Face task, e.g. text-generation, feature-extraction.",
         ),
-        click.option("--framework", default=default("pytorch"), show_default=create),
+        click.option("--framework", default=default("framework"), show_default=create),
         click.option("--revision", metavar="REV", help="Model revision."),
-        click.option("--accelerator", default=default("cpu"), show_default=create),
-        click.option("--instance-type", default=default("intel-icl"), show_default=create),
-        click.option("--instance-size", default=default("x2"), show_default=create),
+        click.option("--accelerator", default=default("accelerator"), show_default=create),
+        click.option("--instance-type", default=default("instance_type"), show_default=create),
+        click.option("--instance-size", default=default("instance_size"), show_default=create),
         click.option(
-            "--min-replica", type=click.IntRange(min=0), default=default(1), show_default=create
+            "--min-replica",
+            type=click.IntRange(min=0),
+            default=default("min_replica"),
+            show_default=create,
         ),
         click.option(
-            "--max-replica", type=click.IntRange(min=1), default=default(1), show_default=create
+            "--max-replica",
+            type=click.IntRange(min=1),
+            default=default("max_replica"),
+            show_default=create,
         ),
         click.option(
             "--scale-to-zero-timeout",
@@ -362,7 +368,7 @@ def _model_options(fn: Callable[..., Any], *, create: bool) -> Callable[..., Any
             "--type",
             "endpoint_type",
             type=click.Choice(ENDPOINT_TYPES),
-            default=default("protected"),
+            default=default("type"),
             show_default=create,
             help="Who may call it; protected = authenticated (a token is required).",
         ),
@@ -398,8 +404,8 @@ def _fields(kw: dict[str, Any]) -> dict[str, Any]:
 @endpoints.command("create")
 @click.argument("name")
 @functools.partial(_model_options, create=True)
-@click.option("--vendor", default="aws", show_default=True)
-@click.option("--region", default="us-east-1", show_default=True)
+@click.option("--vendor", default=CREATE_DEFAULTS["vendor"], show_default=True)
+@click.option("--region", default=CREATE_DEFAULTS["region"], show_default=True)
 @click.option("--wait", "wait_ready", is_flag=True, help="Wait until it is ready.")
 @_wait_options
 @api_options
@@ -419,10 +425,10 @@ def create(
 ) -> None:
     """Create an endpoint (alias: deploy); see `hardware` for valid instance choices."""
     api.single_namespace()
-    fields = _fields(kw)
+    spec = CreateSpec(vendor=vendor, region=region, **_fields(kw))
 
     async def go(c: EndpointsClient) -> Endpoint:
-        endpoint = await c.create(name, vendor=vendor, region=region, **fields)
+        endpoint = await c.create(name, spec)
         if wait_ready:
             endpoint = await c.wait(
                 name, namespace=endpoint.namespace, timeout=timeout, refresh_every=refresh_every

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 from batchrun.endpoints.auth import resolve_api_url, resolve_hub_url, resolve_token
 from batchrun.endpoints.client import EndpointsClient
-from batchrun.endpoints.http import RetryPolicy
+from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Endpoint, EndpointState, Hardware
 from batchrun.endpoints.sync import SyncEndpointsClient
 
 __all__ = [
+    "ControlRetryPolicy",
     "Endpoint",
     "EndpointState",
     "EndpointsClient",
     "Hardware",
-    "RetryPolicy",
     "SyncEndpointsClient",
     "resolve_api_url",
     "resolve_hub_url",

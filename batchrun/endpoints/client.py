@@ -3,7 +3,7 @@
 Fixes the reference client's traps: every call has a timeout; `wait` raises on `paused` and
 `scaledToZero` instead of looping forever; the namespace is asked once per client; listing `"*"`
 raises an organization's error instead of swallowing it. Idempotent calls (GET, pause, resume,
-scale-to-zero) retry under `RetryPolicy`; create and delete never repeat blindly: after a failure
+scale-to-zero) retry under `ControlRetryPolicy`; create and delete never repeat blindly: after a failure
 that leaves it unknown whether the server acted, they read the endpoint back first.
 """
 
@@ -26,9 +26,9 @@ from batchrun.endpoints.auth import (
     resolve_hub_url,
     resolve_token,
 )
-from batchrun.endpoints.http import RetryPolicy, probe, send
+from batchrun.endpoints.http import ControlRetryPolicy, probe, send
 from batchrun.endpoints.models import Endpoint, EndpointState, Hardware
-from batchrun.endpoints.payloads import create_payload, update_payload
+from batchrun.endpoints.payloads import CreateSpec, create_payload, update_payload
 from batchrun.errors import (
     APIClientError,
     ConflictError,
@@ -77,12 +77,12 @@ class EndpointsClient:
         hub_url: str | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        retry: RetryPolicy | None = None,
+        retry: ControlRetryPolicy | None = None,
     ) -> None:
         self.api_url = resolve_api_url(api_url)
         self.hub_url = resolve_hub_url(self.api_url, hub_url)
         self.timeout = timeout
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or ControlRetryPolicy()
         self._token = resolve_token(token)
         self._namespace = namespace or None
         self._whoami: dict[str, Any] | None = None
@@ -254,29 +254,14 @@ class EndpointsClient:
     async def create(
         self,
         name: str,
+        spec: CreateSpec | None = None,
+        /,
         *,
-        repository: str,
-        task: str | None,
-        framework: str = "pytorch",
-        accelerator: str = "cpu",
-        vendor: str = "aws",
-        region: str = "us-east-1",
-        type: str = "protected",
-        instance_size: str = "x2",
-        instance_type: str = "intel-icl",
-        min_replica: int = 1,
-        max_replica: int = 1,
-        scale_to_zero_timeout: int | None = None,
-        scaling_metric: str | None = None,
-        scaling_threshold: float | None = None,
-        revision: str | None = None,
-        custom_image: Mapping[str, Any] | None = None,
-        env: Mapping[str, str] | None = None,
-        secrets: Mapping[str, str] | None = None,
-        tags: builtins.list[str] | None = None,
         namespace: str | None = None,
+        **fields: Any,
     ) -> Endpoint:
-        """Create an endpoint (arguments as in huggingface_hub's `create_inference_endpoint`).
+        """Create an endpoint from `spec`, or from its fields given as keywords (as in
+        huggingface_hub's `create_inference_endpoint`: `repository=`, `task=`, ...).
 
         `type="protected"` is sent as "authenticated". `custom_image` is ``{"url",
         "health_route", "port", "env"}`` (or a variant-keyed image). When a try fails without a
@@ -292,28 +277,9 @@ class EndpointsClient:
             APIConnectionError: the API could not be reached.
         """
         ns = await self._ns(namespace)
-        body = create_payload(
-            name,
-            repository=repository,
-            task=task,
-            framework=framework,
-            accelerator=accelerator,
-            vendor=vendor,
-            region=region,
-            type=type,
-            instance_size=instance_size,
-            instance_type=instance_type,
-            min_replica=min_replica,
-            max_replica=max_replica,
-            scale_to_zero_timeout=scale_to_zero_timeout,
-            scaling_metric=scaling_metric,
-            scaling_threshold=scaling_threshold,
-            revision=revision,
-            custom_image=custom_image,
-            env=env,
-            secrets=secrets,
-            tags=tags,
-        )
+        spec = spec or CreateSpec(**fields)
+        body = create_payload(name, spec)
+        repository = spec.repository
         path = self._path(ns)
         uncertain = False
         async for attempt in self.retry.retrying(f"POST {path}"):

@@ -15,18 +15,17 @@ Every call of `EndpointsClient` goes through `send`, which maps:
 
 Each carries the status and the server's message (`error`, `error_description`,
 `errors[].message`, `X-Error-Message`, else a short body excerpt, as Hugging Face sends them).
-The token is scrubbed from every message, and `RetryPolicy` is the one retry policy of the
-control plane: connection errors, 5xx and 429 retry with exponential backoff, honouring
-`Retry-After`, logged as `retry n/max` at WARNING.
+The token is scrubbed from every message, and `ControlRetryPolicy` is the one retry policy of
+the control plane (the data plane's is `batchrun.pool.RetryPolicy`): connection errors, 5xx and
+429 retry with exponential backoff, honouring `Retry-After`, logged as `retry n/max` at WARNING.
+Retry-After parsing, the excerpt, the backoff and the retry line are `batchrun.net`'s, shared
+with the data plane.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +44,12 @@ from batchrun.errors import (
     PermissionDeniedError,
     UnprocessableError,
 )
+from batchrun.net import backoff, excerpt, parse_retry_after, retry_line, scrub_secrets
 
-__all__ = ["RetryPolicy", "error_for_response", "probe", "retryable", "scrub", "send"]
+__all__ = ["ControlRetryPolicy", "error_for_response", "probe", "retryable", "scrub", "send"]
 
 logger = logging.getLogger(__name__)
 
-_EXCERPT = 300
 _BY_STATUS: dict[int, type[APIClientError]] = {
     401: AuthenticationError,
     403: PermissionDeniedError,
@@ -67,22 +66,7 @@ def scrub(text: str, secret: str | None) -> str:
         text: a message that may echo a token.
         secret: the token (None or empty: nothing to scrub).
     """
-    return text.replace(secret, "***") if secret else text
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return scrub_secrets(text, [secret]) if secret else text
 
 
 def _server_message(response: httpx.Response) -> str:
@@ -116,7 +100,7 @@ def _server_message(response: httpx.Response) -> str:
     elif data is None:
         content_type = response.headers.get("Content-Type", "").lower()
         if response.content and "html" not in content_type:
-            parts.append(response.text[:_EXCERPT])
+            parts.append(excerpt(response.text))
     cleaned = list(dict.fromkeys(" ".join(str(p).split()) for p in parts if str(p).strip()))
     return "; ".join(cleaned)
 
@@ -163,11 +147,12 @@ def error_for_response(
     cls: type[APIError] = (
         APIServerError if status >= 500 else _BY_STATUS.get(status, APIClientError)
     )
-    error = cls(message, status=status)
-    # Read by RetryPolicy and by callers that want the server's words alone.
-    setattr(error, "retry_after", _retry_after(response))  # noqa: B010
-    setattr(error, "server_message", scrub(server, secret))  # noqa: B010
-    return error
+    return cls(
+        message,
+        status=status,
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        server_message=scrub(server, secret),
+    )
 
 
 async def send(
@@ -214,9 +199,9 @@ async def send(
     try:
         return response.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        excerpt = scrub(response.text[:_EXCERPT], secret)
+        quoted = excerpt(response.text, secrets=[secret] if secret else [])
         raise APIServerError(
-            f"{method} {url} answered {response.status_code} with a body that is not JSON: {excerpt!r}",
+            f"{method} {url} answered {response.status_code} with a body that is not JSON: {quoted!r}",
             status=response.status_code,
         ) from e
 
@@ -248,7 +233,7 @@ def retryable(error: BaseException) -> bool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
+class ControlRetryPolicy:
     """How idempotent control-plane calls retry.
 
     Attributes:
@@ -272,24 +257,15 @@ class RetryPolicy:
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
-            retry_after = getattr(error, "retry_after", None)
-            if isinstance(retry_after, int | float):
-                return min(float(retry_after), self.retry_after_max)
-            exponent = min(state.attempt_number - 1, 30)
-            base = min(self.backoff_max, self.backoff_initial * 2.0**exponent)
-            return min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
+            if isinstance(error, APIError) and error.retry_after is not None:
+                return min(error.retry_after, self.retry_after_max)
+            return backoff(state.attempt_number, initial=self.backoff_initial, cap=self.backoff_max)
 
         def log(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             sleep = state.next_action.sleep if state.next_action else 0.0
-            logger.warning(
-                "%s: retry %d/%d in %.1fs after: %s",
-                what,
-                state.attempt_number,
-                self.attempts - 1,
-                sleep,
-                error,
-            )
+            line = retry_line(state.attempt_number, self.attempts - 1, sleep)
+            logger.warning("%s: %s after: %s", what, line, error)
 
         return AsyncRetrying(
             stop=stop_after_attempt(max(1, self.attempts)),

@@ -9,14 +9,87 @@ Update: the same shape holding only the keys given.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from batchrun.errors import JobError
+from batchrun.job import EndpointSpec
 
-__all__ = ["ENDPOINT_TYPES", "SCALING_METRICS", "create_payload", "image_payload", "update_payload"]
+# the constants (CREATE_DEFAULTS, ENDPOINT_TYPES, SCALING_METRICS) stay importable, unlisted,
+# so that __all__ is sorted both ways (ruff's and the public API test's)
+__all__ = ["CreateSpec", "create_payload", "image_payload", "update_payload"]
 
 ENDPOINT_TYPES = ("public", "protected", "authenticated", "private")
 SCALING_METRICS = ("pendingRequests", "hardwareUsage")
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class CreateSpec:
+    """What a new endpoint is made of: the one list of creation fields.
+
+    A job's `[endpoint]` section becomes one with `from_job`, `batchrun endpoints create` builds
+    one from its options, and `EndpointsClient.create` sends it (`create_payload`).
+
+    Attributes:
+        repository: the model repository, e.g. "gpt2" or "batchrun/echo".
+        task: the Hugging Face task; left out of the body when None (the API rejects null).
+        framework: e.g. "pytorch" or "custom".
+        revision: the model revision.
+        accelerator: e.g. "cpu" or "gpu".
+        vendor: e.g. "aws".
+        region: e.g. "us-east-1".
+        instance_type: e.g. "intel-icl".
+        instance_size: e.g. "x2".
+        type: "public", "protected" (sent as "authenticated"), "authenticated" or "private".
+        min_replica: 0 lets it scale to zero.
+        max_replica: the autoscaling ceiling.
+        scale_to_zero_timeout: idle minutes before scaling to zero.
+        scaling_metric: "pendingRequests" or "hardwareUsage".
+        scaling_threshold: the metric's scale-up threshold.
+        custom_image: see `image_payload`.
+        env: environment for the container (merged over the custom image's env).
+        secrets: secret environment for the container.
+        tags: tags for the endpoint.
+    """
+
+    repository: str
+    task: str | None = None
+    framework: str = "pytorch"
+    revision: str | None = None
+    accelerator: str = "cpu"
+    vendor: str = "aws"
+    region: str = "us-east-1"
+    instance_type: str = "intel-icl"
+    instance_size: str = "x2"
+    type: str = "protected"
+    min_replica: int = 1
+    max_replica: int = 1
+    scale_to_zero_timeout: int | None = None
+    scaling_metric: str | None = None
+    scaling_threshold: float | None = None
+    custom_image: Mapping[str, Any] | None = None
+    env: Mapping[str, str] | None = None
+    secrets: Mapping[str, str] | None = None
+    tags: list[str] | None = None
+
+    @classmethod
+    def from_job(cls, spec: EndpointSpec) -> CreateSpec:
+        """The creation fields a job's `[endpoint]` sets (each of the same name).
+
+        Raises:
+            JobError: `[endpoint] repository` is not set.
+        """
+        if not spec.repository:
+            raise JobError("[endpoint] repository is not set, so the endpoint cannot be created")
+        values = {f.name: getattr(spec, f.name) for f in fields(cls) if hasattr(spec, f.name)}
+        values["env"] = spec.env or None
+        return cls(**values)
+
+
+CREATE_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(CreateSpec) if f.default is not MISSING
+}
+"""Each creation field's default (what `batchrun endpoints create` shows)."""
 
 
 def _api_type(value: str) -> str:
@@ -86,86 +159,44 @@ def _scaling(
     return scaling
 
 
-def create_payload(
-    name: str,
-    *,
-    repository: str,
-    task: str | None,
-    framework: str,
-    accelerator: str,
-    vendor: str,
-    region: str,
-    type: str,
-    instance_size: str,
-    instance_type: str,
-    min_replica: int,
-    max_replica: int,
-    scale_to_zero_timeout: int | None = None,
-    scaling_metric: str | None = None,
-    scaling_threshold: float | None = None,
-    revision: str | None = None,
-    custom_image: Mapping[str, Any] | None = None,
-    env: Mapping[str, str] | None = None,
-    secrets: Mapping[str, str] | None = None,
-    tags: list[str] | None = None,
-) -> dict[str, Any]:
-    """The body of `POST /endpoint/{namespace}`.
-
-    Args:
-        name: the new endpoint's name.
-        repository: the model repository, e.g. "gpt2" or "batchrun/echo".
-        task: the Hugging Face task; left out of the body when None (the API rejects null).
-        framework: e.g. "pytorch" or "custom".
-        accelerator: e.g. "cpu" or "gpu".
-        vendor: e.g. "aws".
-        region: e.g. "us-east-1".
-        type: "public", "protected" (sent as "authenticated"), "authenticated" or "private".
-        instance_size: e.g. "x2".
-        instance_type: e.g. "intel-icl".
-        min_replica: 0 lets it scale to zero.
-        max_replica: the autoscaling ceiling.
-        scale_to_zero_timeout: idle minutes before scaling to zero.
-        scaling_metric: "pendingRequests" or "hardwareUsage".
-        scaling_threshold: the metric's scale-up threshold.
-        revision: the model revision.
-        custom_image: see `image_payload`.
-        env: environment for the container (merged over the custom image's env).
-        secrets: secret environment for the container.
-        tags: tags for the endpoint.
+def create_payload(name: str, spec: CreateSpec) -> dict[str, Any]:
+    """The body of `POST /endpoint/{namespace}` for a new endpoint `name`.
 
     Raises:
         JobError: a value the API would reject for sure (type, scaling metric, image).
     """
-    image, image_env = image_payload(custom_image)
-    scaling = _scaling(min_replica, max_replica, None, scaling_metric, scaling_threshold)
-    scaling["scaleToZeroTimeout"] = scale_to_zero_timeout
+    image, image_env = image_payload(spec.custom_image)
+    scaling = _scaling(
+        spec.min_replica, spec.max_replica, None, spec.scaling_metric, spec.scaling_threshold
+    )
+    scaling["scaleToZeroTimeout"] = spec.scale_to_zero_timeout
     model: dict[str, Any] = {
-        "repository": repository,
-        "framework": framework,
-        "revision": revision,
+        "repository": spec.repository,
+        "framework": spec.framework,
+        "revision": spec.revision,
         "image": image,
     }
-    if task is not None:
-        model["task"] = task
-    merged_env = {**image_env, **dict(env or {})}
+    if spec.task is not None:
+        model["task"] = spec.task
+    merged_env = {**image_env, **dict(spec.env or {})}
     if merged_env:
         model["env"] = merged_env
-    if secrets:
-        model["secrets"] = dict(secrets)
+    if spec.secrets:
+        model["secrets"] = dict(spec.secrets)
     payload: dict[str, Any] = {
         "name": name,
-        "type": _api_type(type),
-        "provider": {"vendor": vendor, "region": region},
+        "type": _api_type(spec.type),
+        "provider": {"vendor": spec.vendor, "region": spec.region},
         "compute": {
-            "accelerator": accelerator,
-            "instanceType": instance_type,
-            "instanceSize": instance_size,
+            "accelerator": spec.accelerator,
+            "instanceType": spec.instance_type,
+            "instanceSize": spec.instance_size,
             "scaling": scaling,
         },
         "model": model,
     }
-    if tags is not None:
-        payload["tags"] = list(tags)
+    if spec.tags is not None:
+        payload["tags"] = list(spec.tags)
     return payload
 
 

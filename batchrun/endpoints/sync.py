@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import httpx
 
 from batchrun.endpoints.client import EndpointsClient
-from batchrun.endpoints.http import RetryPolicy
+from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Endpoint, Hardware
 
 __all__ = ["SyncEndpointsClient"]
@@ -41,7 +41,7 @@ class SyncEndpointsClient:
         hub_url: str | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        retry: RetryPolicy | None = None,
+        retry: ControlRetryPolicy | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self.aio = EndpointsClient(

@@ -35,8 +35,9 @@ import httpx
 from batchrun.budget import Budget, CostMeter
 from batchrun.endpoints.client import EndpointsClient
 from batchrun.endpoints.connect import api_url_for, control_token
-from batchrun.endpoints.http import RetryPolicy
+from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Endpoint, EndpointState
+from batchrun.endpoints.payloads import CreateSpec
 from batchrun.errors import BatchrunError, EndpointFailedError, EndpointRestError, JobError
 from batchrun.job import Job
 from batchrun.lifecycle.pricing import check_budget_fits, price_per_hour
@@ -187,7 +188,7 @@ class EndpointLease:
             token=self._token,
             namespace=spec.namespace,
             transport=self._transport,
-            retry=RetryPolicy(attempts=4, backoff_initial=0.25, backoff_max=4.0),
+            retry=ControlRetryPolicy(attempts=4, backoff_initial=0.25, backoff_max=4.0),
         )
         self.namespace = await self._client.namespace()
         self._reader = EndpointReader(self._client, self.name, self.namespace)
@@ -273,23 +274,7 @@ class EndpointLease:
             assert spec.repository is not None
             logger.info("creating endpoint %s/%s (%s)", self.namespace, self.name, spec.repository)
             return await self._client.create(
-                self.name,
-                repository=spec.repository,
-                task=spec.task,
-                framework=spec.framework,
-                accelerator=spec.accelerator,
-                vendor=spec.vendor,
-                region=spec.region,
-                type=spec.type,
-                instance_size=spec.instance_size,
-                instance_type=spec.instance_type,
-                min_replica=spec.min_replica,
-                max_replica=spec.max_replica,
-                scale_to_zero_timeout=spec.scale_to_zero_timeout,
-                revision=spec.revision,
-                custom_image=spec.custom_image,
-                env=spec.env or None,
-                namespace=self.namespace,
+                self.name, CreateSpec.from_job(spec), namespace=self.namespace
             )
         if found.state in (EndpointState.PAUSED, EndpointState.SCALED_TO_ZERO):
             logger.info("resuming endpoint %s/%s (%s)", self.namespace, self.name, found.state_text)
