@@ -19,7 +19,7 @@ from typing import Any
 
 from batchrun.endpoints.auth import resolve_token
 from batchrun.endpoints.client import EndpointsClient
-from batchrun.endpoints.connect import api_url_for, local_token
+from batchrun.endpoints.connect import api_url_for, local_price_list, local_token
 from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Hardware
 from batchrun.errors import APIConnectionError, BatchrunError, NotFoundError
@@ -190,9 +190,7 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
         except APIConnectionError as e:
             notes.append(f"the endpoints API did not answer ({e}); the endpoint's state is unknown")
             if spec.provider == "local" and price is None:
-                from batchrun.local.schema import hardware_catalogue
-
-                options = Hardware.list_from_provider(hardware_catalogue())
+                options = local_price_list()
                 price, _ = _match(options, (spec.instance_type, spec.instance_size))
                 if price is not None:
                     price_source = "list price (simulated)"

@@ -1,7 +1,8 @@
 """The `batchrun` command line. Commands parse options and call plain functions; no work here.
 
-Every `BatchrunError` is caught once, in `BatchrunGroup.invoke`, printed as one line on stderr,
-and turned into its documented exit code. `BATCHRUN_DEBUG=1` shows the traceback instead.
+Every error is caught once, in `BatchrunGroup.invoke` (the subcommand groups are inside it):
+a `BatchrunError` is printed as one line on stderr and turned into its documented exit code,
+anything else (a bug) is one line and exit 1. `BATCHRUN_DEBUG=1` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,23 +14,30 @@ from typing import Any
 
 import click
 
-from batchrun import __version__
+from batchrun._version import __version__
 from batchrun.errors import BatchrunError
 
 __all__ = ["main"]
 
 
 class BatchrunGroup(click.Group):
-    """A click group that maps batchrun's errors to one line and an exit code."""
+    """The one error handler of every command: an error is one line and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except BatchrunError as e:
             if os.environ.get("BATCHRUN_DEBUG"):
                 raise
             click.echo(f"batchrun: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except Exception as e:
+            if os.environ.get("BATCHRUN_DEBUG"):
+                raise
+            click.echo(f"batchrun: error: internal error: {type(e).__name__}: {e}", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=BatchrunGroup, context_settings={"help_option_names": ["-h", "--help"]})

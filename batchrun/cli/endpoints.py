@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ import click
 
 from batchrun.endpoints import Endpoint, EndpointsClient, Hardware
 from batchrun.endpoints.payloads import CREATE_DEFAULTS, ENDPOINT_TYPES, SCALING_METRICS, CreateSpec
-from batchrun.errors import BatchrunError
 from batchrun.job import parse_duration
 
 __all__ = ["api_options", "endpoints"]
@@ -33,23 +31,10 @@ _ALIASES = {"ls": "list", "describe": "get", "deploy": "create"}
 
 
 class _EndpointsGroup(click.Group):
-    """Resolves `hf endpoints` aliases; an unexpected error becomes one line and exit 1."""
+    """Resolves `hf endpoints` aliases (errors are the `batchrun` group's to print)."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, _ALIASES.get(cmd_name, cmd_name))
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except BatchrunError:
-            raise
-        except Exception as e:
-            if os.environ.get("BATCHRUN_DEBUG"):
-                raise
-            click.echo(f"batchrun: error: internal error: {type(e).__name__}: {e}", err=True)
-            ctx.exit(1)
 
 
 @dataclass(slots=True)

@@ -17,12 +17,20 @@ import asyncio
 import logging
 
 from batchrun.endpoints.auth import DEFAULT_API_URL, resolve_token
+from batchrun.endpoints.models import Hardware
 from batchrun.errors import BatchrunError
 from batchrun.job import EndpointSpec
 from batchrun.local.service import DEFAULT_API_URL as LOCAL_API_URL
 from batchrun.local.service import default_state_dir, ensure_service
 
-__all__ = ["HF_API_URL", "LOCAL_API_URL", "api_url_for", "control_token", "local_token"]
+__all__ = [
+    "HF_API_URL",
+    "LOCAL_API_URL",
+    "api_url_for",
+    "control_token",
+    "local_price_list",
+    "local_token",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,13 @@ def local_token() -> str | None:
         return (default_state_dir() / "token").read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
+
+
+def local_price_list() -> list[Hardware]:
+    """The local service's hardware and (simulated) prices, without asking the service."""
+    from batchrun.local.schema import hardware_catalogue
+
+    return Hardware.list_from_provider(hardware_catalogue())
 
 
 async def control_token(

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from batchrun import __version__
+from batchrun._version import __version__
 from batchrun.errors import APIError, BatchrunError, UnprocessableError
 from batchrun.local.schema import hardware_catalogue, render
 from batchrun.local.store import EndpointStore, utc_now

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from batchrun import __version__
+from batchrun._version import __version__
 from batchrun.errors import BatchrunError
 from batchrun.local.backends import (
     CLASSIFICATION_TASKS,
