@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from batchrun.errors import BatchrunError, InferenceError, InputError, JobError
+from batchrun.errors import BadResponseError, InputError, JobError, RowInputError
 from batchrun.job import Job
 from batchrun.net import excerpt
 
@@ -44,21 +44,6 @@ __all__ = [
     "codec_for",
     "request_url",
 ]
-
-
-class RowInputError(BatchrunError):
-    """A row cannot become a request (a missing template field, a null value): status bad_input.
-
-    Met mid-run, the row goes to the errors file and the run goes on.
-    """
-
-    status = "bad_input"
-
-
-class BadResponseError(InferenceError):
-    """The endpoint answered 200 with a body batchrun cannot read for this task."""
-
-    status = "bad_response"
 
 
 def request_url(base: str, path: str) -> str:

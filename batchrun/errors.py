@@ -24,10 +24,12 @@ BatchrunError (exit 1)
 ├── NotAtRestYetError                      on_exit's read-back did not show the state asked for in time
 │                                          (tried again; never escapes `apply_on_exit`)
 ├── OutputWriteError (exit 7)              an output could not be written (disk full, I/O error); resumable
+├── RowInputError                          one row cannot become a request (status bad_input; recorded per row)
 └── InferenceError (exit 1)                one data-plane request failed (never escapes the pool)
     ├── InferenceStatusError               an HTTP status from the endpoint; carries status, message, retry_after
     ├── InferenceConnectionError           connection refused/reset, or the per-request timeout
-    └── ResponseTooLargeError              an answer over `[run] max_response_bytes` (not retried)
+    ├── ResponseTooLargeError              an answer over `[run] max_response_bytes` (not retried)
+    └── BadResponseError                   a 200 whose body cannot be read for the task (status bad_response)
 ```
 
 Budget and deadline stops, SIGINT and SIGTERM are not errors: `run_job` returns a `RunSummary`
@@ -44,6 +46,7 @@ __all__ = [
     "APIError",
     "APIServerError",
     "AuthenticationError",
+    "BadResponseError",
     "BatchrunError",
     "ConflictError",
     "EndpointError",
@@ -62,6 +65,7 @@ __all__ = [
     "OutputWriteError",
     "PermissionDeniedError",
     "ResponseTooLargeError",
+    "RowInputError",
     "RunLockedError",
     "RunStateError",
     "UnprocessableError",
@@ -249,3 +253,18 @@ class ResponseTooLargeError(InferenceError):
     """The answer is larger than `[run] max_response_bytes`; final for the request's rows."""
 
     status = "response_too_large"
+
+
+class BadResponseError(InferenceError):
+    """The endpoint answered 200 with a body batchrun cannot read for this task."""
+
+    status = "bad_response"
+
+
+class RowInputError(BatchrunError):
+    """A row cannot become a request (a missing template field, a null value): status bad_input.
+
+    Met mid-run, the row goes to the errors file and the run goes on.
+    """
+
+    status = "bad_input"
