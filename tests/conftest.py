@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-# The test inference endpoint (tests/endpoint_app.py): fixtures endpoint_app, endpoint_process.
-pytest_plugins = ["tests.endpoint_app"]
+# The test inference endpoint (tests/support/endpoint_app.py): fixtures endpoint_app, endpoint_process.
+pytest_plugins = ["tests.support.endpoint_app"]
 
 _LEAKY_PREFIXES = ("HF_", "HUGGING_FACE_", "BATCHRUN_")
 _LEAKY_NAMES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")

@@ -24,7 +24,7 @@ from batchrun.codecs import (
 from batchrun.errors import InputError, JobError
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
-from tests.endpoint_app import (
+from tests.support.endpoint_app import (
     EndpointApp,
     expected_embedding,
     expected_generated_text,

@@ -28,11 +28,11 @@ from batchrun.errors import OutputWriteError
 from batchrun.io.state import RunState
 from batchrun.job import load_job
 from batchrun.runner import run_job
-from tests.endpoint_app import EndpointApp
-from tests.lifecycle_support import job_sections as lifecycle_sections
-from tests.lifecycle_support import state_of
-from tests.lifecycle_support import write_job as write_lifecycle_job
-from tests.test_run_support import ROOT, job_sections, write_job, write_jsonl
+from tests.support.endpoint_app import EndpointApp
+from tests.support.lifecycle import job_sections as lifecycle_sections
+from tests.support.lifecycle import state_of
+from tests.support.lifecycle import write_job as write_lifecycle_job
+from tests.support.run import ROOT, job_sections, write_job, write_jsonl
 
 EFBIG = "[Errno 27] File too large"
 MARK = "Z" * 600  # rows whose text holds it are refused by the endpoint (long error rows)

@@ -21,10 +21,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,7 +35,8 @@ import pytest
 
 from batchrun.endpoints import SyncEndpointsClient
 from batchrun.errors import BatchrunError, NotFoundError
-from tests.lifecycle_support import first_request_hangs
+from tests.support.lifecycle import first_request_hangs
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -94,14 +94,6 @@ def _set_env(service: Any, name: str, env: dict[str, str]) -> None:
     with SyncEndpointsClient(api_url=service.api_url, token=service.token) as api:
         assert api.get(name).state_text == "paused"
         api.update(name, env=env)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- nightly ------------------------------------------------------------------------------------
@@ -271,7 +263,7 @@ def test_nightly_forwards_a_stop_once_and_the_next_run_resumes(
         start_new_session=True,
     )
     try:
-        _wait_for(
+        wait_for(
             lambda: len(_jsonl(nightly.output)) == TICKETS - 1, 60, "the rows not held to commit"
         )
         if to_group:
@@ -479,7 +471,7 @@ def test_backfill_walkthrough(local_service: Any, tmp_path: Path) -> None:
     before = len(list(backfill.output.glob("*.parquet")))
     run = backfill.start_run()
     try:
-        _wait_for(lambda: len(list(backfill.output.glob("*.parquet"))) > before, 60, "a commit")
+        wait_for(lambda: len(list(backfill.output.glob("*.parquet"))) > before, 60, "a commit")
         os.killpg(run.pid, signal.SIGINT)
         out, err = run.communicate(timeout=60)
     finally:

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.endpoint_app import EndpointApp, expected_generated_text
-from tests.test_run_support import ROOT, job_sections, read_jsonl, write_job, write_jsonl
+from tests.support.endpoint_app import EndpointApp, expected_generated_text
+from tests.support.run import ROOT, job_sections, read_jsonl, write_job, write_jsonl
 
 TOKEN = "hf_s3cretEchoedBackToUs_0123456789"
 

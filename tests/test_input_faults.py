@@ -24,8 +24,8 @@ import pytest
 from click.testing import CliRunner
 
 from batchrun.cli import main
-from tests.endpoint_app import EndpointApp, expected_generated_text
-from tests.test_run_support import ROOT, job_sections, read_jsonl, write_job, write_jsonl
+from tests.support.endpoint_app import EndpointApp, expected_generated_text
+from tests.support.run import ROOT, job_sections, read_jsonl, write_job, write_jsonl
 
 
 def _cli(job: Path, *args: str) -> tuple[int, str, str]:

@@ -38,8 +38,8 @@ from hypothesis import strategies as st
 
 from batchrun.cli import main
 from batchrun.job import RANGES, BudgetSpec, EndpointSpec, InputSpec, OutputSpec, RunSpec
-from tests.endpoint_app import EndpointApp
-from tests.test_run_support import finish, read_jsonl, read_results, start_run, write_jsonl
+from tests.support.endpoint_app import EndpointApp
+from tests.support.run import finish, read_jsonl, read_results, start_run, write_jsonl
 
 # Hypothesis caches what it learns in `.hypothesis/` under the working directory: keep it out of
 # the repository (pytest would try to collect it).

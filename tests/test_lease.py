@@ -16,7 +16,8 @@ from batchrun.errors import EndpointFailedError, EndpointRestError, JobError
 from batchrun.job import Job
 from batchrun.lifecycle.lease import EndpointLease
 from batchrun.lifecycle.registry import LeaseRegistry
-from tests.lifecycle_support import ECHO, FaultyProxy, job_sections, state_of, wait_for
+from tests.support.lifecycle import ECHO, FaultyProxy, job_sections, state_of
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

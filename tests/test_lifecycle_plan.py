@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from batchrun.cli import main
 from batchrun.io.state import RunState
-from tests.lifecycle_support import write_job, write_rows
+from tests.support.lifecycle import write_job, write_rows
 
 
 def _url_job(tmp: Path, rows: int, **budget: object) -> Path:

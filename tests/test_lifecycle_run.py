@@ -18,7 +18,7 @@ import pytest
 
 from batchrun.endpoints import SyncEndpointsClient
 from batchrun.lifecycle.registry import LeaseRegistry
-from tests.lifecycle_support import (
+from tests.support.lifecycle import (
     ECHO,
     FaultyProxy,
     batchrun_cli,
@@ -29,9 +29,9 @@ from tests.lifecycle_support import (
     read_jsonl,
     start_run,
     state_of,
-    wait_for,
     write_job,
 )
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The pool against a real aiohttp server on 127.0.0.1 (tests/endpoint_app.py)."""
+"""The pool against a real aiohttp server on 127.0.0.1 (tests/support/endpoint_app.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from batchrun.errors import InferenceConnectionError, InferenceStatusError, Resp
 from batchrun.job import Job
 from batchrun.net import excerpt, parse_retry_after
 from batchrun.pool import Outcome, Pool, Request, secrets_of, status_error
-from tests.endpoint_app import EndpointApp, EndpointProcess, expected_generated_text
+from tests.support.endpoint_app import EndpointApp, EndpointProcess, expected_generated_text
 
 FAST = {"backoff_max": 0.02, "backoff_initial": 0.005}
 

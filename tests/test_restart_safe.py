@@ -15,9 +15,9 @@ from batchrun.io.ledger import Ledger
 from batchrun.io.readers import open_input
 from batchrun.job import Job, load_job
 from batchrun.runner import run_job
-from tests.endpoint_app import EndpointApp
-from tests.lifecycle_support import finish, start_run
-from tests.test_run_support import committed_meta, job_sections, read_jsonl, write_job, write_jsonl
+from tests.support.endpoint_app import EndpointApp
+from tests.support.lifecycle import finish, start_run
+from tests.support.run import committed_meta, job_sections, read_jsonl, write_job, write_jsonl
 
 N = 40
 

@@ -15,17 +15,17 @@ from click.testing import CliRunner
 from batchrun.cli import main
 from batchrun.job import load_job
 from batchrun.runner import run_job
-from tests.endpoint_app import EndpointApp, expected_embedding, expected_generated_text
-from tests.test_run_support import (
+from tests.support.endpoint_app import EndpointApp, expected_embedding, expected_generated_text
+from tests.support.run import (
     finish,
     job_sections,
     read_jsonl,
     read_results,
     start_run,
-    wait_for,
     write_job,
     write_jsonl,
 )
+from tests.support.waiting import wait_for
 
 TEXTS = [f"row number {i}" for i in range(120)]
 

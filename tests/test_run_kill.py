@@ -11,8 +11,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tests.endpoint_app import EndpointApp
-from tests.test_run_support import (
+from tests.support.endpoint_app import EndpointApp
+from tests.support.run import (
     committed_ids,
     committed_meta,
     finish,
@@ -20,10 +20,10 @@ from tests.test_run_support import (
     read_jsonl,
     read_results,
     start_run,
-    wait_for,
     write_job,
     write_jsonl,
 )
+from tests.support.waiting import wait_for
 
 N = 20_000
 KILLS = 3

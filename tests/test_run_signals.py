@@ -9,17 +9,17 @@ import pytest
 
 from batchrun.job import load_job
 from batchrun.runner import run_job
-from tests.endpoint_app import EndpointApp
-from tests.test_run_support import (
+from tests.support.endpoint_app import EndpointApp
+from tests.support.run import (
     finish,
     job_sections,
     read_jsonl,
     read_results,
     start_run,
-    wait_for,
     write_job,
     write_jsonl,
 )
+from tests.support.waiting import wait_for
 
 N = 1500
 

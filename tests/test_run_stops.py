@@ -12,18 +12,18 @@ from batchrun.errors import EndpointFailedError
 from batchrun.job import load_job
 from batchrun.runner import RunControl, RunSummary, arun_job, run_job
 from batchrun.targets import UrlTarget
-from tests.endpoint_app import EndpointApp
-from tests.test_run_support import (
+from tests.support.endpoint_app import EndpointApp
+from tests.support.run import (
     committed_meta,
     finish,
     job_sections,
     read_jsonl,
     read_results,
     start_run,
-    wait_for,
     write_job,
     write_jsonl,
 )
+from tests.support.waiting import wait_for
 
 
 def _all_ids(tmp_path: Path, out: str = "out/r.jsonl") -> list[int]:

@@ -1,7 +1,7 @@
 """Rows re-sent after kill -9: a kill loop over one run, JSONL and Parquet side by side.
 
 For each output format it runs ``python -m batchrun run JOB`` as a real process
-(``provider = "url"``, the test endpoint `tests.endpoint_app` in its own process on 127.0.0.1
+(``provider = "url"``, the test endpoint `tests.support.endpoint_app` in its own process on 127.0.0.1
 with a small latency, ``id_field``, default commit settings) over ``--rows`` rows, kills it
 with SIGKILL ``--kills`` times, restarting it after each kill, then lets the last run finish.
 
@@ -52,8 +52,8 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 import orjson  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from tests.endpoint_app import EndpointProcess  # noqa: E402
-from tests.test_run_support import committed_meta, read_jsonl, read_results  # noqa: E402
+from tests.support.endpoint_app import EndpointProcess  # noqa: E402
+from tests.support.run import committed_meta, read_jsonl, read_results  # noqa: E402
 
 SEGMENT_TIMEOUT = 300.0  # seconds without reaching a kill point or the end: give up
 

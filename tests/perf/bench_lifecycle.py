@@ -32,7 +32,7 @@ from batchrun.endpoints import SyncEndpointsClient
 from batchrun.job import Job
 from batchrun.runner import arun_job
 from tests.conftest import start_local_service
-from tests.lifecycle_support import ECHO, job_sections
+from tests.support.lifecycle import ECHO, job_sections
 
 
 class Capture(logging.Handler):

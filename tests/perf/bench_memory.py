@@ -2,7 +2,7 @@
 
 For each output format (JSONL file, Parquet directory) and each row count, it runs
 `batchrun run` (text-generation, the `inputs` request format) as a real process against the
-test endpoint (`tests.endpoint_app`, its own process, 0 ms latency) and reads the run's peak
+test endpoint (`tests.support.endpoint_app`, its own process, 0 ms latency) and reads the run's peak
 RSS from `wait4` (the endpoint's memory is not counted). Then it runs the same job again with
 every row committed and times the resume: the whole process (Python start included) and the
 runner's own `elapsed_s`.
@@ -33,7 +33,7 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 import orjson  # noqa: E402
 
-from tests.endpoint_app import EndpointProcess  # noqa: E402
+from tests.support.endpoint_app import EndpointProcess  # noqa: E402
 
 
 @dataclass

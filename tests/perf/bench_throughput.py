@@ -52,7 +52,7 @@ import orjson
 from batchrun.codecs import RequestCodec, codec_for
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
-from tests.endpoint_app import EndpointProcess
+from tests.support.endpoint_app import EndpointProcess
 
 WARMUP = 200
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import pyarrow.parquet as pq
 
 from batchrun.io.state import RunState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -128,16 +126,6 @@ def start_run(job: Path, *args: str, stderr: Path | None = None) -> subprocess.P
     finally:
         if sink is not None:
             sink.close()  # the child holds its own copy
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what or condition}")
 
 
 def finish(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> tuple[int, dict[str, Any], str]:

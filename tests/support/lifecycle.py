@@ -10,8 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from batchrun.endpoints import SyncEndpointsClient
 from batchrun.errors import NotFoundError
 from batchrun.local.backends import EchoFaults
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ECHO = "batchrun/echo"
 
 
@@ -153,16 +151,6 @@ def batchrun_cli(token: str, *args: str, timeout: float = 60.0) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> float:
-    """Poll `condition` until it holds; return the seconds it took; fail after `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}")
 
 
 def state_of(client: SyncEndpointsClient, name: str) -> str:

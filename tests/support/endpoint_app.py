@@ -32,7 +32,7 @@ Three ways to run it:
   (or the ``endpoint_app`` pytest fixture); knobs via ``app.configure(...)``;
 - as a subprocess (kill -9 tests, benchmarks): ``with EndpointProcess(latency_ms=50) as app:``
   (or the ``endpoint_process`` fixture); the same ``url``/``configure``/``stats``/``received``;
-- by hand: ``python -m tests.endpoint_app --port 0 --port-file F --latency-ms 50``.
+- by hand: ``python -m tests.support.endpoint_app --port 0 --port-file F --latency-ms 50``.
 """
 
 from __future__ import annotations
@@ -589,7 +589,7 @@ def _bound_port(runner: web.AppRunner) -> int:
 
 
 class EndpointProcess:
-    """The endpoint in its own process (`python -m tests.endpoint_app`), on a free port.
+    """The endpoint in its own process (`python -m tests.support.endpoint_app`), on a free port.
 
     Same surface as `EndpointApp`: ``url``, ``configure``, ``stats``, ``received``, ``answered``,
     ``arrivals``; plus ``pid``, ``kill()``. Stopping kills the process group it started.
@@ -618,7 +618,7 @@ class EndpointProcess:
         args = [
             self._python,
             "-m",
-            "tests.endpoint_app",
+            "tests.support.endpoint_app",
             "--port",
             "0",
             "--port-file",
@@ -626,7 +626,7 @@ class EndpointProcess:
         ]
         for key, value in self._knobs.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self._proc = subprocess.Popen(args, cwd=root, env=env, start_new_session=True)
@@ -717,7 +717,7 @@ def _write_port_file(path: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.endpoint_app", description=__doc__.split("\n")[0]
+        prog="python -m tests.support.endpoint_app", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
