@@ -228,6 +228,16 @@ def test_nightly_pages_naming_the_endpoint_when_it_fails(
     assert nightly.summaries("run") == []  # batchrun prints no summary when it raises
 
 
+# The script as a shell on a terminal starts it: SIGINT not ignored. A test runner started in
+# the background by a shell without job control (`pytest &`, a CI wrapper) ignores SIGINT, and
+# bash cannot trap a signal that was ignored when it started: the Ctrl-C would never reach
+# batchrun, which would then wait out the held request (request_timeout 120 s).
+_SIGINT_DEFAULT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
 @pytest.mark.parametrize(
     ("sig", "to_group", "code"),
     [
@@ -255,7 +265,7 @@ def test_nightly_forwards_a_stop_once_and_the_next_run_resumes(
     for key, value in first_request_hangs().items():
         sets += ["--set", f'endpoint.env.{key}="{value}"']
     script = subprocess.Popen(
-        ["bash", str(NIGHTLY / "run-nightly.sh"), *sets],
+        [sys.executable, "-c", _SIGINT_DEFAULT, "bash", str(NIGHTLY / "run-nightly.sh"), *sets],
         cwd=ROOT,
         env=_env(local_service, NIGHTLY_LOG_DIR=str(nightly.logs)),
         stdout=subprocess.DEVNULL,
@@ -270,7 +280,15 @@ def test_nightly_forwards_a_stop_once_and_the_next_run_resumes(
             os.killpg(script.pid, sig)
         else:
             script.send_signal(sig)
-        assert script.wait(timeout=60) == code, nightly.debug()
+        try:
+            exited = script.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            state = _state(local_service, "nightly-tickets")
+            raise AssertionError(
+                f"the script did not exit 60 s after {sig.name} (endpoint {state})\n"
+                + nightly.debug()
+            ) from None
+        assert exited == code, nightly.debug()
     finally:
         if script.poll() is None:
             os.killpg(script.pid, signal.SIGKILL)
