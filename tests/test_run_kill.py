@@ -54,7 +54,9 @@ def test_kill_9_three_times_then_resume_exactly_once(tmp_path: Path, out: str) -
             "http://127.0.0.1:1",  # replaced below
             "in.jsonl",
             out,
-            run={"concurrency": 16},
+            # a long request timeout: on a loaded machine a 10 s one can expire and the retry
+            # would re-send a row with no kill in between, which the checks below forbid
+            run={"concurrency": 16, "request_timeout": 60},
             output={"commit_rows": 500, "commit_seconds": 0.5},
         ),
     )
