@@ -34,13 +34,11 @@ from batchrun.job import Job
 from batchrun.net import excerpt
 
 __all__ = [
-    "BadResponseError",
     "ChatCodec",
     "EmbeddingsCodec",
     "InputsCodec",
     "RawCodec",
     "RequestCodec",
-    "RowInputError",
     "codec_for",
     "request_url",
 ]
@@ -193,6 +191,20 @@ class InputsCodec(RequestCodec):
         if self.parameters:
             return orjson.dumps({"inputs": inputs, "parameters": self.parameters})
         return orjson.dumps({"inputs": inputs})
+
+    def decode_body(self, body: bytes, n: int) -> list[dict[str, Any]]:
+        key = self.key
+        if key is not None and n == 1:  # the usual answer, [{"generated_text": "..."}], first
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return super().decode_body(body, n)  # says what is wrong
+            if type(payload) is list and len(payload) == 1 and type(payload[0]) is dict:
+                text = payload[0].get(key)
+                if type(text) is str:
+                    return [{key: text}]
+            return self._decode_text(payload, n, key)
+        return super().decode_body(body, n)
 
     def decode(self, payload: Any, n: int) -> list[dict[str, Any]]:
         if self.key is not None:

@@ -47,8 +47,9 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from batchrun.codecs import BadResponseError, RequestCodec, request_url
+from batchrun.codecs import RequestCodec, request_url
 from batchrun.errors import (
+    BadResponseError,
     InferenceConnectionError,
     InferenceError,
     InferenceStatusError,
@@ -148,17 +149,16 @@ class _Hold:
     """What the retry policy needs of the pool: the Retry-After hold every worker waits for,
     the counters, and what to scrub from a logged message (tenacity gets this, not the pool)."""
 
-    __slots__ = ("loop", "secrets", "stats", "until")
+    __slots__ = ("secrets", "stats", "until")
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.until = 0.0  # loop time until which dispatch is held
+        self.until = 0.0  # time.monotonic() until which dispatch is held
         self.secrets = secrets
         self.stats = PoolStats()
 
     def remaining(self) -> float:
-        """Seconds the hold still lasts (0 when none)."""
-        return self.until - self.loop.time() if self.loop is not None else 0.0
+        """Seconds the hold still lasts (0 or less when none)."""
+        return self.until - time.monotonic()
 
 
 class InferenceRetryPolicy:
@@ -253,14 +253,95 @@ class InferenceRetryPolicy:
 
 @dataclass(slots=True)
 class _Slot:
-    """One worker's state, so stop() knows what to cancel."""
+    """One worker's state, so stop() knows what to cancel (and when)."""
 
-    scope: asyncio.Timeout | None = None
+    task: asyncio.Task[None] | None = None
     busy: bool = False  # a request is in flight (else: pulling from the source)
+    reporting: bool = False  # in on_outcome: never cancelled by stop()
+    cancel_at: asyncio.TimerHandle | None = None  # stop()'s cancellation, once scheduled
+    stopped: bool = False  # cancelled by stop(), not by the caller
 
 
 class _End(Exception):
     """The source is exhausted."""
+
+
+_EXHAUSTED: Any = object()
+
+
+class _Source:
+    """Where the workers take requests from (see `Pool.run`)."""
+
+    def take(self) -> Request | None:
+        """The next request if it can be had without waiting, else None (then `take_later`).
+
+        Raises:
+            _End: the source is exhausted, or the pool is stopping.
+        """
+        raise NotImplementedError
+
+    async def take_later(self) -> Request:
+        """The next request, waiting for it.
+
+        Raises:
+            _End: the source is exhausted, or the pool is stopping.
+        """
+        raise NotImplementedError
+
+
+class _SyncSource(_Source):
+    """A plain iterator: taken without a coroutine; a None from it waits for `paused()`."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        it: Iterator[Request | None],
+        paused: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self.pool = pool
+        self.it = it
+        self.paused = paused
+
+    def take(self) -> Request | None:
+        pool = self.pool
+        if pool._stopping:
+            raise _End
+        request = next(self.it, _EXHAUSTED)
+        if request is _EXHAUSTED:
+            pool._stopping = True
+            raise _End
+        return request
+
+    async def take_later(self) -> Request:
+        if self.paused is None:
+            raise ValueError("the requests paused (None) and Pool.run has no `paused`")
+        while True:
+            await self.paused()
+            request = self.take()
+            if request is not None:
+                return request
+
+
+class _AsyncSource(_Source):
+    """An async iterator: one worker at a time in it (it may not be re-entered)."""
+
+    def __init__(self, pool: Pool, it: AsyncIterator[Request]) -> None:
+        self.pool = pool
+        self.it = it
+        self.lock = asyncio.Lock()
+
+    def take(self) -> Request | None:
+        return None
+
+    async def take_later(self) -> Request:
+        async with self.lock:
+            if self.pool._stopping:
+                raise _End
+            try:
+                return await anext(self.it)
+            except StopAsyncIteration:
+                self.pool._stopping = True
+                raise _End from None
 
 
 class Pool:
@@ -345,8 +426,10 @@ class Pool:
 
     async def run(
         self,
-        requests: AsyncIterable[Request] | Iterable[Request],
+        requests: AsyncIterable[Request] | Iterable[Request | None],
         on_outcome: Callable[[Outcome], Awaitable[None] | None],
+        *,
+        paused: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Send every request from `requests`; call `on_outcome` once per request as each ends.
 
@@ -354,15 +437,22 @@ class Pool:
         and every request was reported, or after `stop` once the in-flight requests finished
         or were cancelled. An exception from the source or from `on_outcome` cancels the
         in-flight requests (unreported) and propagates.
+
+        Args:
+            requests: the requests, an iterable or an async iterable. An iterable may yield
+                None to say that it cannot go on yet: the worker awaits `paused()` before it
+                pulls again (a plain iterator with such pauses costs less than an async one).
+            on_outcome: called with each request's `Outcome`.
+            paused: what a worker awaits when the iterable yields None.
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._shared.loop = loop
         self._shared.stats = PoolStats()
-        if isinstance(requests, AsyncIterable):
-            pull = self._async_puller(aiter(requests))
-        else:
-            pull = self._sync_puller(iter(requests))
+        source: _Source = (
+            _AsyncSource(self, aiter(requests))
+            if isinstance(requests, AsyncIterable)
+            else _SyncSource(self, iter(requests), paused)
+        )
         self._slots = [_Slot() for _ in range(self.concurrency)]
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
@@ -370,10 +460,12 @@ class Pool:
             connector=connector, timeout=timeout, headers=self._headers
         ) as session:
             self._session = session
-            workers = [
-                asyncio.create_task(self._work(slot, pull, on_outcome), name=f"batchrun-pool-{i}")
-                for i, slot in enumerate(self._slots)
-            ]
+            workers = []
+            for i, slot in enumerate(self._slots):
+                slot.task = asyncio.create_task(
+                    self._work(slot, source, on_outcome), name=f"batchrun-pool-{i}"
+                )
+                workers.append(slot.task)
             try:
                 done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
                 failed = [t for t in done if not t.cancelled() and t.exception() is not None]
@@ -383,6 +475,9 @@ class Pool:
                     raise error
             finally:
                 self._stopping = True
+                for slot in self._slots:
+                    if slot.cancel_at is not None:
+                        slot.cancel_at.cancel()
                 for task in workers:
                     task.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
@@ -402,89 +497,81 @@ class Pool:
             return
         now = loop.time()
         for slot in self._slots:
-            scope = slot.scope
-            if scope is None or scope.expired():
-                continue
-            deadline = now + grace if slot.busy else now
-            when = scope.when()
-            if when is None or deadline < when:
-                scope.reschedule(deadline)
+            if slot.stopped or slot.reporting or slot.task is None or slot.task.done():
+                continue  # a reporting worker sees _stopping when it is done
+            when = now + grace if slot.busy else now
+            if slot.cancel_at is not None:
+                if slot.cancel_at.when() <= when:
+                    continue
+                slot.cancel_at.cancel()
+                slot.cancel_at = None
+            if when <= now:
+                self._cancel(slot)
+            else:
+                slot.cancel_at = loop.call_at(when, self._cancel, slot)
+
+    def _cancel(self, slot: _Slot) -> None:
+        """stop()'s cancellation of one worker (its request, if any, is not reported)."""
+        slot.cancel_at = None
+        if slot.reporting or slot.task is None or slot.task.done():
+            return
+        slot.stopped = True
+        slot.task.cancel()
 
     # --- one worker ------------------------------------------------------------------------
 
     async def _work(
         self,
         slot: _Slot,
-        pull: Callable[[], Awaitable[Request]],
+        source: _Source,
         on_outcome: Callable[[Outcome], Awaitable[None] | None],
     ) -> None:
         stats = self.stats
+        shared = self._shared
+        clock = time.monotonic
+        take = source.take
         while not self._stopping:
             slot.busy = False
             try:
-                async with asyncio.timeout(None) as scope:
-                    slot.scope = scope
-                    request = await pull()
-                    slot.busy = True
-                    stats.in_flight += 1
-                    stats.sent += 1
-                    outcome = await self._send(request)
+                request = take()
+                if request is None:
+                    request = await source.take_later()
+                slot.busy = True
+                stats.in_flight += 1
+                stats.sent += 1
+                start = clock()
+                if shared.until > start or self._interval:
+                    await self._gate()
+                try:  # the first attempt is a plain await; only a failure meets tenacity
+                    results = await self._attempt(request)
+                except InferenceError as error:
+                    outcome = await self._retry(request, error, start)
+                else:
+                    outcome = Outcome(request, results, None, 1, (clock() - start) * 1000.0)
             except _End:
                 return
-            except TimeoutError:
-                if not scope.expired():
+            except asyncio.CancelledError:
+                if not slot.stopped:
                     raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
                 if slot.busy:  # cancelled by stop(): not reported
                     stats.in_flight -= 1
                     stats.cancelled += 1
                 return
-            finally:
-                slot.scope = None
             stats.in_flight -= 1
             if outcome.error is None:
                 stats.succeeded += 1
             else:
                 stats.failed += 1
-            result = on_outcome(outcome)
-            if result is not None:
-                await result
-
-    def _sync_puller(self, it: Iterator[Request]) -> Callable[[], Awaitable[Request]]:
-        async def pull() -> Request:
-            if self._stopping:
-                raise _End
-            for request in it:
-                return request
-            self._stopping = True
-            raise _End
-
-        return pull
-
-    def _async_puller(self, it: AsyncIterator[Request]) -> Callable[[], Awaitable[Request]]:
-        lock = asyncio.Lock()
-
-        async def pull() -> Request:
-            async with lock:
-                if self._stopping:
-                    raise _End
-                try:
-                    return await anext(it)
-                except StopAsyncIteration:
-                    self._stopping = True
-                    raise _End from None
-
-        return pull
-
-    async def _send(self, request: Request) -> Outcome:
-        loop_time = self._loop.time  # type: ignore[union-attr]
-        start = loop_time()
-        if self._shared.until > start or self._interval:
-            await self._gate()
-        try:
-            results = await self._attempt(request)
-        except InferenceError as error:
-            return await self._retry(request, error, start)
-        return Outcome(request, results, None, 1, (loop_time() - start) * 1000.0)
+            slot.reporting = True
+            try:
+                result = on_outcome(outcome)
+                if result is not None:
+                    await result
+            finally:
+                slot.reporting = False
 
     async def _retry(self, request: Request, first: InferenceError, start: float) -> Outcome:
         """The slow path: the first attempt failed; tenacity decides what happens next."""
@@ -498,7 +585,7 @@ class Pool:
             outcome = Outcome(request, None, error, tries.attempts, 0.0)
         else:
             outcome = Outcome(request, results, None, tries.attempts, 0.0)
-        outcome.latency_ms = (self._loop.time() - start) * 1000.0  # type: ignore[union-attr]
+        outcome.latency_ms = (time.monotonic() - start) * 1000.0
         return outcome
 
     async def _again(self, tries: _Tries, request: Request, hold: _Hold) -> list[dict[str, Any]]:
@@ -526,9 +613,7 @@ class Pool:
 
     def _hold(self, seconds: float, status: int) -> None:
         """Hold every worker's next dispatch for `seconds` (capped at retry_after_max)."""
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
+        now = time.monotonic()
         until = now + min(max(seconds, 0.0), self.retry_after_max)
         hold = self._shared
         if until <= hold.until:
@@ -543,15 +628,13 @@ class Pool:
         hold.until = until
 
     async def _gate(self) -> None:
-        loop = self._loop
-        assert loop is not None
         while True:
-            wait = self._shared.until - loop.time()
+            wait = self._shared.until - time.monotonic()
             if wait <= 0:
                 break
             await asyncio.sleep(wait)
         if self._interval:
-            now = loop.time()
+            now = time.monotonic()
             slot = max(now, self._next_slot)
             self._next_slot = slot + self._interval
             if slot > now:
@@ -569,10 +652,18 @@ class Pool:
         """
         session = self._session
         assert session is not None
-        self.stats.attempts += 1
+        self._shared.stats.attempts += 1
         try:
             async with session.post(self.url, data=request.body) as response:
-                body = await self._read(response)
+                length = response.content_length
+                if (
+                    length is not None
+                    and length <= self.max_response_bytes
+                    and "Content-Encoding" not in response.headers
+                ):
+                    body = await response.read()  # the length bounds the read
+                else:
+                    body = await self._read(response, length)
                 status = response.status
                 if status >= 300:
                     raise status_error(
@@ -590,14 +681,15 @@ class Pool:
         except BadResponseError as e:
             raise self._scrubbed(e, body, request.n) from None
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        """The answer's body, never more than ``max_response_bytes`` of it in memory.
+    async def _read(self, response: aiohttp.ClientResponse, length: int | None) -> bytes:
+        """The answer's body (of Content-Length `length`, if it says), never more than
+        ``max_response_bytes`` of it in memory. `_attempt` reads a plain answer of a length
+        under the cap itself.
 
         Raises:
             ResponseTooLargeError: its Content-Length, or what was read, is over the cap.
         """
         cap = self.max_response_bytes
-        length = response.content_length
         if length is not None and length > cap:
             raise _too_large(cap, f"Content-Length {length:,}")
         if length is not None and "Content-Encoding" not in response.headers:

@@ -30,13 +30,14 @@ import dataclasses
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
-from batchrun.codecs import RequestCodec, RowInputError, codec_for
-from batchrun.errors import EndpointFailedError, OutputWriteError
+from batchrun.codecs import RequestCodec, codec_for
+from batchrun.errors import EndpointFailedError, OutputWriteError, RowInputError
 from batchrun.io.ledger import Ledger
 from batchrun.io.preflight import check_output_location
 from batchrun.io.readers import InputReader, Position, Row, open_input
@@ -275,6 +276,18 @@ async def _enter(target: Target, control: RunControl) -> bool:
     return False
 
 
+_Chunk = tuple[list[Row], list[int | None] | None]
+"""Rows read, and for each the earlier row holding its id (a duplicate), or None: no duplicate."""
+
+
+def _rows_of(chunks: Iterable[_Chunk]) -> Iterator[tuple[Row, int | None]]:
+    """Each row of `chunks` with its duplicate's row (or None); no Python frame per row."""
+    return chain.from_iterable(
+        zip(rows, firsts if firsts is not None else repeat(None), strict=False)
+        for rows, firsts in chunks
+    )
+
+
 @dataclass(slots=True)
 class _Handle:
     seq: int
@@ -316,6 +329,7 @@ class _Run:
         self.progress = progress
         self.total = reader.count_rows() if progress else None
         self.shown: Progress | None = None
+        self._bar_tick: Callable[[int], None] | None = None  # shown.tick, when there is a bar
         self._pools: list[Pool] = []
         self.write_error: OutputWriteError | None = None
 
@@ -341,6 +355,8 @@ class _Run:
             cost_text=target.cost_text,
             start=self.start,
         )
+        if self.shown.bar is not None:
+            self._bar_tick = self.shown.tick
         try:
             if retry_errors:
                 seqs = sorted(
@@ -368,9 +384,7 @@ class _Run:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.finish_summary()
 
-    async def _dispatch(
-        self, target: Target, rows: Iterable[tuple[Row, int | None]], *, track: bool
-    ) -> None:
+    async def _dispatch(self, target: Target, rows: Iterable[_Chunk], *, track: bool) -> None:
         run = self.job.run
         pool = Pool(
             url=target.url,
@@ -390,45 +404,46 @@ class _Run:
         try:
             if self.stopping:
                 return
-            await pool.run(source, self._on_outcome)
+            await pool.run(source, self._on_outcome, paused=self._window_moved)
         finally:
             self.summary.retries += pool.stats.retries
-            await source.aclose()
+            source.close()
 
-    def _new_rows(self, rows: Iterable[Row]) -> Iterable[tuple[Row, int | None]]:
-        """Rows not yet committed, each with the earlier row holding its id (a duplicate).
+    def _new_rows(self, rows: Iterable[Row]) -> Iterable[_Chunk]:
+        """Rows not yet committed, a chunk at a time, each chunk with the earlier rows holding
+        its rows' ids (duplicates); see `_Chunk`.
 
-        With `id_field`, rows go through the on-disk id index a chunk at a time.
+        With `id_field`, each chunk goes through the on-disk id index at once.
         """
-        is_done = self.ledger.is_done
-        if not self.check_ids:
-            for row in rows:
-                if not is_done(row.seq):
-                    yield row, None
-            return
+        earlier = self.ledger.committed  # what earlier runs committed: read once
+        watermark, done = earlier.watermark, earlier.done_above
         chunk: list[Row] = []
         for row in rows:
             if self.stopping:
                 return
-            if not is_done(row.seq):
+            if row.seq >= watermark and row.seq not in done:
                 chunk.append(row)
                 if len(chunk) >= _ID_CHUNK:
-                    yield from self._with_firsts(chunk)
+                    yield self._with_firsts(chunk)
                     chunk = []
-        yield from self._with_firsts(chunk)
+        if chunk:
+            yield self._with_firsts(chunk)
 
-    def _with_firsts(self, rows: list[Row]) -> Iterable[tuple[Row, int | None]]:
+    def _with_firsts(self, rows: list[Row]) -> _Chunk:
+        if not self.check_ids:
+            return rows, None
         usable = [row for row in rows if row.record is not None]  # bad rows have no id
         try:
             found = self.ledger.first_seqs([(row.id, row.seq) for row in usable])
         except OutputWriteError as e:
             self._write_failed(e)
-            return
+            return [], None
+        if found.count(None) == len(found):  # no duplicate: the usual case
+            return rows, None
         firsts = dict(zip((row.seq for row in usable), found, strict=True))
-        for row in rows:
-            yield row, firsts.get(row.seq)
+        return rows, [firsts.get(row.seq) for row in rows]
 
-    def _retry_rows(self, seqs: list[int]) -> Iterable[tuple[Row, int | None]]:
+    def _retry_rows(self, seqs: list[int]) -> Iterable[_Chunk]:
         """The input rows at `seqs` (sorted), for `--retry-errors`."""
         if not seqs:
             return
@@ -436,39 +451,43 @@ class _Run:
         for row in self.reader.rows():
             i = bisect_left(seqs, row.seq)
             if i < len(seqs) and seqs[i] == row.seq:
-                yield row, None
+                yield [row], None
             if row.seq >= last:
                 return
 
-    async def _requests(
-        self, rows: Iterable[tuple[Row, int | None]], *, track: bool
-    ) -> AsyncGenerator[Request, None]:
+    def _requests(
+        self, chunks: Iterable[_Chunk], *, track: bool
+    ) -> Generator[Request | None, None, None]:
         """Requests for `rows`; bad rows and duplicates settle here without being sent.
 
-        With `track`, every row read is noted in the ledger (for the watermark) and reading
-        pauses while the window of rows above the watermark is full.
+        With `track`, every row read is noted in the ledger (for the watermark), and while the
+        window of rows above the watermark is full this yields None: the pool's worker then
+        waits (`_window_moved`) before it pulls again.
         """
         ledger = self.ledger
         codec = self.codec
+        render = codec.render
+        encode = codec.encode_rendered
         batch_size = self.job.run.batch_size
         keep = self.keep
         tracking = ledger.track
+        limit = self.window
         handles: list[_Handle] = []
         items: list[Any] = []
-        for row, first in rows:
+        full = track and ledger.window >= limit  # as of the last row tracked
+        for row, first in _rows_of(chunks):
             if self.stopping:
                 break
             if track:
-                if ledger.window >= self.window:
+                if full and ledger.window >= limit:
                     if handles:
-                        yield Request(handles, codec.encode_rendered(items), len(handles))
+                        yield Request(handles, encode(items), len(handles))
                         handles, items = [], []
-                    while ledger.window >= self.window and not self.stopping:
-                        self.moved.clear()
-                        await self.moved.wait()
+                    while ledger.window >= limit and not self.stopping:
+                        yield None
                     if self.stopping:
                         break
-                tracking(row.seq, row.pos)
+                full = tracking(row.seq, row.pos) >= limit
             record = row.record
             if record is None:
                 self._bad_row(row, "bad_input", row.error or "unusable row")
@@ -481,7 +500,7 @@ class _Run:
                 )
                 continue
             try:
-                item = codec.render(record)
+                item = render(record)
             except RowInputError as e:
                 self._bad_row(row, "bad_input", str(e))
                 continue
@@ -489,10 +508,15 @@ class _Run:
             handles.append(_Handle(row.seq, row.id, kept, row.pos))
             items.append(item)
             if len(handles) >= batch_size:
-                yield Request(handles, codec.encode_rendered(items), len(handles))
+                yield Request(handles, encode(items), len(handles))
                 handles, items = [], []
         if handles and not self.stopping:
-            yield Request(handles, codec.encode_rendered(items), len(handles))
+            yield Request(handles, encode(items), len(handles))
+
+    async def _window_moved(self) -> None:
+        """Wait until a commit moves the watermark (or the run stops)."""
+        self.moved.clear()
+        await self.moved.wait()
 
     def _bad_row(self, row: Row, status: str, message: str) -> None:
         self.ledger.add_error(
@@ -516,16 +540,14 @@ class _Run:
         attempts = outcome.attempts
         if outcome.results is not None:
             latency = round(outcome.latency_ms, 1)
+            add = ledger.add_result
             for h, fields in zip(handles, outcome.results, strict=True):
-                row: dict[str, Any] = {"id": h.id}
                 if h.keep:
-                    row.update(h.keep)
-                row.update(fields)
-                row["attempts"] = attempts
-                row["latency_ms"] = latency
-                ledger.add_result(h.seq, row)
+                    add(h.seq, {"id": h.id, **h.keep, **fields, "attempts": attempts,
+                                "latency_ms": latency})  # fmt: skip
+                else:
+                    add(h.seq, {"id": h.id, **fields, "attempts": attempts, "latency_ms": latency})
             self.summary.succeeded += len(handles)
-            self._tick(len(handles))
         else:
             error = outcome.error
             status = error.status if error is not None else "error"
@@ -543,8 +565,10 @@ class _Run:
                     },
                 )
             self.summary.failed += len(handles)
-            self._tick(len(handles))
-        self._maybe_commit()
+        if self._bar_tick is not None:
+            self._bar_tick(len(handles))
+        if self.write_error is None and ledger.due() and self._write(ledger.commit):
+            self.moved.set()
 
     def _maybe_commit(self) -> None:
         if self.write_error is None and self.ledger.due() and self._write(self.ledger.commit):
@@ -611,8 +635,8 @@ class _Run:
 
     # -- progress and summary ----------------------------------------------------------------
     def _tick(self, settled: int) -> None:
-        if self.shown is not None:
-            self.shown.tick(settled)
+        if self._bar_tick is not None:
+            self._bar_tick(settled)
 
     def _counts(self) -> Counts:
         s = self.summary

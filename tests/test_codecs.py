@@ -11,17 +11,15 @@ import orjson
 import pytest
 
 from batchrun.codecs import (
-    BadResponseError,
     ChatCodec,
     EmbeddingsCodec,
     InputsCodec,
     RawCodec,
     RequestCodec,
-    RowInputError,
     codec_for,
     request_url,
 )
-from batchrun.errors import InputError, JobError
+from batchrun.errors import BadResponseError, InputError, JobError, RowInputError
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
 from tests.support.endpoint_app import (

@@ -13,8 +13,13 @@ from typing import Any
 
 import pytest
 
-from batchrun.codecs import BadResponseError, RequestCodec, codec_for
-from batchrun.errors import InferenceConnectionError, InferenceStatusError, ResponseTooLargeError
+from batchrun.codecs import RequestCodec, codec_for
+from batchrun.errors import (
+    BadResponseError,
+    InferenceConnectionError,
+    InferenceStatusError,
+    ResponseTooLargeError,
+)
 from batchrun.job import Job
 from batchrun.net import excerpt, parse_retry_after
 from batchrun.pool import Outcome, Pool, Request, secrets_of, status_error

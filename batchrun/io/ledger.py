@@ -274,9 +274,12 @@ class Ledger:
             raise self._fail("cannot write the id index", self._db_path, e) from e
 
     # -- completing rows ---------------------------------------------------------------------
-    def track(self, seq: int, pos: Position) -> None:
-        """Note a row read from the input that will complete later (call in seq order)."""
-        self._tracked.append((seq, pos))
+    def track(self, seq: int, pos: Position) -> int:
+        """Note a row read from the input that will complete later (call in seq order); the
+        window after it (see `window`)."""
+        tracked = self._tracked
+        tracked.append((seq, pos))
+        return len(tracked)
 
     @property
     def window(self) -> int:
@@ -286,7 +289,10 @@ class Ledger:
     def add_result(self, seq: int, row: dict[str, Any]) -> None:
         """Buffer a result row for `seq`."""
         self.results.write(row)
-        self._complete(seq, True)
+        if self._retry is None:
+            self._completed.append(seq)
+        else:
+            self._retry_settled.append((seq, True))
 
     def add_error(self, seq: int, row: dict[str, Any]) -> None:
         """Buffer an errors-file row for `seq`."""

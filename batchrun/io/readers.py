@@ -138,9 +138,14 @@ class InputReader:
         limit = self.limit
         if limit is not None and seq >= limit:
             return
+        last = len(self.files) - 1
         for file_index in range(pos[0], len(self.files)):
             first = pos if file_index == pos[0] else (file_index, 0, 0, 1)
-            for row in self._file_rows(file_index, first, seq):
+            rows = self._file_rows(file_index, first, seq)
+            if limit is None and file_index == last:
+                yield from rows  # nothing is counted after the last file
+                return
+            for row in rows:
                 yield row
                 seq += 1
                 if limit is not None and seq >= limit:

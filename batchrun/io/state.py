@@ -309,21 +309,25 @@ class RunState:
         holding the same id (a duplicate), else None.
 
         Indexing is idempotent: the first position of each id depends on the input alone, so
-        entries made for rows that were never committed stay true after a crash. One insert and
-        one lookup per chunk of rows keeps the index off the per-row hot path. The index is
-        written in the transaction of the next commit.
+        entries made for rows that were never committed stay true after a crash. One insert per
+        chunk of rows, and a lookup only when the insert met ids already indexed (a duplicate,
+        or rows indexed by an interrupted run), keeps the index off the per-row hot path. The
+        index is written in the transaction of the next commit.
 
         Raises:
             sqlite3.Error: the index could not be written (the transaction is rolled back).
         """
-        keys = [orjson.dumps(value, default=str) for value, _ in rows]
+        dumps = orjson.dumps
+        keys = [dumps(value, default=str) for value, _ in rows]
         firsts: dict[bytes, int] = {}
         try:
             self._begin()
-            self._db.executemany(
+            inserted = self._db.executemany(
                 "INSERT OR IGNORE INTO ids (id, seq) VALUES (?, ?)",
-                zip(keys, (seq for _, seq in rows), strict=True),
-            )
+                zip(keys, [seq for _, seq in rows], strict=True),
+            ).rowcount
+            if inserted == len(keys):  # every id is new: each row is its id's first
+                return [None] * len(keys)
             for i in range(0, len(keys), _LOOKUP_CHUNK):
                 chunk = keys[i : i + _LOOKUP_CHUNK]
                 marks = ",".join("?" * len(chunk))

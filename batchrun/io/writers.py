@@ -24,7 +24,6 @@ __all__ = [
     "JsonlWriter",
     "ParquetWriter",
     "ResultWriter",
-    "dumps_line",
     "fsync_dir",
     "move_temp",
     "temp_path",
@@ -54,11 +53,6 @@ def _default(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return value.decode("utf-8", errors="replace")
     return str(value)
-
-
-def dumps_line(row: dict[str, Any]) -> bytes:
-    """One JSONL line; values orjson cannot encode are written as strings."""
-    return orjson.dumps(row, default=_default, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class JsonlWriter:
@@ -95,8 +89,9 @@ class JsonlWriter:
         self.pending = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        """Buffer one row (not durable until `commit`)."""
-        self._buf.append(dumps_line(row))
+        """Buffer one row (not durable until `commit`); values orjson cannot encode are
+        written as strings."""
+        self._buf.append(orjson.dumps(row, default=_default, option=orjson.OPT_APPEND_NEWLINE))
         self.pending += 1
 
     def commit(self) -> int:
@@ -235,7 +230,8 @@ class ParquetWriter:
         return self.directory / f"part-{number:06d}.parquet"
 
     def write(self, row: dict[str, Any]) -> None:
-        """Buffer one row (not durable until `commit`)."""
+        """Buffer one row (not durable until `commit`); values orjson cannot encode are
+        written as strings."""
         self._rows.append(row)
         self.pending += 1
         if len(self._rows) >= self.chunk_rows:

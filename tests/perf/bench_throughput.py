@@ -9,7 +9,12 @@ One run, the same server and the same rows for every client:
 - ``bare httpx``: the same with httpx.AsyncClient;
 - ``huggingface_hub``: `AsyncInferenceClient.text_generation` + ``asyncio.gather`` over every
   row (the seed's way; no C of its own, the client's connection limits): once per latency, on
-  the first ``--seed-requests`` rows, run to the end.
+  the first ``--seed-requests`` rows, run to the end;
+- ``cli`` (the CPU-per-row case): the ``batchrun run`` command in its own process on
+  ``--cli-rows`` rows with ``id_field``, C = 64, against the lean bare aiohttp loop (orjson in
+  and out) in this script, alternating ``--cli-repeat`` times per latency; the CLI's CPU (user +
+  sys of its process, from ``getrusage(RUSAGE_CHILDREN)``) and wall time less those of a run of
+  0 rows (``--limit 0``: start-up), divided by rows; medians of the repeats.
 
 For each latency (0 ms and 50 ms) and concurrency C (64 and 256) it prints requests/s, client
 CPU µs per request (process CPU time / requests: the server runs in another process), and
@@ -20,6 +25,7 @@ counts: the machine is shared, and CPU µs per request is the steadier figure.
 
     .venv/bin/python tests/perf/bench_throughput.py            # the full table
     .venv/bin/python tests/perf/bench_throughput.py --requests 1000 --concurrency 64
+    .venv/bin/python tests/perf/bench_throughput.py --clients cli   # the CLI's CPU per row only
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import importlib.util
 import logging
 import os
 import platform
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -223,6 +232,131 @@ def run_batchrun(url: str, texts: list[str], concurrency: int, workdir: Path) ->
     return Result(RUN, 0, concurrency, summary.succeeded, seconds, cpu)
 
 
+@dataclass
+class CliCase:
+    """One latency of the CLI case: medians over the repeats, start-up subtracted."""
+
+    latency_ms: float
+    rows: int
+    startup_cpu_s: float
+    startup_wall_s: float
+    cli_cpu_us: float
+    cli_rps: float
+    bare_cpu_us: float
+    bare_rps: float
+    runs: list[tuple[float, float, float, float]]  # (cli cpu µs, cli rows/s, bare µs, bare/s)
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.cli_cpu_us / self.bare_cpu_us
+
+    @property
+    def rps_ratio(self) -> float:
+        return self.cli_rps / self.bare_rps
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def write_cli_job(workdir: Path, url: str, rows: int, concurrency: int) -> Path:
+    """A JSONL input of `rows` rows (`id`, `text`) and a job file for `batchrun run`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / "in.jsonl").open("wb") as f:
+        for i in range(rows):
+            text = f"row {i}: the quick brown fox jumps over the lazy dog"
+            f.write(orjson.dumps({"id": f"r{i}", "text": text}) + b"\n")
+    job = workdir / "job.toml"
+    job.write_text(
+        f'[endpoint]\nprovider = "url"\nurl = "{url}"\ntask = "text-generation"\n'
+        f'[input]\npath = "in.jsonl"\nid_field = "id"\nfield = "text"\n'
+        f'[output]\npath = "out.jsonl"\n'
+        f"[run]\nconcurrency = {concurrency}\nmax_attempts = 3\nrequest_timeout = 60\n",
+        encoding="utf-8",
+    )
+    return job
+
+
+def run_cli(job: Path, *extra: str) -> tuple[float, float, dict[str, Any]]:
+    """`batchrun run JOB --restart` in its own process: (CPU s, wall s, summary)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHRUN_", "HF_"))}
+    env["BATCHRUN_HOME"] = str(job.parent / "home")
+    cmd = [sys.executable, "-m", "batchrun", "run", str(job), "--restart", *extra]
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, env=env, cwd=job.parent, timeout=900)
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+    if proc.returncode != 0:
+        raise RuntimeError(f"batchrun run exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+    return cpu, wall, orjson.loads(proc.stdout)
+
+
+def measure_cli(url: str, latency: float, rows: int, repeat: int, workdir: Path) -> CliCase:
+    """The CLI case at one latency (the server is configured already)."""
+    job = write_cli_job(workdir, url, rows, 64)
+    startup = [run_cli(job, "--limit", "0", "--output", "empty.jsonl") for _ in range(repeat)]
+    startup_cpu = statistics.median(c for c, _, _ in startup)
+    startup_wall = statistics.median(w for _, w, _ in startup)
+    texts = [f"row {i}: the quick brown fox jumps over the lazy dog" for i in range(rows)]
+    asyncio.run(run_aiohttp(url, texts[:WARMUP], 64, 60.0))
+    runs = []
+    for _ in range(repeat):
+        cpu, wall, summary = run_cli(job)
+        assert summary["succeeded"] == rows, summary
+        bare = measure("bare", run_aiohttp, url, texts, 64, 600.0, latency, warmup=False)
+        assert bare.done == rows
+        runs.append(
+            (
+                (cpu - startup_cpu) / rows * 1e6,
+                rows / max(wall - startup_wall, 1e-9),
+                bare.cpu_us,
+                bare.rps,
+            )
+        )
+        print(
+            f"  {latency:g} ms cli: {runs[-1][0]:.0f} µs/row {runs[-1][1]:,.0f} rows/s; "
+            f"bare: {runs[-1][2]:.0f} µs/req {runs[-1][3]:,.0f} req/s",
+            file=sys.stderr,
+        )
+    return CliCase(
+        latency_ms=latency,
+        rows=rows,
+        startup_cpu_s=startup_cpu,
+        startup_wall_s=startup_wall,
+        cli_cpu_us=statistics.median(r[0] for r in runs),
+        cli_rps=statistics.median(r[1] for r in runs),
+        bare_cpu_us=statistics.median(r[2] for r in runs),
+        bare_rps=statistics.median(r[3] for r in runs),
+        runs=runs,
+    )
+
+
+def cli_table(cases: list[CliCase]) -> str:
+    lines = [
+        "| latency | rows | start-up CPU / wall | CLI CPU µs/row | bare CPU µs/req | × bare "
+        "| CLI rows/s | bare req/s | × bare |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in cases:
+        lines.append(
+            f"| {c.latency_ms:g} ms | {c.rows:,} | {c.startup_cpu_s:.2f} s / {c.startup_wall_s:.2f} s "
+            f"| {c.cli_cpu_us:.0f} | {c.bare_cpu_us:.0f} | {c.cpu_ratio:.2f} "
+            f"| {c.cli_rps:,.0f} | {c.bare_rps:,.0f} | {c.rps_ratio:.2f} |"
+        )
+    out = ["\n".join(lines), ""]
+    for c in cases:
+        out.append(
+            f"CLI CPU per row ≤ 1.1× the bare loop's at {c.latency_ms:g} ms: "
+            f"{c.cpu_ratio:.2f} {_ok(c.cpu_ratio <= 1.1)}"
+        )
+        if c.latency_ms:
+            out.append(
+                f"CLI rows/s ≥ 0.97× the bare loop's at {c.latency_ms:g} ms: "
+                f"{c.rps_ratio:.2f} {_ok(c.rps_ratio >= 0.97)}"
+            )
+    return "\n".join(out)
+
+
 SEED = "huggingface_hub AsyncInferenceClient + gather"
 RUN = "batchrun run (end to end)"
 
@@ -339,7 +473,9 @@ def main() -> None:
         "--seed-requests", type=int, default=1000, help="rows for the seed's way (gather)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of Pool and aiohttp (best)")
-    parser.add_argument("--clients", default="pool,aiohttp,httpx,hf,run", help="which clients")
+    parser.add_argument("--clients", default="pool,aiohttp,httpx,hf,run,cli", help="which clients")
+    parser.add_argument("--cli-rows", type=int, default=30000, help="rows of the CLI case")
+    parser.add_argument("--cli-repeat", type=int, default=3, help="runs of the CLI case (median)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     latencies = [float(x) for x in args.latencies.split(",")]
@@ -347,6 +483,7 @@ def main() -> None:
     chosen = args.clients.split(",")
     texts = [f"row {i}: the quick brown fox jumps over the lazy dog" for i in range(args.requests)]
     results: list[Result] = []
+    cli_cases: list[CliCase] = []
     started = dt.datetime.now(dt.UTC)
     load_start = os.getloadavg()[0]
     overshoot_start = timer_overshoot_ms()
@@ -393,6 +530,17 @@ def main() -> None:
                         r.latency_ms = latency
                         results.append(r)
                         print(f"  {latency:g} ms C={c} {r.client}: {r.rps:,.0f}", file=sys.stderr)
+            if "cli" in chosen:
+                server.configure(latency_ms=latency, reset=True)
+                cli_cases.append(
+                    measure_cli(
+                        server.url,
+                        latency,
+                        args.cli_rows,
+                        args.cli_repeat,
+                        Path(tmp) / f"cli-{latency}",
+                    )
+                )
     print(
         f"\n{started:%Y-%m-%d %H:%M} UTC · {platform.node()} · {os.cpu_count()} cores · "
         f"Python {platform.python_version()} · aiohttp {aiohttp.__version__} · "
@@ -406,11 +554,17 @@ def main() -> None:
     )
     if "run" in chosen and not runner_available():
         print("(batchrun.runner not present: `batchrun run` end to end not measured)")
-    print()
-    print(table(results))
-    print()
-    for line in goals(results):
-        print(line)
+    if results:
+        print()
+        print(table(results))
+        print()
+        for line in goals(results):
+            print(line)
+    if cli_cases:
+        print()
+        print(f"`batchrun run` in its own process, C = 64, id_field, median of {args.cli_repeat}:")
+        print()
+        print(cli_table(cli_cases))
 
 
 if __name__ == "__main__":
