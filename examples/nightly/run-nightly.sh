@@ -75,7 +75,12 @@ endpoint_name() { # the job's endpoint, with a --set endpoint.name=... override 
 set -m
 child=""
 signalled=0
-forward() { signalled=1; [ -n "$child" ] && kill "-$1" "$child" 2>/dev/null; }
+stopped="" # the first stop signal's name: forwarded even if it came before `child` was set
+forward() {
+    signalled=1
+    [ -n "$stopped" ] || stopped=$1
+    [ -n "$child" ] && kill "-$1" "$child" 2>/dev/null
+}
 trap 'forward INT' INT
 trap 'forward TERM' TERM
 
@@ -88,6 +93,7 @@ run_batchrun() { # run_batchrun STEP ARGS...: sets $code, $summary, $errlog
     errlog="$log_dir/runs/$stamp-$step.log"
     "${batchrun[@]}" run "$job" "$@" >"$summary" 2>"$errlog" </dev/null &
     child=$!
+    [ -z "$stopped" ] || kill "-$stopped" "$child" 2>/dev/null # a stop during the start
     while :; do
         signalled=0
         code=0
@@ -141,7 +147,7 @@ say "run: batchrun run $job $*"
 run_batchrun run "$@"
 handle run "$@"
 status=$?
-if [ "$status" = 3 ]; then
+if [ "$status" = 3 ] && [ -z "$stopped" ]; then # no re-drive after a stop (systemd, Ctrl-C)
     # shellcheck disable=SC2086 # NIGHTLY_REDRIVE_ARGS is a list of words
     run_batchrun redrive "$@" --retry-errors $redrive_args
     handle redrive "$@"
