@@ -4,8 +4,9 @@
 BatchrunError (exit 1)
 ├── JobError (exit 2)                      bad job file, option or input, found before anything is sent
 │   ├── InputError                         a missing/unreadable input file, an empty glob, a bad first row
-│   └── RunStateError                      the run state does not match the job (changed input, changed job)
-│       └── RunLockedError                 another live run holds this output
+│   ├── RunStateError                      the run state does not match the job (changed input, changed job)
+│   └── EndpointDriftError                 the endpoint differs from the job's creation keys (see --update-endpoint)
+├── RunLockedError (exit 8)                another live run holds this output (busy: try later)
 ├── APIError (exit 1)                      the endpoints control plane answered with an HTTP error
 │   ├── APIClientError (exit 2; 1 for 429 and other odd 4xx)  4xx: the API refused
 │   │   ├── AuthenticationError            401
@@ -14,7 +15,7 @@ BatchrunError (exit 1)
 │   │   ├── ConflictError                  409
 │   │   └── UnprocessableError             422
 │   └── APIServerError                     5xx
-├── APIConnectionError (exit 1)            the control plane could not be reached, or timed out
+├── APIConnectionError (exit 5)            the control plane could not be reached (connection, DNS, TLS, timeout)
 ├── EndpointError (exit 5)                 the endpoint is not usable
 │   ├── EndpointFailedError                state failed / updateFailed, or it died mid-run
 │   ├── EndpointTimeoutError (TimeoutError)  not ready in time
@@ -49,6 +50,7 @@ __all__ = [
     "BadResponseError",
     "BatchrunError",
     "ConflictError",
+    "EndpointDriftError",
     "EndpointError",
     "EndpointFailedError",
     "EndpointNotDeployedError",
@@ -92,8 +94,14 @@ class RunStateError(JobError):
     """The run state next to the output does not match this job or its input."""
 
 
-class RunLockedError(RunStateError):
-    """Another live run holds this output."""
+class EndpointDriftError(JobError):
+    """The existing endpoint differs from the creation keys the job sets; nothing was touched."""
+
+
+class RunLockedError(BatchrunError):
+    """Another live run holds this output: busy, not a bad job, so a scheduler can try later."""
+
+    exit_code = 8
 
 
 class APIError(BatchrunError):
@@ -163,7 +171,13 @@ class APIServerError(APIError):
 
 
 class APIConnectionError(BatchrunError):
-    """The endpoints API could not be reached or did not answer in time."""
+    """The endpoints API could not be reached or did not answer in time (connection, DNS, TLS).
+
+    Not a bug and not the job's fault: exit 5, like an endpoint that cannot serve, for
+    `batchrun run` and `batchrun endpoints` alike.
+    """
+
+    exit_code = 5
 
 
 class EndpointError(BatchrunError):

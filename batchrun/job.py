@@ -153,6 +153,8 @@ class EndpointSpec:
     scale_to_zero_timeout: int | None = None
     custom_image: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # an existing endpoint that differs from the creation keys above: update it (else exit 2)
+    update: bool = False
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -240,6 +242,9 @@ class Job:
     run: RunSpec = field(default_factory=RunSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     source: str = "<dict>"
+    # the `[endpoint]` keys the job file (or --set) gave, so that a default is not taken for
+    # the job's wish (the endpoint drift check); None when built in Python
+    endpoint_keys: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def task(self) -> str:
@@ -292,6 +297,7 @@ class Job:
             run=built["run"],
             budget=built["budget"],
             source=source,
+            endpoint_keys=frozenset(data.get("endpoint", {})),
         )
         job.validate()
         return job

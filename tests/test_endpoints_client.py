@@ -532,9 +532,10 @@ def test_transport_errors_and_timeouts_become_api_connection_errors(hf: FakeHF) 
         raise httpx.ConnectError("connection refused", request=request)
 
     hf.faults.append(drop)
-    with pytest.raises(APIConnectionError, match="connection refused"):
+    with pytest.raises(APIConnectionError, match="connection refused") as info:
         run(use(hf, lambda c: c.get("my-endpoint", namespace="alice")))
     assert hf.calls("GET") == FAST.attempts
+    assert info.value.exit_code == 5  # unreachable is not a bug (exit 1) nor the job's fault (2)
 
     hf.faults[:] = []
 

@@ -28,7 +28,10 @@ def test_error_tree_exit_codes() -> None:
     from batchrun import errors
 
     assert errors.JobError.exit_code == 2
-    assert errors.RunLockedError.exit_code == 2
+    assert errors.RunLockedError.exit_code == 8 and not issubclass(
+        errors.RunLockedError, errors.JobError
+    )
+    assert errors.APIConnectionError.exit_code == 5
     assert errors.EndpointTimeoutError.exit_code == 5
     assert issubclass(errors.EndpointTimeoutError, TimeoutError)
     assert errors.EndpointRestError.exit_code == 6

@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
     metavar="SECTION.KEY=VALUE",
     help="Override a job key, e.g. --set run.parameters.max_new_tokens=16 (repeatable).",
 )
+@click.option(
+    "--update-endpoint",
+    is_flag=True,
+    help="An existing endpoint that differs from the job's creation keys: update it, then run.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
 def run(
     job_file: Path,
@@ -57,19 +62,24 @@ def run(
     limit: int | None,
     output: str | None,
     assignments: tuple[str, ...],
+    update_endpoint: bool,
     quiet: bool,
 ) -> None:
     """Run JOB_FILE: send every uncommitted input row once; resume by default.
 
-    Prints a JSON summary on stdout. Exit codes: 0 all rows succeeded, 2 bad job or input,
-    3 rows in the errors file, 4 budget or deadline, 5 endpoint failed, 6 endpoint not put to
-    rest, 7 output could not be written (disk full; resumable), 130/143 interrupted (resumable).
+    Prints a JSON summary on stdout. Exit codes: 0 all rows succeeded, 2 bad job or input (or
+    an endpoint that differs from the job: see --update-endpoint), 3 rows in the errors file,
+    4 budget or deadline, 5 endpoint failed or the API unreachable, 6 endpoint not put to rest,
+    7 output could not be written (disk full; resumable), 8 another run holds this output,
+    130/143 interrupted (resumable).
     """
     overrides = parse_overrides(list(assignments))
     if concurrency is not None:
         overrides.setdefault("run", {})["concurrency"] = concurrency
     if output is not None:
         overrides.setdefault("output", {})["path"] = output
+    if update_endpoint:
+        overrides.setdefault("endpoint", {})["update"] = True
     job = load_job(job_file, **overrides)
     if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
         for name in ("batchrun.runner", "batchrun.progress"):  # progress lines off a TTY

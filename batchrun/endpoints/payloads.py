@@ -4,20 +4,25 @@ Create: ``{"name", "type", "provider": {"vendor", "region"}, "compute": {"accele
 "instanceType", "instanceSize", "scaling": {"minReplica", "maxReplica", "scaleToZeroTimeout"}},
 "model": {"repository", "framework", "revision", "task", "image", "env", "secrets"}, "tags"}``.
 Update: the same shape holding only the keys given.
+
+`EndpointDrift` compares an existing endpoint with the creation keys a job sets, and turns the
+differences into the `update(...)` that would apply them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from batchrun.endpoints.models import Endpoint
 from batchrun.errors import JobError
 from batchrun.job import EndpointSpec
 
 # the constants (CREATE_DEFAULTS, ENDPOINT_TYPES, SCALING_METRICS) stay importable, unlisted,
 # so that __all__ is sorted both ways (ruff's and the public API test's)
-__all__ = ["CreateSpec", "create_payload", "image_payload", "update_payload"]
+__all__ = ["CreateSpec", "EndpointDrift", "create_payload", "image_payload", "update_payload"]
 
 ENDPOINT_TYPES = ("public", "protected", "authenticated", "private")
 SCALING_METRICS = ("pendingRequests", "hardwareUsage")
@@ -266,3 +271,132 @@ def update_payload(
     if not payload:
         raise JobError("update: nothing to change; give at least one field")
     return payload
+
+
+_SPEC_DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default_factory is MISSING else f.default_factory()
+    for f in fields(EndpointSpec)
+}
+_NOT_UPDATABLE = ("vendor", "region")  # an update cannot move an endpoint
+_SHA = re.compile(r"[0-9a-f]{40}")
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSW", re.IGNORECASE)
+
+
+def _shown(value: Any) -> str:
+    text = "<unset>" if value is None else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(slots=True, kw_only=True)
+class EndpointDrift:
+    """How an existing endpoint differs from the creation keys a job sets.
+
+    Only the keys the job gives count (`Job.endpoint_keys`), never a default; `protected` is
+    `authenticated`; `env` and `custom_image` are compared key by key for the keys the job
+    gives; a key the endpoint does not report is not compared.
+
+    Attributes:
+        differences: one "key: job X, endpoint Y" per difference.
+        warnings: differences that are probably not ones (a branch name against a commit sha).
+        update: the `EndpointsClient.update` keyword arguments that apply the job's values.
+        fixed: the differing keys an update cannot change (vendor, region).
+    """
+
+    differences: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    update: dict[str, Any] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, spec: EndpointSpec, endpoint: Endpoint, *, given: frozenset[str] | None = None
+    ) -> EndpointDrift:
+        """Compare `endpoint` with the creation keys of `spec`.
+
+        Args:
+            spec: the job's `[endpoint]`.
+            endpoint: the endpoint as read.
+            given: the keys the job file gave (`Job.endpoint_keys`); None (a job built in
+                Python) counts the keys whose values differ from their defaults.
+
+        Raises:
+            JobError: the job's `type` or `custom_image` is not valid.
+        """
+        drift = cls()
+
+        def gives(key: str) -> bool:
+            if given is not None:
+                return key in given
+            return bool(getattr(spec, key) != _SPEC_DEFAULTS.get(key))
+
+        simple = (f.name for f in fields(CreateSpec) if hasattr(spec, f.name))
+        for key in simple:
+            if key in ("env", "custom_image") or not gives(key):
+                continue
+            want, have = getattr(spec, key), getattr(endpoint, key, None)
+            if have is None or want is None:
+                continue  # the endpoint does not say, or the job asks for the default
+            if key == "type":
+                want, have = _api_type(want), "authenticated" if have == "protected" else have
+            if want == have:
+                continue
+            if key == "revision" and bool(_SHA.fullmatch(want)) != bool(_SHA.fullmatch(have)):
+                drift.warnings.append(
+                    f"revision: job {want}, endpoint {have} (a branch against a commit: not checked)"
+                )
+                continue
+            drift._add(key, want, have, getattr(spec, key))
+        model = endpoint.raw.get("model")
+        model = model if isinstance(model, dict) else {}
+        image = spec.custom_image if gives("custom_image") else None
+        if image is not None:
+            drift._compare_image(image, model.get("image"))
+        drift._compare_env(image, spec.env if gives("env") else {}, model.get("env"))
+        return drift
+
+    def _add(self, key: str, want: Any, have: Any, value: Any) -> None:
+        self.differences.append(f"{key}: job {_shown(want)}, endpoint {_shown(have)}")
+        if key in _NOT_UPDATABLE:
+            self.fixed.append(key)
+        else:
+            self.update[key] = value
+
+    def _compare_image(self, custom_image: Mapping[str, Any], have: Any) -> None:
+        want, _ = image_payload(custom_image)
+        have = have if isinstance(have, dict) else {}
+        before = len(self.differences)
+        for variant, settings in want.items():
+            current = have.get(variant)
+            if not isinstance(settings, dict) or not isinstance(current, dict):
+                if settings != current:
+                    self.differences.append(
+                        f"custom_image: job {_shown(variant)}, endpoint {_shown(', '.join(have))}"
+                    )
+                continue
+            for key, value in settings.items():
+                if key != "env" and current.get(key) != value:
+                    self.differences.append(
+                        f"custom_image.{key}: job {_shown(value)}, "
+                        f"endpoint {_shown(current.get(key))}"
+                    )
+        if len(self.differences) > before:
+            self.update["custom_image"] = dict(custom_image)
+
+    def _compare_env(
+        self, custom_image: Mapping[str, Any] | None, env: Mapping[str, str], have: Any
+    ) -> None:
+        want = {**image_payload(custom_image)[1], **env} if custom_image else dict(env)
+        have = {str(k): str(v) for k, v in have.items()} if isinstance(have, dict) else {}
+        changed = False
+        for key, value in want.items():
+            if have.get(key) == value:
+                continue
+            changed = True
+            if _SECRET_NAME.search(key):
+                self.differences.append(f"env.{key}: differs (value not shown)")
+            else:
+                self.differences.append(
+                    f"env.{key}: job {_shown(value)}, endpoint {_shown(have.get(key))}"
+                )
+        if changed or "custom_image" in self.update:
+            self.update["env"] = {**have, **want}  # an update replaces the whole env

@@ -8,12 +8,13 @@ async with EndpointLease(job) as lease:        # get / create / resume, wait unt
 
 Entering: resolve the API and token (`provider = "local"` starts the local service if nothing
 answers), register a lease in batchrun's home, read the endpoint (missing → create it from the
-job's create fields, or exit 2 without them; failed → exit 5), learn the price (`pricing`), start
-the watchdog (it survives a kill -9 of this process), resume or create, wait until ready (up to
-`[endpoint] ready_timeout`, exit 5 after). Meanwhile two background tasks (`watchers`) watch: the
-endpoint's state (feeding the cost meter; `failed` mid-run sets `stop_reason =
-"endpoint_failed"`) and the budget (`"budget"` / `"deadline"`, early enough that the pause lands
-inside the limit).
+job's create fields, or exit 2 without them; failed → exit 5; different from the creation keys
+the job sets → exit 2 before anything is touched, or updated with `[endpoint] update`), learn
+the price (`pricing`), start the watchdog (it survives a kill -9 of this process), resume or
+create, wait until ready (up to `[endpoint] ready_timeout`, exit 5 after). Meanwhile two
+background tasks (`watchers`) watch: the endpoint's state (feeding the cost meter; `failed`
+mid-run sets `stop_reason = "endpoint_failed"`) and the budget (`"budget"` / `"deadline"`,
+early enough that the pause lands inside the limit).
 
 Leaving: unless another live lease holds the endpoint, `rest.apply_on_exit` (retried, confirmed);
 if that fails, `EndpointRestError` (exit 6) naming the endpoint and the pause command, the lease
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -37,8 +39,14 @@ from batchrun.endpoints.client import EndpointsClient
 from batchrun.endpoints.connect import api_url_for, control_token
 from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Endpoint, EndpointState
-from batchrun.endpoints.payloads import CreateSpec
-from batchrun.errors import BatchrunError, EndpointFailedError, EndpointRestError, JobError
+from batchrun.endpoints.payloads import CreateSpec, EndpointDrift
+from batchrun.errors import (
+    BatchrunError,
+    EndpointDriftError,
+    EndpointFailedError,
+    EndpointRestError,
+    JobError,
+)
 from batchrun.job import Job
 from batchrun.lifecycle.pricing import check_budget_fits, price_per_hour
 from batchrun.lifecycle.registry import HeldLease, LeaseRecord, LeaseRegistry
@@ -206,15 +214,24 @@ class EndpointLease:
             )
         found = await self._reader.read()
         self._check_found(found)
+        drift = self._check_drift(found)
         self.found_state = found.state_text if found else "missing"
+        priced = found
+        if found is not None and drift is not None:  # priced as it will be once updated
+            sizes = ("instance_type", "instance_size")
+            priced = dataclasses.replace(
+                found, **{k: v for k, v in drift.update.items() if k in sizes}
+            )
         self.meter.price_per_hour = await price_per_hour(
-            self.job, self._client, found, namespace=self.namespace
+            self.job, self._client, priced, namespace=self.namespace
         )
         check_budget_fits(self.job, self.meter.price_per_hour, self.budget)
         self._lease.update(found_state=self.found_state)
         if self._watchdog_wanted:
             await self._start_watchdog()
         self._touched = True
+        if found is not None and drift is not None:
+            found = await self._apply_drift(found, drift)
         self._seen(await self._wake(found))
         self._start_watchers()
         ready = await self._wait_ready()
@@ -246,6 +263,45 @@ class EndpointLease:
                 f"{where} is {found.state_text} ({found.message or 'no message'}); nothing was "
                 "sent. Fix or recreate it, then run again"
             )
+
+    def _check_drift(self, found: Endpoint | None) -> EndpointDrift | None:
+        """The update to apply (`[endpoint] update`), or None; refuse drift otherwise.
+
+        Raises:
+            EndpointDriftError: the endpoint differs from the creation keys the job sets, and
+                the job does not ask to update it (or asks for what an update cannot change).
+        """
+        if found is None:
+            return None
+        spec = self.job.endpoint
+        drift = EndpointDrift.of(spec, found, given=self.job.endpoint_keys)
+        where = f"endpoint {self.namespace}/{self.name}"
+        for warning in drift.warnings:
+            logger.warning("%s: %s", where, warning)
+        if not drift.differences:
+            return None
+        listed = "; ".join(drift.differences)
+        if drift.fixed:
+            raise EndpointDriftError(
+                f"{self.job.source}: {where} differs from the job ({listed}); an update cannot "
+                f"change {', '.join(drift.fixed)}: fix the job, or delete the endpoint so the run "
+                "creates it. Nothing was sent"
+            )
+        if not spec.update:
+            raise EndpointDriftError(
+                f"{self.job.source}: {where} differs from the job ({listed}); nothing was sent "
+                "and it was left as it was. Run with --update-endpoint (or [endpoint] update = "
+                "true) to update it, or change the job"
+            )
+        return drift
+
+    async def _apply_drift(self, found: Endpoint, drift: EndpointDrift) -> Endpoint:
+        """Update the endpoint with the job's values; `_wake` and `_wait_ready` do the rest."""
+        assert self._client is not None
+        logger.warning(
+            "updating endpoint %s/%s: %s", self.namespace, self.name, "; ".join(drift.differences)
+        )
+        return await self._client.update(self.name, namespace=self.namespace, **drift.update)
 
     async def _start_watchdog(self) -> None:
         assert self._lease is not None
