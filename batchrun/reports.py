@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.endpoints.auth import resolve_token
 from batchrun.endpoints.client import EndpointsClient
-from batchrun.endpoints.connect import api_url_for, local_price_list, local_token
+from batchrun.endpoints.connect import HOME_SERVICE, api_url_for, control_plane, local_price_list
 from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Hardware
 from batchrun.errors import APIConnectionError, BatchrunError, NotFoundError
@@ -155,10 +154,11 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
     endpoint_name = spec.url if spec.provider == "url" else f"{spec.namespace or '?'}/{spec.name}"
     state: str | None = None
     if spec.provider in ("hf", "local") and spec.name:
-        token = resolve_token() if spec.provider == "hf" else (resolve_token() or local_token())
         try:
+            # provider "local": this home's service, started when none runs, and its token
+            api_url, token = await control_plane(spec.provider, api_url_for(spec))
             async with EndpointsClient(
-                api_url=api_url_for(spec),
+                api_url=api_url,
                 token=token,
                 namespace=spec.namespace,
                 timeout=10.0,
@@ -284,8 +284,10 @@ def _lease_line(lease: dict[str, Any]) -> str:
     cost = meter.get("cost_usd")
     cost_text = f", ${cost:.4f} so far" if isinstance(cost, int | float) else ""
     live = "live" if lease.get("live") else "DEAD (run `batchrun reap`)"
+    api = lease["api_url"]
+    where = "this home's local service" if api == HOME_SERVICE else api
     return (
-        f"lease {lease['id']}: {lease['namespace']}/{lease['endpoint']} on {lease['api_url']}, "
+        f"lease {lease['id']}: {lease['namespace']}/{lease['endpoint']} on {where}, "
         f"pid {lease['pid']} {live}, on_exit {lease['on_exit']}, since {lease['started']}{cost_text}"
     )
 

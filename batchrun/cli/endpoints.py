@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from batchrun.endpoints import Endpoint, EndpointsClient, Hardware
+from batchrun.endpoints.connect import HOME_SERVICE, control_plane
 from batchrun.endpoints.payloads import CREATE_DEFAULTS, ENDPOINT_TYPES, SCALING_METRICS, CreateSpec
 from batchrun.job import parse_duration
 
@@ -39,20 +41,29 @@ class _EndpointsGroup(click.Group):
 
 @dataclass(slots=True)
 class _Api:
-    """The shared `--api-url/--namespace/--token` options of one command."""
+    """The shared `--api-url/--local/--namespace/--token` options of one command."""
 
     api_url: str | None
     namespace: str | None
     token: str | None = field(repr=False)
+    local: bool = False
+
+    def wants_local(self) -> bool:
+        """Whether the API is this home's local service: `--local`, or
+        `BATCHRUN_ENDPOINTS_API=local`, unless `--api-url` is given."""
+        if self.api_url:
+            return False
+        return self.local or os.environ.get("BATCHRUN_ENDPOINTS_API", "").strip() == "local"
 
     def run(self, call: Callable[[EndpointsClient], Awaitable[T]]) -> T:
         """Run `call` with a client built from the options, on a fresh event loop."""
 
         async def go() -> T:
             namespace = None if self.namespace == "*" else self.namespace
-            async with EndpointsClient(
-                api_url=self.api_url, token=self.token, namespace=namespace
-            ) as client:
+            api_url, token = self.api_url, self.token
+            if self.wants_local():
+                api_url, token = await control_plane("local", HOME_SERVICE, token)
+            async with EndpointsClient(api_url=api_url, token=token, namespace=namespace) as client:
                 return await call(client)
 
         return asyncio.run(go())
@@ -65,12 +76,20 @@ class _Api:
 
 
 def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--api-url`, `--namespace` and `--token` to a command; it receives them as `api`."""
+    """Add `--api-url`, `--local`, `--namespace` and `--token` to a command; it receives them
+    as `api`."""
 
     @click.option(
         "--api-url",
         metavar="URL",
-        help="Endpoints API base URL [default: $BATCHRUN_ENDPOINTS_API, else Hugging Face's].",
+        help="Endpoints API base URL, /v2 optional [default: --local, else "
+        "$BATCHRUN_ENDPOINTS_API (a URL or `local`), else Hugging Face's].",
+    )
+    @click.option(
+        "--local",
+        is_flag=True,
+        help="This home's local service ($BATCHRUN_HOME/local), its token read from there; "
+        "started when none runs.",
     )
     @click.option(
         "--namespace",
@@ -85,9 +104,14 @@ def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )
     @functools.wraps(fn)
     def wrapper(
-        *args: Any, api_url: str | None, namespace: str | None, token: str | None, **kwargs: Any
+        *args: Any,
+        api_url: str | None,
+        local: bool,
+        namespace: str | None,
+        token: str | None,
+        **kwargs: Any,
     ) -> Any:
-        return fn(*args, api=_Api(api_url, namespace, token), **kwargs)
+        return fn(*args, api=_Api(api_url, namespace, token, local), **kwargs)
 
     return wrapper
 

@@ -1,6 +1,8 @@
 """`batchrun serve`: the local Inference Endpoints service, in the foreground.
 
-`--status` and `--stop` report on and stop the service of a state directory instead.
+Without `--port` it listens on a free port, written to `<state dir>/service.json`, where jobs
+and `batchrun endpoints --local` find it. `--status` and `--stop` report on and stop the
+service of a state directory instead.
 """
 
 from __future__ import annotations
@@ -39,10 +41,9 @@ def _token(token: str | None, token_file: Path | None) -> str | None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option(
     "--port",
-    default=8765,
-    show_default=True,
+    default=None,
     type=click.IntRange(0, 65535),
-    help="Port of the control plane (0: any free port).",
+    help="Port of the control plane [default: a free one, written to service.json].",
 )
 @click.option(
     "--state-dir",
@@ -79,7 +80,7 @@ def _token(token: str | None, token_file: Path | None) -> str | None:
 @click.option("--stop", "stop", is_flag=True, help="Stop the state dir's service.")
 def serve(
     host: str,
-    port: int,
+    port: int | None,
     state_dir: Path | None,
     token: str | None,
     token_file: Path | None,
@@ -89,7 +90,13 @@ def serve(
     stop: bool,
 ) -> None:
     """Run the local Inference Endpoints service (Hugging Face's API, models on this machine)."""
-    from batchrun.local import default_state_dir, run_service, service_status, stop_service
+    from batchrun.local import (
+        default_state_dir,
+        port_owner,
+        run_service,
+        service_status,
+        stop_service,
+    )
 
     directory = (state_dir or default_state_dir()).resolve()
     if show_status:
@@ -104,12 +111,21 @@ def serve(
         click.echo(f"stopped (pid {pid})" if pid else "not running", err=True)
         return
 
+    if port:
+        owner = port_owner(host, port)
+        if owner is not None:
+            raise JobError(
+                f"--port {port}: taken by the batchrun service of state dir "
+                f"{owner.get('state_dir', '?')} (pid {owner.get('pid', '?')}); leave out --port "
+                "to take a free one"
+            )
+
     def ready(api_url: str) -> None:
         click.echo(f"batchrun serve: listening on {api_url} (state in {directory})", err=True)
 
     run_service(
         host=host,
-        port=port,
+        port=port or 0,
         state_dir=directory,
         token=_token(token, token_file),
         minute=minute,

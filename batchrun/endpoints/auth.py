@@ -2,7 +2,8 @@
 
 - Token: explicit, else `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the file
   `$HF_HOME/token` (default `~/.cache/huggingface/token`), as `hf auth login` writes it.
-- API base: explicit, else `BATCHRUN_ENDPOINTS_API`, else Hugging Face's.
+- API base: explicit, else `BATCHRUN_ENDPOINTS_API`, else Hugging Face's; a URL without a
+  path gets `/v2` (`http://127.0.0.1:8791` is `http://127.0.0.1:8791/v2`).
 - whoami host: explicit, else Hugging Face's hub (`HF_ENDPOINT` or https://huggingface.co) when
   the API is Hugging Face's, else the origin of the API URL (the local service answers
   `/api/whoami-v2` itself).
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_HUB_URL",
     "TOKEN_HELP",
     "namespace_from_whoami",
+    "normalize_api_url",
     "resolve_api_url",
     "resolve_hub_url",
     "resolve_token",
@@ -69,20 +71,37 @@ def resolve_token(explicit: str | None = None) -> str | None:
     return text or None
 
 
-def resolve_api_url(explicit: str | None = None) -> str:
-    """The control-plane base URL, without a trailing slash.
-
-    Args:
-        explicit: a base URL given by the caller (e.g. "http://127.0.0.1:8765/v2").
+def normalize_api_url(url: str) -> str:
+    """`url` without a trailing slash, with `/v2` added when it has no path.
 
     Raises:
         JobError: the URL is not http(s).
     """
-    url = (explicit or os.environ.get("BATCHRUN_ENDPOINTS_API") or DEFAULT_API_URL).strip()
+    url = url.strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise JobError(f"endpoints API URL must be http(s)://host[:port]/path, got {url!r}")
-    return url.rstrip("/")
+    url = url.rstrip("/")
+    return url if parts.path.strip("/") else url + "/v2"
+
+
+def resolve_api_url(explicit: str | None = None) -> str:
+    """The control-plane base URL, without a trailing slash (`/v2` added when it has no path).
+
+    Args:
+        explicit: a base URL given by the caller (e.g. "http://127.0.0.1:8791/v2").
+
+    Raises:
+        JobError: the URL is not http(s), or `BATCHRUN_ENDPOINTS_API` is the word `local`
+            (only `batchrun endpoints` resolves it: this home's local service).
+    """
+    env = os.environ.get("BATCHRUN_ENDPOINTS_API", "").strip()
+    if not explicit and env.lower() == "local":
+        raise JobError(
+            "BATCHRUN_ENDPOINTS_API=local names this home's local service, which only "
+            "`batchrun endpoints` resolves; pass the service's api_url explicitly"
+        )
+    return normalize_api_url(explicit or env or DEFAULT_API_URL)
 
 
 def _is_hugging_face(api_url: str) -> bool:

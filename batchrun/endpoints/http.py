@@ -44,6 +44,7 @@ from batchrun.errors import (
     PermissionDeniedError,
     UnprocessableError,
 )
+from batchrun.home import batchrun_home
 from batchrun.net import backoff, excerpt, parse_retry_after, retry_line, scrub_secrets
 
 __all__ = ["ControlRetryPolicy", "error_for_response", "probe", "retryable", "scrub", "send"]
@@ -105,6 +106,18 @@ def _server_message(response: httpx.Response) -> str:
     return "; ".join(cleaned)
 
 
+def _token_help(host: str) -> str:
+    """Where the token comes from: a service on this machine is batchrun's local service, whose
+    token lives in its home, not Hugging Face's."""
+    if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        return (
+            "a batchrun local service wants its own token: this home's is in "
+            f"{batchrun_home() / 'local' / 'token'} (`batchrun endpoints ... --local` reads it); "
+            "a service started with --token or --token-file wants that one (--token, HF_TOKEN)"
+        )
+    return TOKEN_HELP
+
+
 def error_for_response(
     response: httpx.Response,
     *,
@@ -132,7 +145,7 @@ def error_for_response(
         else call
     )
     if status == 401:
-        lead = f"not authorized for {what}; {TOKEN_HELP}"
+        lead = f"not authorized for {what}; {_token_help(request.url.host)}"
     elif status == 403:
         lead = f"permission denied for {what}; the token may not do this"
     elif status == 404:

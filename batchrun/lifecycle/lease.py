@@ -36,7 +36,7 @@ import httpx
 
 from batchrun.budget import Budget, CostMeter
 from batchrun.endpoints.client import EndpointsClient
-from batchrun.endpoints.connect import api_url_for, control_token
+from batchrun.endpoints.connect import api_url_for, control_plane
 from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Endpoint, EndpointState
 from batchrun.endpoints.payloads import CreateSpec, EndpointDrift
@@ -104,12 +104,19 @@ class EndpointLease:
             raise JobError(f"{job.source}: EndpointLease needs provider hf or local and a name")
         self.job = job
         self.name: str = spec.name
+        # "local" (HOME_SERVICE) until entering finds this home's service; the lease file keeps
+        # that word, so whoever reaps it finds the service again through service.json.
         self.api_url = api_url_for(spec)
+        self._lease_api_url = self.api_url
         self.on_exit: str = spec.on_exit
         self._explicit_token = token
         self._token: str | None = None
         self._watchdog_wanted = spec.watchdog if watchdog is None else watchdog
-        local_api = "://127.0.0.1" in self.api_url or "://localhost" in self.api_url
+        local_api = (
+            spec.provider == "local"
+            or "://127.0.0.1" in self.api_url
+            or "://localhost" in self.api_url
+        )
         self.refresh_every = refresh_every or (0.25 if local_api else 5.0)
         self._clock = clock
         self._transport = transport
@@ -190,7 +197,9 @@ class EndpointLease:
 
     async def _enter(self) -> None:
         spec = self.job.endpoint
-        self._token = await control_token(spec.provider, self.api_url, self._explicit_token)
+        self.api_url, self._token = await control_plane(
+            spec.provider, self._lease_api_url, self._explicit_token
+        )
         self._client = EndpointsClient(
             api_url=self.api_url,
             token=self._token,
@@ -206,7 +215,7 @@ class EndpointLease:
                     id=self._registry.new_id(self.name),
                     endpoint=self.name,
                     namespace=self.namespace,
-                    api_url=self.api_url,
+                    api_url=self._lease_api_url,
                     provider=spec.provider,
                     on_exit=self.on_exit,
                     output=self.job.output.path,

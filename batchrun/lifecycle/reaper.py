@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from batchrun.endpoints.client import EndpointsClient
-from batchrun.endpoints.connect import control_token
+from batchrun.endpoints.connect import HOME_SERVICE, control_plane
 from batchrun.errors import BatchrunError, EndpointRestError
 from batchrun.lifecycle.registry import HeldLease, LeaseRegistry
 from batchrun.lifecycle.rest import apply_on_exit
@@ -19,7 +19,9 @@ __all__ = ["ReapResult", "reap_dead_leases", "settle_dead_lease"]
 logger = logging.getLogger(__name__)
 
 
-async def settle_dead_lease(held: HeldLease, *, token: str | None, attempts: int = 3) -> str:
+async def settle_dead_lease(
+    held: HeldLease, *, token: str | None, attempts: int = 3, api_url: str | None = None
+) -> str:
     """Put a claimed dead lease's endpoint to rest, unless another live lease holds it.
 
     Deletes the lease when done; keeps it on disk (releasing only its lock) when `on_exit`
@@ -29,6 +31,8 @@ async def settle_dead_lease(held: HeldLease, *, token: str | None, attempts: int
         held: a lease claimed with `LeaseRegistry.claim`.
         token: the API token for the lease's endpoint.
         attempts: tries of `apply_on_exit`.
+        api_url: where its API is now (default: the lease's; a lease on this home's local
+            service is found again through its `service.json`, started if it is not running).
 
     Returns:
         What happened, one line (for logs and `batchrun reap`).
@@ -46,8 +50,10 @@ async def settle_dead_lease(held: HeldLease, *, token: str | None, attempts: int
             held.release()
             return f"{where}: left as it is, still leased by pid {pids}"
         try:
+            if (api_url or record.api_url) == HOME_SERVICE:
+                api_url, token = await control_plane(record.provider, HOME_SERVICE, token)
             async with EndpointsClient(
-                api_url=record.api_url, token=token, namespace=record.namespace
+                api_url=api_url or record.api_url, token=token, namespace=record.namespace
             ) as client:
                 outcome = await apply_on_exit(
                     client,
@@ -117,10 +123,10 @@ async def reap_dead_leases(
         if held is None:
             continue  # someone else (a watchdog) is at it, or it is done
         try:
-            message = await settle_dead_lease(
-                held,
-                token=await control_token(record.provider, record.api_url, token, tolerant=True),
+            api_url, lease_token = await control_plane(
+                record.provider, record.api_url, token, tolerant=True
             )
+            message = await settle_dead_lease(held, token=lease_token, api_url=api_url)
             results.append(ReapResult(lease_id=record.id, endpoint=where, ok=True, message=message))
         except EndpointRestError as e:
             results.append(ReapResult(lease_id=record.id, endpoint=where, ok=False, message=str(e)))

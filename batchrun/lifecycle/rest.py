@@ -36,6 +36,7 @@ from tenacity import (
 
 from batchrun.endpoints.auth import DEFAULT_API_URL
 from batchrun.endpoints.client import EndpointsClient
+from batchrun.endpoints.connect import is_home_service
 from batchrun.endpoints.models import Endpoint, EndpointState
 from batchrun.errors import (
     APIClientError,
@@ -100,8 +101,11 @@ def rest_action(on_exit: str, found_state: str | None) -> RestAction:
 
 
 def pause_command(name: str, namespace: str, api_url: str | None = None) -> str:
-    """The command a person runs to pause the endpoint by hand."""
+    """The command a person runs to pause the endpoint by hand (`--local` for this home's local
+    service, which finds it wherever it listens by then)."""
     command = f"batchrun endpoints pause {name} --namespace {namespace}"
+    if api_url and is_home_service(api_url):
+        return command + " --local"
     if api_url and api_url.rstrip("/") != DEFAULT_API_URL:
         command += f" --api-url {api_url.rstrip('/')}"
     return command

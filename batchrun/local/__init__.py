@@ -5,7 +5,8 @@ its own worker process on 127.0.0.1 (`batchrun.local.worker`), with the echo mod
 or a local transformers model directory (`batchrun.local.backends`). State lives in SQLite in
 the state directory (`batchrun.local.store`); the state machine is `batchrun.local.supervisor`,
 the HTTP API `batchrun.local.app`, and `ensure_service` (`batchrun.local.service`) finds or
-starts the service a `provider = "local"` job talks to.
+starts the service a `provider = "local"` job talks to: its home's own, found through
+its `service.json`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
         LocalServiceInfo,
         default_state_dir,
         ensure_service,
+        port_owner,
         service_status,
         stop_service,
     )
@@ -29,6 +31,7 @@ __all__ = [
     "LocalServiceInfo",
     "default_state_dir",
     "ensure_service",
+    "port_owner",
     "run_service",
     "service_status",
     "stop_service",
@@ -39,6 +42,7 @@ _HOMES = {
     "LocalServiceInfo": "service",
     "default_state_dir": "service",
     "ensure_service": "service",
+    "port_owner": "service",
     "run_service": "app",
     "service_status": "service",
     "stop_service": "service",

@@ -1,10 +1,13 @@
 """Finding, starting and stopping the local service of a state directory.
 
-A running service writes `service.json` (its `api_url` and `pid`) into its state directory and
-holds `service.lock` there. `ensure_service` is what `provider = "local"` uses: if a batchrun
-service answers at `api_url` it is returned; otherwise one is started in the background for the
-state directory (one starter at a time, under `start.lock`), with a token it keeps in
-`<state dir>/token` (mode 0600), exiting by itself after 30 idle minutes.
+A running service writes `service.json` (its `pid`, `port`, `api_url` and `state_dir`) into its
+state directory and holds `service.lock` there. A home's service is found through that file and
+a liveness check (the pid it names answers at its `api_url`, for this state directory), never by
+probing a fixed port: two homes on one machine each have their own. `ensure_service` is what
+`provider = "local"` uses: this home's service if it runs, else one started in the background on
+a free port (one starter at a time, under `start.lock`), with a token it keeps in
+`<state dir>/token` (mode 0600), exiting by itself after 30 idle minutes. Given an explicit
+`api_url`, it is the service answering there (started on that port when none does).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "LocalServiceInfo",
     "default_state_dir",
     "ensure_service",
+    "port_owner",
     "service_status",
     "stop_service",
 ]
@@ -42,6 +46,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "http://127.0.0.1:8765/v2"
+"""The port `batchrun serve` used to default to; kept for callers that name it explicitly."""
 IDLE_EXIT_SECONDS = 30 * 60.0
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Services started here run on after ensure_service returns; holding their Popen objects keeps
@@ -106,21 +111,42 @@ def _own_token(state_dir: Path) -> Path:
     return path
 
 
-def _info(status: dict[str, Any], api_url: str) -> LocalServiceInfo:
+def _same_dir(a: Path | str | None, b: Path) -> bool:
+    if a is None:
+        return False
+    try:
+        return Path(a).resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _info(status: dict[str, Any], api_url: str, home: Path) -> LocalServiceInfo:
+    """What `status` says, with the token only when the service is `home`'s (a token is never
+    read from another home's state directory)."""
     state_dir = Path(status["state_dir"]) if status.get("state_dir") else None
-    token = _read_token(state_dir) if state_dir is not None else None
+    token = _read_token(home) if _same_dir(state_dir, home) else None
     return LocalServiceInfo(
         api_url=api_url.rstrip("/"), token=token, pid=status.get("pid"), state_dir=state_dir
     )
 
 
+def _home_service(state_dir: Path) -> LocalServiceInfo | None:
+    """The running service of `state_dir`, found through its `service.json`, or None."""
+    status = service_status(state_dir)
+    if status is None:
+        return None
+    return _info(status, str(status["api_url"]), state_dir)
+
+
 def ensure_service(
-    *, api_url: str = DEFAULT_API_URL, home: Path | None = None, timeout: float = 30.0
+    *, api_url: str | None = None, home: Path | None = None, timeout: float = 30.0
 ) -> LocalServiceInfo:
-    """The local service answering at `api_url`, started in the background if none does.
+    """The local service of `home`, started in the background if none runs.
 
     Args:
-        api_url: the control plane's base URL (ending in /v2); its host must be local to start one.
+        api_url: None (the default): `home`'s own service, found through its `service.json`,
+            else started on a free port. A base URL (ending in /v2): the batchrun service that
+            answers there, else one started for `home` on that port (its host must be local).
         home: the service's state directory (default `batchrun_home()/"local"`).
         timeout: seconds to wait for a started service to answer.
 
@@ -128,17 +154,24 @@ def ensure_service(
         APIConnectionError: nothing answers and a service cannot be started there, or it did not
             come up in time (the message quotes its log).
     """
-    status = _probe(api_url)
-    if status is not None:
-        return _info(status, api_url)
-    parts = urlsplit(api_url)
-    host = parts.hostname or "127.0.0.1"
-    if host not in _LOCAL_HOSTS:
-        raise APIConnectionError(
-            f"no batchrun service answers at {api_url}, and it is not on this machine to start one"
-        )
-    port = parts.port or 8765
     state_dir = home or default_state_dir()
+    if api_url is None:
+        found = _home_service(state_dir)
+        if found is not None:
+            return found
+        host, port = "127.0.0.1", 0
+    else:
+        status = _probe(api_url)
+        if status is not None:
+            return _info(status, api_url, state_dir)
+        parts = urlsplit(api_url)
+        host = parts.hostname or "127.0.0.1"
+        if host not in _LOCAL_HOSTS:
+            raise APIConnectionError(
+                f"no batchrun service answers at {api_url}, and it is not on this machine to "
+                "start one"
+            )
+        port = parts.port or 80
     state_dir.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(state_dir / "start.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -151,20 +184,26 @@ def ensure_service(
                 if time.monotonic() > deadline:
                     raise APIConnectionError(
                         f"another process is starting the local service in {state_dir}; "
-                        f"it did not answer at {api_url} within {timeout:.0f} s"
+                        f"it did not answer within {timeout:.0f} s"
                     ) from None
                 time.sleep(0.1)
-        status = _probe(api_url)  # someone else may have started it meanwhile
-        if status is not None:
-            return _info(status, api_url)
-        return _start(api_url, host, port, state_dir, deadline)
+        # Someone else may have started it meanwhile.
+        if api_url is None:
+            found = _home_service(state_dir)
+            if found is not None:
+                return found
+        else:
+            status = _probe(api_url)
+            if status is not None:
+                return _info(status, api_url, state_dir)
+        return _start(host, port, state_dir, deadline)
     finally:
         os.close(lock_fd)
 
 
-def _start(
-    api_url: str, host: str, port: int, state_dir: Path, deadline: float
-) -> LocalServiceInfo:
+def _start(host: str, port: int, state_dir: Path, deadline: float) -> LocalServiceInfo:
+    """Start `batchrun serve` for `state_dir` on `host:port` (0: a free port) and wait until
+    the pid it writes to `service.json` answers there."""
     token_path = _own_token(state_dir)
     log_path = state_dir / "service.log"
     cmd = [
@@ -195,10 +234,13 @@ def _start(
         )
     _STARTED.append(proc)
     logger.info("started the local service (pid %d) for %s", proc.pid, state_dir)
+    where = f"{host}:{port}" if port else f"a free port on {host}"
     while True:
-        status = _probe(api_url, timeout=1.0)
-        if status is not None and status.get("pid") == proc.pid:
-            return _info(status, api_url)
+        address = _read_address(state_dir)
+        if address is not None and address.get("pid") == proc.pid and address.get("api_url"):
+            status = _probe(str(address["api_url"]), timeout=1.0)
+            if status is not None and status.get("pid") == proc.pid:
+                return _info(status, str(address["api_url"]), state_dir)
         if proc.poll() is not None:
             raise APIConnectionError(
                 f"the local service exited at start (code {proc.returncode}): {_tail(log_path)}"
@@ -207,7 +249,7 @@ def _start(
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             raise APIConnectionError(
-                f"the local service did not answer at {api_url} in time: {_tail(log_path)}"
+                f"the local service did not answer on {where} in time: {_tail(log_path)}"
             )
         time.sleep(0.1)
 
@@ -229,14 +271,28 @@ def _read_address(state_dir: Path) -> dict[str, Any] | None:
 
 
 def service_status(state_dir: Path) -> dict[str, Any] | None:
-    """The status of the service of `state_dir`, or None when none runs."""
+    """The status of the service of `state_dir`, or None when none runs.
+
+    Found through `state_dir/service.json`: its pid must be alive and answer at its `api_url`
+    for this very state directory (a stale file whose port another service took is not it).
+    """
     address = _read_address(state_dir)
-    if address is None or not address.get("api_url"):
+    if address is None or not address.get("api_url") or not isinstance(address.get("pid"), int):
+        return None
+    if not _pid_alive(int(address["pid"])):
         return None
     status = _probe(str(address["api_url"]))
     if status is None or status.get("pid") != address.get("pid"):
         return None
+    if not _same_dir(status.get("state_dir"), state_dir):
+        return None
     return status
+
+
+def port_owner(host: str, port: int) -> dict[str, Any] | None:
+    """The status of the batchrun service listening on `host:port`, or None if none does."""
+    shown = f"[{host}]" if ":" in host else host
+    return _probe(f"http://{shown}:{port}/v2", timeout=1.0)
 
 
 def stop_service(state_dir: Path, *, timeout: float = 20.0) -> int | None:
