@@ -212,7 +212,8 @@ def test_cli_exit_codes_and_one_line_errors(
     r = cli("list", "--token", "wrong")
     assert r.exit_code == 2 and "HF_TOKEN" in r.stderr and "wrong" not in r.stderr
 
-    # A real process: an unreachable API gives WARNING retry lines, then one error line, exit 1.
+    # A real process: an unreachable API gives WARNING retry lines, then one error line, exit 5
+    # (APIConnectionError, issue 12).
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     env["BATCHRUN_ENDPOINTS_API"] = "http://127.0.0.1:1/v2"
     proc = subprocess.run(
@@ -222,7 +223,7 @@ def test_cli_exit_codes_and_one_line_errors(
         env=env,
         timeout=60,
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 5, proc.stderr
     *retries, last = proc.stderr.splitlines()
     assert last.startswith("batchrun: error: ") and "cannot connect" in last
     assert retries and all("WARNING" in line and "retry" in line for line in retries)

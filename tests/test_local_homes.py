@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 from batchrun.cli import main
 from batchrun.endpoints.connect import HOME_SERVICE
 from batchrun.lifecycle.rest import pause_command
-from batchrun.local import stop_service
+from batchrun.local import service_status, stop_service
 from tests.support.lifecycle import (
     ROOT,
     finish,
@@ -97,7 +97,16 @@ def homes(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 def test_two_homes_two_jobs_at_once_each_see_only_their_own(homes: tuple[Path, Path]) -> None:
     a, b = homes
     jobs = {home: _local_job(home.parent / f"job-{home.name}", "echo") for home in homes}
-    runs = {home: start_run(jobs[home], JUNK_HF_TOKEN, BATCHRUN_HOME=str(home)) for home in homes}
+    # Jobs ignore BATCHRUN_ENDPOINTS_API (it is for `batchrun endpoints`): here it goes nowhere.
+    runs = {
+        home: start_run(
+            jobs[home],
+            JUNK_HF_TOKEN,
+            BATCHRUN_HOME=str(home),
+            BATCHRUN_ENDPOINTS_API="http://127.0.0.1:1/v2",
+        )
+        for home in homes
+    }
     for proc in runs.values():
         code, summary, err = finish(proc)
         assert code == 0, err
@@ -126,6 +135,13 @@ def test_two_homes_two_jobs_at_once_each_see_only_their_own(homes: tuple[Path, P
             )
             assert foreign.status_code == 401
 
+    # A service.json that names another home's service (a copied home, a reused port) is not
+    # this home's service: `--status` says so, and a job here would start its own.
+    stray = b.parent / "home-c"
+    (stray / "local").mkdir(parents=True)
+    (stray / "local" / "service.json").write_bytes(orjson.dumps(addr[a]))
+    assert service_status(stray / "local") is None
+
     # `serve --status` in each home reports its own service.
     for home in homes:
         status = _cli(home, "serve", "--status")
@@ -142,8 +158,13 @@ def test_two_homes_two_jobs_at_once_each_see_only_their_own(homes: tuple[Path, P
     assert orjson.loads(got.stdout)["status"]["state"] == "paused"
     assert tokens[b] not in got.stdout + got.stderr
 
-    # An api_url without /v2 is accepted; a 401 from a local service says where its token is.
+    # --api-url wins over --local; an api_url without /v2 is accepted; a 401 from a local service
+    # says where its token is.
     origin = str(addr[a]["api_url"]).removesuffix("/v2")
+    # (home A's token: home B's service would refuse it)
+    first = _cli(b, "endpoints", "list", "-q", "--local", "--api-url", origin, "--token", tokens[a])
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.split() == ["echo"]
     ok = _cli(a, "endpoints", "list", "-q", "--api-url", origin, HF_TOKEN=tokens[a])
     assert ok.exit_code == 0, ok.stderr
     assert ok.stdout.split() == ["echo"]
