@@ -180,7 +180,9 @@ def test_nightly_budget_stop_exits_0_and_the_next_run_resumes(
     assert first.stdout == first.stderr == ""  # and no output (cron mails any)
     assert _state(local_service, "nightly-tickets") == "paused"
 
-    # the next night: no limit; it resumes the endpoint and sends only what is left
+    # the next night: no limit; it resumes the endpoint and sends only what is left (the
+    # endpoint back on the job's own env first: the job's env against the 400 ms one is drift)
+    _set_env(local_service, "nightly-tickets", _job_env(NIGHTLY / "job.toml"))
     second = nightly.run("--set", "run.concurrency=40")
     assert second.returncode == 0, nightly.debug()
     done = nightly.summaries("run")[-1]
