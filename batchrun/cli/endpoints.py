@@ -99,7 +99,8 @@ def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--token",
         metavar="TOKEN",
-        help="Token [default: $HF_TOKEN, $HUGGING_FACE_HUB_TOKEN, $HF_HOME/token]. "
+        help="Token [default: with --local the home's service's; else $HF_TOKEN, "
+        "$HUGGING_FACE_HUB_TOKEN, $HF_HOME/token]. "
         "Prefer those: a flag shows in `ps`.",
     )
     @functools.wraps(fn)

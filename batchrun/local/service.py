@@ -213,8 +213,7 @@ def _start(host: str, port: int, state_dir: Path, deadline: float) -> LocalServi
         "serve",
         "--host",
         host,
-        "--port",
-        str(port),
+        *(("--port", str(port)) if port else ()),  # without --port: a free one
         "--state-dir",
         str(state_dir),
         "--token-file",
