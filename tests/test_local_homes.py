@@ -235,6 +235,10 @@ def test_a_dead_runs_lease_is_reaped_after_the_service_moved_to_another_port(
         second = _address(home)
         assert second["pid"] != first["pid"]
 
+        leases_now = _cli(home, "status")
+        assert leases_now.exit_code == 0, leases_now.stderr
+        assert "on this home's local service" in leases_now.stdout and "DEAD" in leases_now.stdout
+
         reaped = _cli(home, "reap")
         assert reaped.exit_code == 0, reaped.stdout + reaped.stderr
         assert "echo-hang: " in reaped.stdout and "→ paused" in reaped.stdout, reaped.stdout
