@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -260,18 +261,23 @@ def test_full_tmpfs_is_exit_7_with_the_summary_then_resume_exactly_once(
     output, errors = small_disk / out, small_disk / "r.errors.jsonl"
 
     full = "No space left on device|database or disk is full"  # whichever file fills first
+    # from the command line: exit 7, one line on stderr (no warning about the summary file that
+    # cannot be kept either), the summary on stdout
+    code, summary, err = _run(job_file)
+    assert code == 7 and summary["exit_code"] == 7, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"batchrun: error: {small_disk}") and re.search(full, lines[0])
+    _check_state_not_ahead(output, errors)
+    meta = _meta(output)
+    assert summary["results_total"] == meta["results_count"] > 0
+
+    _fill(small_disk / "ballast")  # a rerun on a disk still full: exit 7 again, nothing lost
     with pytest.raises(OutputWriteError, match=full) as caught:
         run_job(load_job(job_file), progress=False)
     error = caught.value
     assert str(small_disk) in error.path and "\n" not in str(error)
     assert error.summary is not None and error.summary.exit_code == 7
-    _check_state_not_ahead(output, errors)
-    meta = _meta(output)
-    assert error.summary.results_total == meta["results_count"] > 0
-
-    _fill(small_disk / "ballast")  # a rerun on a disk still full: exit 7 again, nothing lost
-    with pytest.raises(OutputWriteError, match=full):
-        run_job(load_job(job_file), progress=False)
     assert _meta(output) == meta
     _check_state_not_ahead(output, errors)
     (small_disk / "ballast").unlink()

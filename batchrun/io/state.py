@@ -287,7 +287,9 @@ class RunState:
         try:
             write_atomic(directory / _LAST_RUN, json.dumps(data, sort_keys=True).encode(), tmp=tmp)
         except OSError as e:
-            log.warning("cannot write %s: %s", directory / _LAST_RUN, e)
+            # after an exit 7 the run's own error line already says the disk is full
+            level = logging.DEBUG if summary.get("exit_code") == 7 else logging.WARNING
+            log.log(level, "cannot write %s: %s", directory / _LAST_RUN, e)
 
     @staticmethod
     def last_run(directory: Path) -> dict[str, Any] | None:
