@@ -563,6 +563,12 @@ class EndpointApp:
         """Data requests seen per input text."""
         return dict(self._server.stats.received)
 
+    def open_connections(self) -> int:
+        """Client connections the server still holds. After a client process dies this drops to
+        0 only once the server has read everything it sent (the EOF comes after the data), so
+        the counts above are then final for that client."""
+        return len(self._runner.server.connections) if self._runner and self._runner.server else 0
+
     def answered(self) -> dict[str, int]:
         """200 answers sent per input text."""
         return dict(self._server.stats.answered)
