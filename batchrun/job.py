@@ -658,6 +658,8 @@ def _check_url(url: str, where: str) -> None:
         raise JobError(f"{where}: not a valid host name or IP address in {shown}")
     if port is not None and not 1 <= port <= 65535:
         raise JobError(f"{where}: the port must be from 1 to 65535, got {shown}")
+    if port is None and parts.netloc.endswith(":"):  # "http://host:" would quietly mean port 80
+        raise JobError(f"{where}: the URL has an empty port after ':', got {shown}")
 
 
 def _valid_host(hostport: str) -> bool:

@@ -294,6 +294,8 @@ def test_bad_types_and_values(section: str, values: dict[str, Any], message: str
         ("http://h:-1", "Port could not be cast"),
         ("http://h:abc", "Port could not be cast"),
         ("http://h:0", "port must be from 1 to 65535"),
+        ("http://127.0.0.1:", "empty port"),
+        ("http://h:/v1", "empty port"),
         ("http://[::1", "Invalid IPv6 URL"),
         ("http://[::1]]:80/", "not a valid host"),
         ("http://a..b/", "not a valid host"),
