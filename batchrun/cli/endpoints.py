@@ -4,7 +4,8 @@ The commands mirror huggingface_hub's `hf endpoints` where they overlap (`ls`, `
 `deploy`, `--repo`, `--json`, `-q/--quiet`, `--scaling-metric`, ...). Each one parses its
 options and calls `EndpointsClient`; errors surface as batchrun errors, which the top-level
 group prints as one line with the documented exit code: 0 done; 2 bad arguments or the API
-refused; 5 the endpoint failed or `wait` timed out; 1 anything else.
+refused; 5 the endpoint failed, `wait` timed out, or the API could not be reached; 1 anything
+else.
 """
 
 from __future__ import annotations
@@ -251,6 +252,9 @@ def endpoints() -> None:
     """Manage Inference Endpoints: Hugging Face's, or the local service's (`batchrun serve`).
 
     Names from `hf endpoints` work too: `ls`, `describe`, `deploy`, `--repo`.
+
+    Exit codes: 0 done; 2 bad arguments, or the API refused (401, 403, 404, 409, 422); 5 the
+    endpoint failed, `wait` timed out, or the API could not be reached; 1 anything else.
     """
 
 
