@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from batchrun.endpoints.models import Endpoint
     from batchrun.errors import BatchrunError, EndpointError, EndpointRestError, JobError
     from batchrun.job import Job, load_job
-    from batchrun.runner import RunSummary, arun_job, run_job
+    from batchrun.runner import arun_job, run_job
+    from batchrun.summary import RunSummary
 
 __all__ = [
     "BatchrunError",
@@ -43,7 +44,7 @@ _HOMES = {
     "EndpointsClient": "batchrun.endpoints.client",
     "Job": "batchrun.job",
     "JobError": "batchrun.errors",
-    "RunSummary": "batchrun.runner",
+    "RunSummary": "batchrun.summary",
     "arun_job": "batchrun.runner",
     "load_job": "batchrun.job",
     "run_job": "batchrun.runner",

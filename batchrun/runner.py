@@ -45,6 +45,7 @@ from batchrun.io.state import RunState
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
 from batchrun.progress import Counts, Progress
+from batchrun.summary import RunSummary, exit_code_for
 from batchrun.targets import StopReason, Target, open_target
 
 __all__ = ["RunControl", "RunSummary", "arun_job", "exit_code_for", "run_job"]
@@ -56,63 +57,6 @@ NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
 
 _ID_CHUNK = 256
 """Rows looked up in the on-disk id index at a time (one insert and one select each)."""
-_RETURNED_STOPS = frozenset(
-    {StopReason.BUDGET, StopReason.DEADLINE, StopReason.SIGINT, StopReason.SIGTERM}
-)
-"""Stops after which `run_job` returns (the others raise, or leave the code to the rows)."""
-
-
-@dataclass(slots=True, kw_only=True)
-class RunSummary:
-    """What a run did; `to_json()` is what `batchrun run` prints.
-
-    Attributes:
-        rows: rows settled in this run (succeeded + failed).
-        succeeded / failed: rows of this run written to the results / the errors file.
-        skipped_done: rows committed by earlier runs, not sent again.
-        retries: HTTP retries in this run.
-        elapsed_s / rows_per_s: wall time and settled rows per second.
-        exit_code: 0, 3, 4, 7, 130 or 143 (DESIGN.md, "Exit codes").
-        stop_reason: None, "budget", "deadline", "sigint", "sigterm", "endpoint_failed" or
-            "output_write_failed".
-        output / errors_path: where results and errors are.
-        resumable: whether rows are left for a later run (stopped early).
-        results_total / errors_total: committed rows in each file, over all runs.
-        input_rows: rows in the input (after `limit`) when cheap to know, else None.
-        discarded: what `--restart` discarded, if anything.
-        endpoint, on_exit, endpoint_state_at_exit, cost_usd, billed_s, idle_billed_s: set by
-            a lifecycle target (`Target.summary_fields`), None for `provider = "url"`.
-        error: why the run did not finish (an output that could not be written), else None.
-    """
-
-    rows: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    skipped_done: int = 0
-    retries: int = 0
-    elapsed_s: float = 0.0
-    rows_per_s: float = 0.0
-    exit_code: int = 0
-    stop_reason: StopReason | None = None
-    output: str = ""
-    errors_path: str = ""
-    resumable: bool = False
-    results_total: int = 0
-    errors_total: int = 0
-    input_rows: int | None = None
-    retried_errors: int = 0
-    discarded: str | None = None
-    endpoint: str | None = None
-    on_exit: str | None = None
-    endpoint_state_at_exit: str | None = None
-    cost_usd: float | None = None
-    billed_s: float | None = None
-    idle_billed_s: float | None = None
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The summary as a JSON-ready dict."""
-        return dataclasses.asdict(self)
 
 
 class RunControl:
@@ -146,14 +90,6 @@ class RunControl:
         self.event.set()
         for listener in list(self._listeners):
             listener()
-
-
-def exit_code_for(stop_reason: StopReason | str | None, errors_total: int) -> int:
-    """The exit code of a run that returns (DESIGN.md order: 4, 130/143, 3, 0)."""
-    reason = StopReason.of(stop_reason)
-    if reason in _RETURNED_STOPS and reason.exit_code is not None:
-        return reason.exit_code
-    return 3 if errors_total else 0
 
 
 def run_job(
@@ -658,6 +594,8 @@ class _Run:
         s.results_total = self.ledger.results_count
         s.errors_total = self.ledger.errors_count
         s.input_rows = self.total
+        if self.total is not None:
+            s.pending = max(0, self.total - s.results_total - s.errors_total)
         s.resumable = s.stop_reason is not None
         s.exit_code = (
             7 if self.write_error is not None else exit_code_for(s.stop_reason, s.errors_total)

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "batchrun"
 
-# Top to bottom: cli → shards → runner → targets / reports / progress → lifecycle →
+# Top to bottom: cli → shards → runner → targets / summary / reports / progress → lifecycle →
 # pool / endpoints → codecs / io / budget / net (and endpoints.models, a leaf the cost meter
 # reads states from) → job / home → errors / _version. The longest matching prefix wins.
 RANKS = {
@@ -23,6 +23,7 @@ RANKS = {
     "batchrun.shards": 7,
     "batchrun.runner": 6,
     "batchrun.targets": 5,
+    "batchrun.summary": 5,
     "batchrun.reports": 5,
     "batchrun.progress": 5,
     "batchrun.lifecycle": 4,
