@@ -35,12 +35,15 @@ from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from batchrun.codecs import RequestCodec, codec_for
 from batchrun.errors import EndpointFailedError, OutputWriteError, RowInputError
+from batchrun.io.errors_file import NOT_RETRIED, tally_errors
 from batchrun.io.ledger import Ledger
 from batchrun.io.preflight import check_output_location
 from batchrun.io.readers import InputReader, Position, Row, open_input
+from batchrun.io.runs import RunEntry, RunIndex
 from batchrun.io.state import RunState
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
@@ -51,9 +54,6 @@ from batchrun.targets import StopReason, Target, open_target
 __all__ = ["RunControl", "RunSummary", "arun_job", "exit_code_for", "run_job"]
 
 log = logging.getLogger(__name__)
-
-NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
-"""Errors-file statuses `--retry-errors` leaves alone: sending them again cannot help."""
 
 _ID_CHUNK = 256
 """Rows looked up in the on-disk id index at a time (one insert and one select each)."""
@@ -154,6 +154,7 @@ async def arun_job(
     target = target if target is not None else open_target(job)
     ledger = Ledger(job, reader, restart=restart)
     run = _Run(job, reader, codec, ledger, control, progress)
+    noted = RunIndex().note(_run_entry(job))  # under the output's lock: `batchrun status` lists it
     try:
         if not await _enter(target, control):  # stopped while the endpoint was made ready
             run.summary.stop_reason = control.reason
@@ -176,6 +177,7 @@ async def arun_job(
         for key, value in target.summary_fields().items():
             setattr(run.summary, key, value)
     finally:
+        RunIndex.forget(noted)  # before the lock goes with the ledger
         run.close()
         # for `batchrun status` / `plan`
         RunState.remember_run(Path(job.output.state_dir), run.summary.to_json())
@@ -188,6 +190,22 @@ async def arun_job(
             f"{reason}; {run.summary.results_total} result(s) are committed and a rerun resumes"
         )
     return run.summary
+
+
+def _run_entry(job: Job) -> RunEntry:
+    spec = job.endpoint
+    if spec.provider == "url":  # no userinfo or query on disk: they may carry a secret
+        parts = urlsplit(spec.url or "")
+        netloc = parts.netloc.rpartition("@")[2]
+        name = parts._replace(netloc=netloc, query="", fragment="").geturl()
+    else:
+        name = f"{spec.namespace or '?'}/{spec.name}"
+    return RunEntry(
+        output=str(Path(job.output.path).resolve()),
+        job=job.source,
+        provider=spec.provider,
+        endpoint=name,
+    )
 
 
 async def _enter(target: Target, control: RunControl) -> bool:
@@ -597,6 +615,12 @@ class _Run:
         if self.total is not None:
             s.pending = max(0, self.total - s.results_total - s.errors_total)
         s.resumable = s.stop_reason is not None
+        # over the whole errors file, committed part only; nothing to read without errors
+        s.errors_by_status = {}
+        if s.errors_total:
+            end = self.ledger.committed.errors_offset
+            with contextlib.suppress(OSError):  # the counts above stand without it
+                s.errors_by_status = tally_errors(self.job.output.errors_path, end=end).counts()
         s.exit_code = (
             7 if self.write_error is not None else exit_code_for(s.stop_reason, s.errors_total)
         )

@@ -40,6 +40,8 @@ class RunSummary:
         pending: input rows neither in the results nor in the errors file, which a rerun
             sends (input_rows - results_total - errors_total), or None when the input's size
             is not known.
+        errors_by_status: the errors file over all runs, by status, most rows first:
+            `{"http_400": {"count": 24, "first_error": "..."}, ...}` (`batchrun errors` says more).
     """
 
     rows: int = 0
@@ -67,6 +69,7 @@ class RunSummary:
     idle_billed_s: float | None = None
     error: str | None = None
     pending: int | None = None
+    errors_by_status: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
