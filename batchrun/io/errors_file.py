@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["NOT_RETRIED", "ErrorsTally", "StatusTally", "tally_errors"]
+__all__ = ["ErrorsTally", "NOT_RETRIED", "StatusTally", "tally_errors"]
 
 NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
 """Errors-file statuses `--retry-errors` leaves alone: sending them again cannot help."""
