@@ -24,7 +24,7 @@ from batchrun.endpoints.connect import HOME_SERVICE, api_url_for, control_plane,
 from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Hardware
 from batchrun.errors import APIConnectionError, BatchrunError, InputError, NotFoundError
-from batchrun.io.errors_file import NOT_RETRIED, ErrorsTally, tally_errors
+from batchrun.io.errors_file import NOT_RETRIED, Tally, tally_errors
 from batchrun.io.readers import open_input
 from batchrun.io.runs import RunIndex
 from batchrun.io.state import RunState
@@ -342,6 +342,7 @@ def resolve_output(target: str) -> tuple[str, str | None]:
     Raises:
         JobError: a job file that is missing or invalid.
     """
+    target = target.rstrip("/") or target  # `out.parquet/` is the directory `out.parquet`
     if target.endswith(".toml"):
         job = load_job(target)
         return job.output.path, job.source
@@ -364,7 +365,7 @@ def _committed_errors_end(output: str) -> int | None:
     return c.errors_offset
 
 
-def _tally(output: str, *, head: int = 0, status: str | None = None) -> ErrorsTally:
+def _tally(output: str, *, head: int = 0, status: str | None = None) -> Tally:
     path = OutputSpec(path=output).errors_path
     try:
         return tally_errors(path, end=_committed_errors_end(output), head=head, status=status)

@@ -35,6 +35,16 @@ EXIT_CLOSED_PIPE = 141
 class BatchrunGroup(click.Group):
     """The one error handler of every command: an error is one line and an exit code."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as e:
+            # click itself turns a closed pipe met outside a command (`batchrun --help | head
+            # -1`) into exit 1; it is the same closed pipe as inside one
+            if e.code == 1 and _drop_closed_pipe():
+                raise SystemExit(EXIT_CLOSED_PIPE) from None
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ErrorsTally", "NOT_RETRIED", "StatusTally", "tally_errors"]
+__all__ = ["NOT_RETRIED", "StatusTally", "Tally", "tally_errors"]
 
 NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
 """Errors-file statuses `--retry-errors` leaves alone: sending them again cannot help."""
@@ -42,7 +42,7 @@ class StatusTally:
 
 
 @dataclass(slots=True, kw_only=True)
-class ErrorsTally:
+class Tally:
     """What an errors file holds, by status (most rows first).
 
     Attributes:
@@ -73,7 +73,7 @@ class ErrorsTally:
 
 def tally_errors(
     path: str | Path, *, end: int | None = None, head: int = 0, status: str | None = None
-) -> ErrorsTally:
+) -> Tally:
     """Count the rows of an errors file by status; a missing file has none.
 
     Args:
@@ -85,7 +85,7 @@ def tally_errors(
     Raises:
         OSError: the file exists but cannot be read.
     """
-    tally = ErrorsTally(path=str(path))
+    tally = Tally(path=str(path))
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed below; a missing file is no error)
     except FileNotFoundError:
