@@ -423,10 +423,11 @@ class LiveRuns:
             out = [f"{len(self.runs)} live run(s):"]
             for run in self.runs:
                 where = run["endpoint"] or "?"
+                leased = f", lease {', '.join(run['leases'])}" if run["leases"] else ""
                 out.append(
                     f"run pid {run['pid']}: {run['output']} ({run['results']:,} results, "
                     f"{run['errors']:,} errors committed), job {run['job'] or '?'}, "
-                    f"{run['provider']} {where}, since {run['started']}"
+                    f"{run['provider']} {where}{leased}, since {run['started']}"
                 )
         return out + lease_lines(self.leases)
 
@@ -434,13 +435,21 @@ class LiveRuns:
 def live_runs(index: RunIndex | None = None, registry: LeaseRegistry | None = None) -> LiveRuns:
     """Every run under this home whose output is locked by a live process (any provider),
     with what it has committed; and every lease, live or dead."""
+    leases = lease_statuses(registry)
     runs: list[dict[str, Any]] = []
     for entry, pid in (index or RunIndex()).live():
         counts = _committed_counts(entry.output) or (0, 0)
         data = entry.to_json()
-        data.update(pid=pid, results=counts[0], errors=counts[1])
+        held = [
+            lease
+            for lease in leases
+            if lease.get("output") and str(Path(lease["output"]).resolve()) == entry.output
+        ]
+        if held:  # the lease knows the namespace the run resolved
+            data["endpoint"] = f"{held[-1]['namespace']}/{held[-1]['endpoint']}"
+        data.update(pid=pid, results=counts[0], errors=counts[1], leases=[h["id"] for h in held])
         runs.append(data)
-    return LiveRuns(runs=runs, leases=lease_statuses(registry))
+    return LiveRuns(runs=runs, leases=leases)
 
 
 @dataclass(slots=True, kw_only=True)

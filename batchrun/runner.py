@@ -199,10 +199,10 @@ def _run_entry(job: Job) -> RunEntry:
         netloc = parts.netloc.rpartition("@")[2]
         name = parts._replace(netloc=netloc, query="", fragment="").geturl()
     else:
-        name = f"{spec.namespace or '?'}/{spec.name}"
+        name = f"{spec.namespace}/{spec.name}" if spec.namespace else spec.name or ""
     return RunEntry(
         output=str(Path(job.output.path).resolve()),
-        job=job.source,
+        job=str(Path(job.source).resolve()) if Path(job.source).is_file() else job.source,
         provider=spec.provider,
         endpoint=name,
     )
