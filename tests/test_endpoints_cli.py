@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from batchrun.cli import main
 from batchrun.cli.endpoints import endpoints
@@ -90,6 +90,7 @@ def test_create_sends_env_file_and_secrets_and_never_shows_a_secret(
     )
     secrets_file = tmp_path / "secrets.env"
     secrets_file.write_text(f"FILE_SECRET={FILE_SECRET}\n")
+    secrets_file.chmod(0o600)
     r = _batchrun(
         "create", "ep", "--api-url", api_url, "--namespace", "ns", "--token", "tok",
         "--repo", "batchrun/echo", "--task", "text-generation",
@@ -120,6 +121,33 @@ def test_create_sends_env_file_and_secrets_and_never_shows_a_secret(
     assert r.stderr.count("\n") == 1 and "-s KEY=VALUE" in r.stderr and "plain" not in r.stderr
 
 
+def test_secrets_from_stdin_the_hf_token_file_and_a_readable_file_warning(
+    tmp_path: Path, recorder: tuple[str, list[dict[str, Any]]]
+) -> None:
+    api_url, bodies = recorder
+    token_file = Path(os.environ["HF_HOME"]) / "token"  # as `hf auth login` leaves it
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text("hf_from_the_token_file\n")
+    shared = tmp_path / "shared.env"
+    shared.write_text("SHARED=1\n")
+    shared.chmod(0o644)
+    base = ["endpoints", "create", "ep", "--api-url", api_url, "--namespace", "ns", "--token",
+            "tok", "--repo", "batchrun/echo", "--task", "text-generation", "-q"]  # fmt: skip
+
+    r = CliRunner().invoke(main, [*base, "--secrets-file", "-", "-s", "HF_TOKEN"], input="K=v\n")
+    assert (r.exit_code, r.stdout, r.stderr) == (0, "ep\n", "")
+    assert bodies[-1]["model"]["secrets"] == {"K": "v", "HF_TOKEN": "hf_from_the_token_file"}
+
+    r = CliRunner().invoke(main, [*base, "--secrets-file", str(shared)])
+    assert r.exit_code == 0 and bodies[-1]["model"]["secrets"] == {"SHARED": "1"}
+    assert r.stderr == (
+        f"batchrun: warning: {shared} is readable by other users (mode 644); chmod 600 {shared}\n"
+    )
+    r = CliRunner().invoke(main, [*base, "--secrets-file", "-", "--env-file", "-"], input="")
+    assert r.exit_code == 2 and "only one of --env-file and --secrets-file" in r.stderr
+    assert len(bodies) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "file_text", "message"),
     [
@@ -138,6 +166,7 @@ def test_bad_variables_are_one_line_exit_2_and_show_no_value(
     path, missing = tmp_path / "vars.env", tmp_path / "nope.env"
     if file_text is not None:
         path.write_text(file_text)
+        path.chmod(0o600)
     args = [a.format(file=path, missing=missing) for a in args]
     r = CliRunner().invoke(
         main,
@@ -154,7 +183,7 @@ def test_bad_variables_are_one_line_exit_2_and_show_no_value(
 
 
 def test_local_service_env_file_secrets_status_truncate_and_delete_json(
-    local_service: Any, tmp_path: Path
+    local_service: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = {
         "BATCHRUN_ENDPOINTS_API": local_service.api_url,
@@ -177,21 +206,27 @@ def test_local_service_env_file_secrets_status_truncate_and_delete_json(
     # The local service keeps no secrets: none come back, so none can be shown.
     assert "secrets" not in got["model"] and SECRET not in r.stdout
 
-    r = _batchrun("status", "echo", "-q", env=env)
-    assert (r.returncode, r.stdout) == (0, "running\n")
-    r = _batchrun("status", "echo", env=env)
+    # The same service, the CLI in this process (a process start each costs seconds here).
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    r = _cli("status", "echo", "-q")
+    assert (r.exit_code, r.stdout) == (0, "running\n")
+    r = _cli("status", "echo")
     assert r.stdout.startswith("local/echo  running  1/1  http://127.0.0.1:"), r.stdout
-    assert json.loads(_batchrun("status", "echo", "--json", env=env).stdout)["state"] == "running"
+    assert json.loads(_cli("status", "echo", "--json").stdout)["state"] == "running"
 
-    cut = _batchrun("list", env=env).stdout
-    whole = _batchrun("list", "--no-truncate", env=env).stdout
+    cut, whole = _cli("list").stdout, _cli("list", "--no-truncate").stdout
     assert long_type not in cut and long_type[:39] + "…" in cut
     assert f"{long_type} x2" in whole and "…" not in whole
 
     r = _batchrun("delete", "echo", "--yes", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"name": "echo", "namespace": "local", "deleted": True}
-    assert _batchrun("list", "-q", env=env).stdout == ""
+    assert _cli("list", "-q").stdout == ""
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(main, ["endpoints", *args], catch_exceptions=False)
 
 
 # --- help pages --------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ import click
 
 from batchrun.cli.envfile import parse_env_text, read_env_file, resolve_pairs
 from batchrun.endpoints import Endpoint, EndpointsClient, Hardware
+from batchrun.endpoints.auth import resolve_token
 from batchrun.endpoints.connect import HOME_SERVICE, control_plane
 from batchrun.endpoints.payloads import CREATE_DEFAULTS, ENDPOINT_TYPES, SCALING_METRICS, CreateSpec
 from batchrun.job import parse_duration
@@ -145,12 +147,32 @@ def _variables(
     """
     if not items and path is None:
         return None
+    environ = _Environ()
     out: dict[str, str] = {}
     if path is not None:
         text, source = read_env_file(path, file_option)
-        out.update(parse_env_text(text, source, os.environ))
-    out.update(resolve_pairs(items, option, os.environ))
+        out.update(parse_env_text(text, source, environ))
+    out.update(resolve_pairs(items, option, environ))
     return out
+
+
+class _Environ(Mapping[str, str]):
+    """The environment a bare NAME is read from, where `HF_TOKEN` falls back to your Hugging
+    Face token (`$HUGGING_FACE_HUB_TOKEN`, the token file), so that `-s HF_TOKEN` works after
+    `hf auth login`, as in `hf`. The token is looked up only when HF_TOKEN is asked for."""
+
+    def __getitem__(self, key: str) -> str:
+        if key in os.environ:
+            return os.environ[key]
+        if key == "HF_TOKEN" and (token := resolve_token()):
+            return token
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
 
 
 def _examples(*commands: str) -> str:
@@ -471,6 +493,8 @@ def _model_options(fn: Callable[..., Any], *, create: bool) -> Callable[..., Any
 
 def _fields(kw: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for create/update from the shared options."""
+    if kw["env_file"] == "-" and kw["secrets_file"] == "-":
+        raise click.UsageError("only one of --env-file and --secrets-file can read stdin (-)")
     return {
         "repository": kw["repository"],
         "task": kw["task"],
@@ -498,6 +522,14 @@ def _secrets(items: Sequence[str], path: str | None) -> dict[str, str] | None:
             "batchrun: warning: -s KEY=VALUE leaves the value in your shell history and in `ps`; "
             "prefer -s NAME (read from your environment) or --secrets-file"
         )
+    if path not in (None, "-") and os.name == "posix":
+        with contextlib.suppress(OSError):  # a missing file is read's to report
+            mode = os.stat(path).st_mode & 0o777
+            if mode & 0o077:
+                _hint(
+                    f"batchrun: warning: {path} is readable by other users (mode {mode:o}); "
+                    f"chmod 600 {path}"
+                )
     return _variables(items, path, option="--secrets", file_option="--secrets-file")
 
 
