@@ -319,7 +319,8 @@ def _wait_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def endpoints() -> None:
     """Manage Inference Endpoints: Hugging Face's, or the local service's (`batchrun serve`).
 
-    Names from `hf endpoints` work too: `ls`, `describe`, `deploy`, `--repo`.
+    Names from `hf endpoints` work too: `ls`, `describe`, `deploy`, `--repo`, `-e/--env`,
+    `--env-file`, `-s/--secrets`, `--secrets-file`, `--no-truncate`.
 
     Exit codes: 0 done; 2 bad arguments, or the API refused (401, 403, 404, 409, 422); 5 the
     endpoint failed, `wait` timed out, or the API could not be reached; 1 anything else.
