@@ -110,21 +110,34 @@ class InputReader:
         return f"{name}:row {pos[1]}"
 
     def count_rows(self) -> int | None:
-        """The number of rows, when cheap to know (Parquet metadata, newlines of plain JSONL).
+        """The number of rows `rows()` yields (after `limit`), counted without decoding them.
 
-        Returns None for gzipped JSONL and CSV. The figure is for the progress ETA only.
+        Exact for undamaged input: Parquet from its metadata; plain or gzipped JSONL by its
+        non-blank lines (gzip is decompressed: the cost of reading without the parsing); CSV
+        (plain or gzipped) by Arrow's own parser in the reader's settings, one column converted,
+        so quoted newlines, blank lines and rows with the wrong number of fields count as the
+        reader counts them. Counting stops once `limit` rows are seen. Returns None when a
+        JSONL gzip stream or a CSV file is damaged (the reader's row count then depends on where
+        the damage is); a Parquet file with a damaged row group counts its metadata's rows.
         """
+        limit = self.limit
         total = 0
         for path in self.files:
+            left = None if limit is None else limit - total
+            if left is not None and left <= 0:
+                break
             if self.format == "parquet":
                 import pyarrow.parquet as pq
 
-                total += pq.ParquetFile(path).metadata.num_rows
-            elif self.format == "jsonl" and not _is_gzip(path):
-                total += _count_lines(path)
+                n: int | None = pq.ParquetFile(path).metadata.num_rows
+            elif self.format == "jsonl":
+                n = _count_jsonl_rows(path, left)
             else:
+                n = _count_csv_rows(path, left)
+            if n is None:
                 return None
-        return total if self.limit is None else min(total, self.limit)
+            total += n
+        return total if limit is None else min(total, limit)
 
     def rows(self, *, start_seq: int = 0, start: Position | None = None) -> Iterator[Row]:
         """Rows in input order, from `start` (whose row has sequence number `start_seq`).
@@ -304,11 +317,18 @@ class InputReader:
             reader.close()
 
 
-def _open_csv(path: Path, columns: list[str], invalid: deque[tuple[int, str]], block: int) -> Any:
+def _open_csv(
+    path: Path,
+    columns: list[str],
+    invalid: deque[tuple[int, str]],
+    block: int,
+    include: list[str] | None = None,
+) -> Any:
     """A streaming Arrow CSV reader whose rows with the wrong number of fields land in `invalid`.
 
     Each lands as (row in the file, message); Arrow numbers the records it parses (the header is
     1, blank lines are not counted) only when it parses in one thread, hence `use_threads=False`.
+    `include`: convert only these columns (counting rows needs one).
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -330,8 +350,10 @@ def _open_csv(path: Path, columns: list[str], invalid: deque[tuple[int, str]], b
     return pacsv.open_csv(
         str(path),
         read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string())),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(columns, pa.string()), include_columns=include
+        ),
     )
 
 
@@ -512,14 +534,65 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb", buffering=1 << 20)
 
 
-def _count_lines(path: Path) -> int:
+_COUNT_CHUNK = 1 << 20
+_BLANK_STARTS = (b"\n\n", b"\n\r", b"\n ", b"\n\t", b"\n\x0b", b"\n\x0c")
+"""A newline followed by one of these may start a blank line (`bytes.strip()`'s whitespace)."""
+
+
+def _count_jsonl_rows(path: Path, stop_at: int | None) -> int | None:
+    """Non-blank lines of a JSONL file (the reader's rows), or None for a damaged gzip stream.
+
+    A chunk without a newline followed by whitespace has only non-blank lines and is counted
+    with `bytes.count`; any other chunk is split into lines. Stops once `stop_at` are seen.
+    """
     count = 0
-    last = b"\n"
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (0 if last == b"\n" else 1)
+    tail = b"\n"  # what follows the last newline seen: the first line starts after one
+    try:
+        with _open_binary(path) as f:
+            while chunk := f.read(_COUNT_CHUNK):
+                data = tail + chunk
+                end = data.rfind(b"\n") + 1  # the complete lines end here
+                if end <= 1:
+                    tail = data
+                    continue
+                if any(data.find(s, 0, end) >= 0 for s in _BLANK_STARTS):
+                    count += sum(1 for line in data[1 : end - 1].split(b"\n") if line.strip())
+                else:
+                    count += data.count(b"\n", 1, end)
+                tail = data[end - 1 :]
+                if stop_at is not None and count >= stop_at:
+                    return count
+    except _GZIP_DAMAGE:
+        return None
+    return count + (1 if tail[1:].strip() else 0)
+
+
+def _count_csv_rows(path: Path, stop_at: int | None) -> int | None:
+    """Rows of a CSV file as the reader yields them (Arrow's parser in the reader's settings,
+    one column converted), or None when the file cannot be parsed to its end. Stops once
+    `stop_at` are seen."""
+    import pyarrow as pa
+
+    invalid: deque[tuple[int, str]] = deque()
+    count = 0
+    try:
+        columns = _csv_header(path)
+        if columns is None:
+            return 0
+        reader = _open_csv(path, columns, invalid, _CSV_BLOCK, include=columns[:1])
+    except (pa.ArrowInvalid, InputError):
+        return None
+    try:
+        for batch in reader:
+            count += batch.num_rows + len(invalid)
+            invalid.clear()
+            if stop_at is not None and count >= stop_at:
+                return count
+    except (pa.ArrowInvalid, OSError, *_GZIP_DAMAGE):
+        return None
+    finally:
+        reader.close()
+    return count + len(invalid)
 
 
 def _csv_header(path: Path) -> list[str] | None:
