@@ -263,7 +263,7 @@ class _Run:
             discarded=ledger.discarded,
         )
         self.progress = progress
-        self.total = reader.count_rows() if progress else None
+        self.total = reader.count_rows()  # cheap (no row decoded): the bar and input_rows
         self.shown: Progress | None = None
         self._bar_tick: Callable[[int], None] | None = None  # shown.tick, when there is a bar
         self._pools: list[Pool] = []
@@ -302,6 +302,7 @@ class _Run:
                 )
                 self.summary.retried_errors = len(seqs)
                 self.summary.skipped_done -= len(seqs)  # they are sent again, not skipped
+                self.shown.resend(len(seqs))
                 if seqs and self._write(self.ledger.start_retry):
                     try:
                         await self._dispatch(target, self._retry_rows(seqs), track=False)
