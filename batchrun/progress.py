@@ -172,7 +172,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if rows:
         lines.append("  rows: " + ", ".join(rows))
     if s.cost_usd is not None:
-        billed = f" ({_hms(s.billed_s)} billed)" if s.billed_s is not None else ""
+        billed = ""
+        if s.billed_s is not None:
+            idle = f", {s.idle_billed_s:,.0f} s idle" if s.idle_billed_s else ""
+            billed = f" ({s.billed_s:,.0f} s billed{idle})"
         lines.append(f"  cost: ${s.cost_usd:.4f}{billed}")
     if s.endpoint is not None:
         state = s.endpoint_state_at_exit or "unknown"

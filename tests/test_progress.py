@@ -22,6 +22,9 @@ import pytest
 
 from batchrun.io.readers import open_input
 from batchrun.job import InputSpec
+from batchrun.progress import summary_lines
+from batchrun.summary import RunSummary
+from batchrun.targets import StopReason
 from tests.support.endpoint_app import EndpointApp
 from tests.support.run import ROOT, job_sections, write_job
 from tests.support.waiting import wait_for
@@ -114,6 +117,41 @@ def test_a_damaged_gzip_has_no_count(tmp_path: Path) -> None:
     assert reader.count_rows() is None  # unknown, not a wrong figure
     rows = list(reader.rows())  # the reader goes as far as it can, then one damaged-tail row
     assert rows[-1].error is not None and "cannot read past" in rows[-1].error
+
+
+def test_summary_lines_of_a_stopped_metered_run() -> None:
+    summary = RunSummary(
+        rows=1200,
+        succeeded=1190,
+        failed=10,
+        skipped_done=3000,
+        retries=4,
+        elapsed_s=3725.0,
+        rows_per_s=0.3,
+        stop_reason=StopReason.BUDGET,
+        output="out/r.parquet",
+        errors_path="out/r.errors.jsonl",
+        results_total=4150,
+        errors_total=50,
+        input_rows=10_000,
+        pending=5800,
+        cost_usd=1.25,
+        billed_s=3780.0,
+        idle_billed_s=60.0,
+        endpoint="me/llm",
+        on_exit="pause",
+        endpoint_state_at_exit="paused",
+    )
+    assert summary_lines(summary) == [
+        "batchrun: stopped (budget) after 1:02:05: 1,200 row(s) this run (0.3/s), 1,190 ok, "
+        "10 failed, 4 retries",
+        "  rows: 10,000 in the input, 3,000 done by earlier runs, 5,800 pending (a rerun sends "
+        "them)",
+        "  cost: $1.2500 (3,780 s billed, 60 s idle)",
+        "  endpoint: me/llm, paused at exit (on_exit = pause)",
+        "  results: out/r.parquet (4,150 row(s))",
+        "  errors: out/r.errors.jsonl (50 row(s))",
+    ]
 
 
 # --- batchrun run on a terminal and on a pipe ---------------------------------------------------
