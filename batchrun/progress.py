@@ -47,7 +47,8 @@ class Progress:
         initial: rows committed by earlier runs (where the bar starts).
         counts: the current counts.
         cost_text: the cost so far ("$0.0123"), or None when nothing is metered.
-        start: when the run started (`time.monotonic()`), for the rate.
+        start: when sending started (`time.monotonic()`; default now), for the rate and the
+            ETA: a run that waited minutes for its endpoint must not count that wait.
     """
 
     def __init__(

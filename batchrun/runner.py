@@ -289,8 +289,7 @@ class _Run:
             initial=self.ledger.committed_at_start,
             counts=self._counts,
             cost_text=target.cost_text,
-            start=self.start,
-        )
+        )  # the rate (and ETA) from now on: not the wait for the endpoint
         if self.shown.bar is not None:
             self._bar_tick = self.shown.tick
         try:

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import fcntl
 import gzip
+import io
+import logging
 import os
+import re
 import signal
 import struct
 import subprocess
 import sys
 import termios
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -22,7 +26,7 @@ import pytest
 
 from batchrun.io.readers import open_input
 from batchrun.job import InputSpec
-from batchrun.progress import summary_lines
+from batchrun.progress import Counts, Progress, summary_lines
 from batchrun.summary import RunSummary
 from batchrun.targets import StopReason
 from tests.support.endpoint_app import EndpointApp
@@ -117,6 +121,29 @@ def test_a_damaged_gzip_has_no_count(tmp_path: Path) -> None:
     assert reader.count_rows() is None  # unknown, not a wrong figure
     rows = list(reader.rows())  # the reader goes as far as it can, then one damaged-tail row
     assert rows[-1].error is not None and "cannot read past" in rows[-1].error
+
+
+def test_the_log_lines_eta_is_for_the_rows_left_at_this_runs_rate(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Off a terminal: 300 rows done by earlier runs, 200 by this one in (at least) 100 s.
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal, even under `pytest -s`
+    counts = Counts(succeeded=190, failed=10, retries=2, skipped_done=300)
+    shown = Progress(
+        enabled=True,
+        total=1000,
+        initial=300,
+        counts=lambda: counts,
+        cost_text=lambda: None,
+        start=time.monotonic() - 100,
+    )
+    assert shown.bar is None
+    with caplog.at_level(logging.INFO, logger="batchrun.progress"):
+        shown.log_line()
+    line = caplog.messages[-1]
+    assert "500/1000 rows (ok 190, errors 10, retries 2, already done 300)" in line
+    eta = re.search(r"ETA (\d+) s", line)
+    assert eta is not None and 250 <= int(eta.group(1)) <= 260  # 500 left at 2 rows/s
 
 
 def test_summary_lines_of_a_stopped_metered_run() -> None:
