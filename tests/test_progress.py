@@ -69,6 +69,17 @@ def test_csv_count_equals_the_readers_rows_with_quoted_newlines(
     assert _count_and_rows(path, limit=10_000) == (500, 500)
 
 
+def test_csv_with_a_byte_order_mark_counts_and_reads_strings(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,text\n1,a\n2,b\n")
+    reader = open_input(InputSpec(path=str(path), id_field="id"))
+    assert [(r.id, r.record) for r in reader.rows()] == [
+        ("1", {"id": "1", "text": "a"}),
+        ("2", {"id": "2", "text": "b"}),
+    ]
+    assert reader.count_rows() == 2
+
+
 def test_csv_quoted_newlines_past_the_first_block_are_rows_not_damage(tmp_path: Path) -> None:
     # Arrow reads CSV in 1 MB blocks; a quoted newline after the first one used to make the
     # rest of the file one damaged-tail row, and the count unknown.

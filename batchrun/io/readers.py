@@ -586,7 +586,7 @@ def _count_csv_rows(path: Path, stop_at: int | None) -> int | None:
         if columns is None:
             return 0
         reader = _open_csv(path, columns, invalid, _CSV_BLOCK, include=columns[:1])
-    except (pa.ArrowInvalid, InputError):
+    except (pa.ArrowException, InputError):
         return None
     try:
         for batch in reader:
@@ -595,7 +595,7 @@ def _count_csv_rows(path: Path, stop_at: int | None) -> int | None:
             invalid.clear()
             if stop_at is not None and count >= stop_at:
                 return count
-    except (pa.ArrowInvalid, OSError, *_GZIP_DAMAGE):
+    except (pa.ArrowException, OSError, *_GZIP_DAMAGE):
         return None
     finally:
         reader.close()
@@ -613,7 +613,7 @@ def _csv_header(path: Path) -> list[str] | None:
     try:
         with _open_binary(path) as f:
             line = f.readline()
-        header = next(csv.reader([line.decode("utf-8")]), None)
+        header = next(csv.reader([line.decode("utf-8-sig")]), None)  # Arrow drops a BOM too
     except (UnicodeDecodeError, csv.Error, OSError, *_GZIP_DAMAGE) as e:
         raise InputError(f"{path}: cannot read the CSV header: {e}") from e
     return header
