@@ -281,7 +281,7 @@ class _Run:
             discarded=ledger.discarded,
         )
         self.progress = progress
-        self.total = reader.count_rows() if progress else None
+        self.total = reader.count_rows()  # cheap (no row decoded): the bar and input_rows
         self.shown: Progress | None = None
         self._bar_tick: Callable[[int], None] | None = None  # shown.tick, when there is a bar
         self._pools: list[Pool] = []
@@ -307,8 +307,7 @@ class _Run:
             initial=self.ledger.committed_at_start,
             counts=self._counts,
             cost_text=target.cost_text,
-            start=self.start,
-        )
+        )  # the rate (and ETA) from now on: not the wait for the endpoint
         if self.shown.bar is not None:
             self._bar_tick = self.shown.tick
         try:
@@ -320,6 +319,7 @@ class _Run:
                 )
                 self.summary.retried_errors = len(seqs)
                 self.summary.skipped_done -= len(seqs)  # they are sent again, not skipped
+                self.shown.resend(len(seqs))
                 if seqs and self._write(self.ledger.start_retry):
                     try:
                         await self._dispatch(target, self._retry_rows(seqs), track=False)

@@ -18,6 +18,7 @@ import orjson
 
 from batchrun.errors import BatchrunError
 from batchrun.job import RANGES, Job, load_job, parse_overrides
+from batchrun.progress import show_summary
 from batchrun.runner import RunControl, RunSummary, arun_job
 
 __all__ = ["run"]
@@ -93,13 +94,15 @@ def run(
     except BatchrunError as e:
         partial: RunSummary | None = getattr(e, "summary", None)
         if partial is not None:  # the summary is printed on every exit; the group says why
-            _print_summary(partial)
+            _print_summary(partial, quiet=quiet)
         raise
-    _print_summary(summary)
+    _print_summary(summary, quiet=quiet)
     sys.exit(summary.exit_code)
 
 
-def _print_summary(summary: RunSummary) -> None:
+def _print_summary(summary: RunSummary, *, quiet: bool = False) -> None:
+    if not quiet:
+        show_summary(summary)  # a few lines for people, on a terminal only (stderr)
     sys.stdout.buffer.write(orjson.dumps(summary.to_json()) + b"\n")
     sys.stdout.flush()
 
