@@ -167,7 +167,15 @@ class PoolStats:
 class _Tries:
     """Per-request retry bookkeeping (only created once the first attempt has failed)."""
 
-    __slots__ = ("attempts", "counted", "epoch", "outage_counted", "pending", "wake_since", "waking")
+    __slots__ = (
+        "attempts",
+        "counted",
+        "epoch",
+        "outage_counted",
+        "pending",
+        "wake_since",
+        "waking",
+    )
 
     def __init__(self, first: InferenceError) -> None:
         self.pending: InferenceError | None = first  # replayed as tenacity's attempt 1
@@ -239,6 +247,7 @@ class _Hold:
         "next_probe",
         "outage_message",
         "outage_since",
+        "outage_waking",
         "probe_failures",
         "probing",
         "retry_log",
@@ -255,6 +264,7 @@ class _Hold:
         # the outage hold
         self.outage_since: float | None = None  # when it began; None: no hold
         self.outage_message = ""
+        self.outage_waking = False  # the last outage failure was a 503 (maybe a wake-up)
         self.epoch = 0  # holds begun (a request's earlier outage failures are refunded)
         self.hits: set[int] = set()  # requests failing with an outage since the last success
         self.probing: Request | None = None  # the request sent as the probe, if one is out
@@ -782,6 +792,8 @@ class Pool:
         shared = self._shared
         now = time.monotonic()
         shared.outage_message = str(error)
+        # a 503 is also how a scaled-to-zero endpoint answers while a replica starts
+        shared.outage_waking = isinstance(error, InferenceStatusError) and error.http_status == 503
         if shared.outage_since is not None:
             if shared.probing is request:  # the probe failed: the next one after a backoff
                 shared.probing = None
@@ -807,6 +819,13 @@ class Pool:
             error.status,
             self.outage_timeout,
         )
+
+    def _outage_limit(self) -> float:
+        """How long the current outage may hold: outage_timeout, or scale_up_timeout if
+        longer while the endpoint answers 503 (a scaled-to-zero endpoint waking up)."""
+        if self._shared.outage_waking:
+            return max(self.outage_timeout, self.policy.scale_up_timeout)
+        return self.outage_timeout
 
     def _outage_over(self) -> None:
         shared = self._shared
@@ -1016,10 +1035,11 @@ class Pool:
             if self.verdict is not None:
                 await asyncio.sleep(0.05)  # stop(grace=0) cancels this worker
                 continue
-            if now - since >= self.outage_timeout:
+            limit = self._outage_limit()
+            if now - since >= limit:
                 self._trip(
                     "outage",
-                    f"no answer for {now - since:.0f}s (outage_timeout); last: "
+                    f"no answer for {now - since:.1f}s (outage_timeout = {limit:g}s); last: "
                     f"{shared.outage_message}",
                     len(shared.hits),
                 )
@@ -1028,7 +1048,7 @@ class Pool:
                 shared.probing = request
                 self.stats.probes += 1
                 return
-            wait = since + self.outage_timeout - now
+            wait = since + limit - now
             if shared.probing is None:
                 wait = min(wait, shared.next_probe - now)
             event = shared.changed

@@ -568,12 +568,13 @@ class _Run:
             self.total = self.reader.count_rows()
         line = verdict.line()
         if verdict.stalled:
-            self.pool_error = RunStalledError(f"the run stalled: {verdict.message}")
+            self.pool_error = RunStalledError(
+                f"the run stalled (a bug): {verdict.message}; what settled is committed and a "
+                "rerun sends the rest"
+            )
             self.summary.stop_reason = StopReason.STALLED
         else:
-            self.pool_error = EndpointUnusableError(
-                line, url=verdict.url, failure=verdict.failure
-            )
+            self.pool_error = EndpointUnusableError(line, url=verdict.url, failure=verdict.failure)
             self.summary.stop_reason = StopReason.ENDPOINT_UNUSABLE
         self.summary.error = str(self.pool_error)
         self.stopping = True

@@ -381,14 +381,16 @@ def test_retries_are_logged_once_per_status_then_rolled_up(
 # --- through the CLI ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["401", "unreachable"])
 def test_cli_exit_5_prints_one_line_and_the_summary_with_pending(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     n = 2_000
     _input(tmp_path, n)
-    with EndpointApp(require_token=GOOD) as app:
+    case = _Case(kind, monkeypatch)
+    try:
         sections = job_sections(
-            app.url,
+            case.url,
             "in.jsonl",
             "out/r.jsonl",
             endpoint={"token_env": "FF_TOKEN"},
@@ -396,10 +398,17 @@ def test_cli_exit_5_prints_one_line_and_the_summary_with_pending(
             run={"concurrency": C, "request_format": "chat", "max_attempts": 5},
         )
         job_file = write_job(tmp_path / "job.toml", sections)
-        monkeypatch.setenv("FF_TOKEN", BAD)
-        code, summary, err = finish(start_run(job_file))
-        assert app.stats()["requests"] <= 2 * C
-    line = f"401 from {app.url}/v1/chat/completions: Invalid API key; fix the token and run again"
+        code, summary, err = finish(start_run(job_file))  # with --quiet: no retry lines
+        assert case.requests() <= 2 * C
+    finally:
+        case.close()
+    url = f"{case.url}/v1/chat/completions"
+    if kind == "401":
+        line = f"401 from {url}: Invalid API key; fix the token and run again"
+    else:
+        line = summary["error"]
+        assert line.startswith(f"cannot reach {url}: ClientConnectorError: ")
+        assert line.endswith("; check [endpoint] url and that the endpoint is up, and run again")
     assert code == 5 and err.splitlines() == [f"batchrun: error: {line}"]
     assert summary["exit_code"] == 5 and summary["pending"] == n and summary["error"] == line
     assert BAD not in err and BAD not in orjson.dumps(summary).decode()
