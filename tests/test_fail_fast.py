@@ -28,6 +28,7 @@ from batchrun.job import load_job
 from batchrun.pool import Outcome, Pool, Request
 from batchrun.runner import arun_job, run_job
 from batchrun.summary import RunSummary
+from batchrun.targets import Target, open_target
 from tests.support.endpoint_app import EndpointApp
 from tests.support.run import finish, job_sections, read_jsonl, start_run, write_job, write_jsonl
 
@@ -413,3 +414,48 @@ def test_cli_exit_5_prints_one_line_and_the_summary_with_pending(
     assert summary["exit_code"] == 5 and summary["pending"] == n and summary["error"] == line
     assert BAD not in err and BAD not in orjson.dumps(summary).decode()
     assert _errors(tmp_path) == []
+
+
+# --- the local lifecycle target: exit 5 still puts the endpoint to rest ---------------------------
+
+
+class _RejectedToken(Target):
+    """A real lease target whose data-plane requests carry a token the endpoint refuses."""
+
+    def __init__(self, inner: Target) -> None:
+        super().__init__()
+        self.inner = inner
+        self.stop_event = inner.stop_event
+
+    async def enter(self) -> None:
+        await self.inner.enter()
+        self.url = self.inner.url
+        self.headers = {"Authorization": "Bearer not-this-endpoints-token"}
+
+    async def leave(self, error: BaseException | None) -> None:
+        await self.inner.leave(error)
+
+    def summary_fields(self) -> dict[str, Any]:
+        return self.inner.summary_fields()
+
+
+def test_exit_5_on_a_local_endpoint_puts_it_to_rest(
+    local_service: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrun.endpoints import SyncEndpointsClient
+    from tests.support.lifecycle import job_sections as local_sections
+    from tests.support.lifecycle import state_of
+    from tests.support.lifecycle import write_job as write_local_job
+
+    monkeypatch.setenv("HF_TOKEN", local_service.token)
+    sections = local_sections(local_service.api_url, "rejects", tmp_path, rows=300)
+    job = load_job(write_local_job(tmp_path / "job.toml", sections))
+    target = _RejectedToken(open_target(job))
+    with pytest.raises(EndpointUnusableError) as caught:
+        asyncio.run(arun_job(job, progress=False, target=target))
+    assert str(caught.value).startswith("403 from ")
+    summary = _summary(caught.value)
+    assert summary.exit_code == 5 and summary.pending == 300 and summary.errors_total == 0
+    assert summary.endpoint_state_at_exit == "paused"
+    with SyncEndpointsClient(api_url=local_service.api_url, token=local_service.token) as api:
+        assert state_of(api, "rejects") == "paused"
