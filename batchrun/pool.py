@@ -705,13 +705,17 @@ class Pool:
 
     async def _watch_stall(self) -> None:
         """Trip `stalled` when nothing is in flight, no hold is active and every worker has
-        waited for the caller's window for `stall_after` seconds."""
-        period = max(0.01, min(1.0, self.stall_after / 8))
+        waited for the caller's window for `stall_after` seconds; and roll the retry log up
+        on time even when no retry comes to do it."""
         shared = self._shared
+        period = max(0.01, min(1.0, self.stall_after / 8, shared.retry_log.period / 4))
         since: float | None = None
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            retries = shared.retry_log
+            if retries.counts and now - retries.since >= retries.period:
+                retries.flush(now)
             alive = sum(1 for s in self._slots if s.task is not None and not s.task.done())
             quiet = (
                 alive > 0
@@ -1053,7 +1057,8 @@ class Pool:
                 wait = min(wait, shared.next_probe - now)
             event = shared.changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), max(wait, 0.001))
+                async with asyncio.timeout(max(wait, 0.001)):  # keeps a stop()'s cancel
+                    await event.wait()
 
     # --- one attempt: the one place aiohttp meets batchrun's errors -------------------------
 

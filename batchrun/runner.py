@@ -142,6 +142,12 @@ async def arun_job(
         JobError: a bad job, option or input, found before anything is sent (exit 2);
             `RunStateError` / `RunLockedError` for a changed input or a live run.
         EndpointError: the endpoint failed or never became ready (exit 5).
+        EndpointUnusableError: requests failed endpoint-wide (a refused token, a wrong URL or
+            route, undecodable answers, an outage past `[run] outage_timeout`; exit 5): what
+            succeeded is committed, the failed rows stay pending, the target was left
+            normally. Its `.summary` is the run's summary (with `pending`).
+        RunStalledError: rows were pending with nothing in flight (a bug; exit 1); what
+            settled is committed. Its `.summary` is the run's summary.
         EndpointRestError: the endpoint could not be put in its on_exit state (exit 6).
         OutputWriteError: an output or the run state could not be written (disk full, I/O
             error; exit 7): dispatching stopped, the target was exited normally, and the
