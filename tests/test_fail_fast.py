@@ -459,3 +459,38 @@ def test_exit_5_on_a_local_endpoint_puts_it_to_rest(
     assert summary.endpoint_state_at_exit == "paused"
     with SyncEndpointsClient(api_url=local_service.api_url, token=local_service.token) as api:
         assert state_of(api, "rejects") == "paused"
+
+
+def test_quiet_means_no_retry_lines_and_without_it_they_are_rolled_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.run import ROOT
+
+    _input(tmp_path, 40)
+    monkeypatch.setenv("FF_TOKEN", GOOD)
+    with EndpointApp(fail_each_first=1) as app:
+        job_file = _job(tmp_path, app.url)
+        code, quiet, quiet_err = finish(start_run(job_file, "--restart"))  # adds --quiet
+        assert code == 0 and quiet["retries"] == 40 and quiet_err == ""
+        app.configure(reset=True)  # every row fails once again
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchrun", "run", str(job_file), "--restart"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        code, summary, err = finish(proc)
+    assert code == 0 and summary["retries"] == 40
+    retry_lines = [line for line in err.splitlines() if "batchrun.pool.retries" in line]
+    assert len(retry_lines) == 2, err  # the first retry of http_500, then one roll-up line
+    assert "row id 'r" in retry_lines[0] and "retry 1/2" in retry_lines[0]
+    assert "retries in the last " in retry_lines[1] and retry_lines[1].endswith(": 39 × http_500")
