@@ -38,7 +38,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batchrun.codecs import RequestCodec, codec_for
-from batchrun.errors import EndpointFailedError, OutputWriteError, RowInputError
+from batchrun.errors import (
+    EndpointFailedError,
+    EndpointUnusableError,
+    OutputWriteError,
+    RowInputError,
+    RunStalledError,
+)
 from batchrun.io.errors_file import NOT_RETRIED, tally_errors
 from batchrun.io.ledger import Ledger
 from batchrun.io.preflight import check_output_location
@@ -136,6 +142,12 @@ async def arun_job(
         JobError: a bad job, option or input, found before anything is sent (exit 2);
             `RunStateError` / `RunLockedError` for a changed input or a live run.
         EndpointError: the endpoint failed or never became ready (exit 5).
+        EndpointUnusableError: requests failed endpoint-wide (a refused token, a wrong URL or
+            route, undecodable answers, an outage past `[run] outage_timeout`; exit 5): what
+            succeeded is committed, the failed rows stay pending, the target was left
+            normally. Its `.summary` is the run's summary (with `pending`).
+        RunStalledError: rows were pending with nothing in flight (a bug; exit 1); what
+            settled is committed. Its `.summary` is the run's summary.
         EndpointRestError: the endpoint could not be put in its on_exit state (exit 6).
         OutputWriteError: an output or the run state could not be written (disk full, I/O
             error; exit 7): dispatching stopped, the target was exited normally, and the
@@ -184,6 +196,9 @@ async def arun_job(
     if run.write_error is not None:
         run.write_error.summary = run.summary
         raise run.write_error
+    if run.pool_error is not None:  # endpoint-wide failure (exit 5) or a stall (exit 1)
+        run.pool_error.summary = run.summary
+        raise run.pool_error
     if run.summary.stop_reason == StopReason.ENDPOINT_FAILED:
         reason = target.stop_message or "the endpoint failed mid-run"
         raise EndpointFailedError(
@@ -242,6 +257,16 @@ def _rows_of(chunks: Iterable[_Chunk]) -> Iterator[tuple[Row, int | None]]:
     )
 
 
+def _describe_rows(key: Any) -> str:
+    """A request's rows for a log line: ``row id 'a'`` or ``rows id 'a', 'b' (+3)``."""
+    handles: list[_Handle] = key
+    if len(handles) == 1:
+        return f"row id {handles[0].id!r}"
+    shown = ", ".join(repr(h.id) for h in handles[:3])
+    more = f" (+{len(handles) - 3})" if len(handles) > 3 else ""
+    return f"rows id {shown}{more}"
+
+
 @dataclass(slots=True)
 class _Handle:
     seq: int
@@ -286,6 +311,7 @@ class _Run:
         self._bar_tick: Callable[[int], None] | None = None  # shown.tick, when there is a bar
         self._pools: list[Pool] = []
         self.write_error: OutputWriteError | None = None
+        self.pool_error: EndpointUnusableError | RunStalledError | None = None
 
     # -- the run -----------------------------------------------------------------------------
     def begin(self) -> bool:
@@ -352,6 +378,9 @@ class _Run:
             backoff_max=run.backoff_max,
             retry_after_max=run.retry_after_max,
             scale_up_timeout=run.scale_up_timeout,
+            breaker_window=run.breaker_window,
+            outage_timeout=run.outage_timeout,
+            describe=_describe_rows,
         )
         self._pools.append(pool)
         source = self._requests(rows, track=track)
@@ -359,6 +388,8 @@ class _Run:
             if self.stopping:
                 return
             await pool.run(source, self._on_outcome, paused=self._window_moved)
+            if pool.verdict is not None:
+                self._pool_stopped(pool)
         finally:
             self.summary.retries += pool.stats.retries
             source.close()
@@ -551,6 +582,28 @@ class _Run:
         for pool in self._pools:
             pool.stop(grace=0)
 
+    def _pool_stopped(self, pool: Pool) -> None:
+        """The pool stopped on its own: the endpoint failed endpoint-wide (its rows stay
+        pending; exit 5) or the run stalled (exit 1). What settled is committed as usual."""
+        verdict = pool.verdict
+        if verdict is None or self.pool_error is not None or self.write_error is not None:
+            return
+        if self.total is None:  # for the summary's pending count
+            self.total = self.reader.count_rows()
+        line = verdict.line()
+        if verdict.stalled:
+            self.pool_error = RunStalledError(
+                f"the run stalled (a bug): {verdict.message}; what settled is committed and a "
+                "rerun sends the rest"
+            )
+            self.summary.stop_reason = StopReason.STALLED
+        else:
+            self.pool_error = EndpointUnusableError(line, url=verdict.url, failure=verdict.failure)
+            self.summary.stop_reason = StopReason.ENDPOINT_UNUSABLE
+        self.summary.error = str(self.pool_error)
+        self.stopping = True
+        self.moved.set()
+
     async def _commit_timer(self) -> None:
         period = max(0.05, self.ledger.commit_seconds / 2)
         while True:
@@ -624,6 +677,8 @@ class _Run:
         s.exit_code = (
             7 if self.write_error is not None else exit_code_for(s.stop_reason, s.errors_total)
         )
+        if self.pool_error is not None and self.write_error is None:
+            s.exit_code = self.pool_error.exit_code
 
     def close(self) -> None:
         """Commit what completed (a cancelled run keeps it) unless a write failed, then close

@@ -42,6 +42,10 @@ class StopReason(StrEnum):
     SIGTERM = "sigterm"
     ENDPOINT_FAILED = "endpoint_failed"
     OUTPUT_WRITE_FAILED = "output_write_failed"
+    ENDPOINT_UNUSABLE = "endpoint_unusable"
+    """Requests failed endpoint-wide (a bad token, unreachable, undecodable, a long outage)."""
+    STALLED = "stalled"
+    """Rows were pending with nothing in flight (a bug; exit 1)."""
     STOPPED = "stopped"
     """Stopped for a reason the target did not name."""
 
@@ -68,6 +72,8 @@ _EXIT_CODES = {
     StopReason.SIGTERM: 143,
     StopReason.ENDPOINT_FAILED: 5,
     StopReason.OUTPUT_WRITE_FAILED: 7,
+    StopReason.ENDPOINT_UNUSABLE: 5,
+    StopReason.STALLED: 1,
 }
 
 

@@ -82,6 +82,8 @@ def run(
     if update_endpoint:
         overrides.setdefault("endpoint", {})["update"] = True
     job = load_job(job_file, **overrides)
+    # -q: no per-retry lines either (errors that end the run are printed by the group)
+    logging.getLogger("batchrun.pool.retries").setLevel(logging.ERROR if quiet else logging.NOTSET)
     if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
         for name in ("batchrun.runner", "batchrun.progress"):  # progress lines off a TTY
             logging.getLogger(name).setLevel(logging.INFO)
