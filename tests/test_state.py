@@ -97,11 +97,19 @@ def test_all_committed_watermark_passes_the_last_row(tmp_path: Path) -> None:
 def test_changed_input_and_job_are_refused_with_what_changed(tmp_path: Path) -> None:
     _input(tmp_path)
     job = _job(tmp_path)
-    _ledger(job).close()
+    ledger = _ledger(job)
+    for r in list(ledger_reader(job).rows())[:10]:
+        ledger.track(r.seq, r.pos)
+        ledger.add_result(r.seq, {"id": r.seq})
+    ledger.commit()
+    ledger.close()
     with pytest.raises(RunStateError, match=r"job parameters changed .*--restart"):
         _ledger(_job(tmp_path, parameters={"max_new_tokens": 3})).close()
-    _input(tmp_path, 31)
-    with pytest.raises(RunStateError, match=r"input file in.jsonl changed size"):
+    data = (tmp_path / "in.jsonl").read_bytes()
+    (tmp_path / "in.jsonl").write_bytes(data.replace(b'"t3"', b'"T3"'))  # same size, row 3
+    with pytest.raises(
+        RunStateError, match=r"input file in.jsonl changed in its committed part: bytes 0-"
+    ):
         _ledger(job).close()
     os.utime(tmp_path / "in.jsonl", ns=(1, 1))
     _ledger(job, restart=True).close()
