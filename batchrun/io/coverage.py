@@ -3,7 +3,8 @@
 A resume must send only the rows never committed, and must refuse an input whose committed part
 changed (results on disk would belong to other rows). Each input file holding committed rows has
 a *cover* in the run state (`FileCover`): the extent [0, extent) holding all its committed rows,
-its size and mtime when it was hashed, and a hash of every 64 KiB block of the extent. The
+its size and mtime when it was hashed, and a hash of every 64 KiB block of the extent (the last
+one partial). The
 ledger advances the covers in each commit's own transaction as the highest committed row moves,
 hashing only the new bytes (and the last, partial block again), so a run never hashes its whole
 input up front and a resume hashes only what it must verify.
@@ -114,7 +115,7 @@ class Coverage:
             start = old.extent if old is not None else 0
             if old is not None and target <= start:
                 return None
-            extent, hashes = _hash_blocks(fd, start, target)
+            extent, hashes, tail = _hash_blocks(fd, start, target)
         except OSError as e:
             log.warning("%s: cannot hash the committed rows (%s)", self._files[index], e)
             return None
@@ -125,7 +126,12 @@ class Coverage:
             # changed since its last hash: keep the old stat, so a resume hashes it all again
             size, mtime = old.size, old.mtime_ns
         cover = FileCover(
-            index=index, path=self._relpaths[index], size=size, mtime_ns=mtime, extent=extent
+            index=index,
+            path=self._relpaths[index],
+            size=size,
+            mtime_ns=mtime,
+            extent=extent,
+            tail=tail,
         )
         return CoverUpdate(cover=cover, first_block=start // BLOCK, hashes=hashes)
 
@@ -211,7 +217,12 @@ class Coverage:
                 )
             self._verify(path, c, block_hashes(i), size, output)
             cover = FileCover(
-                index=i, path=c.path, size=size, mtime_ns=st.st_mtime_ns, extent=c.extent
+                index=i,
+                path=c.path,
+                size=size,
+                mtime_ns=st.st_mtime_ns,
+                extent=c.extent,
+                tail=c.tail,
             )
             refresh.append(CoverUpdate(cover=cover, first_block=0, hashes=()))
         return refresh
@@ -219,15 +230,16 @@ class Coverage:
     def _verify(
         self, path: Path, c: FileCover, hashes: list[bytes], size: int, output: str
     ) -> None:
-        blocks = -(-c.extent // BLOCK)
-        if len(hashes) < blocks:
+        whole = c.extent // BLOCK
+        if len(hashes) < whole:
             self._refuse(output, f"input file {c.path}: the run state lacks its block hashes")
+        expected = hashes[:whole] + ([c.tail] if c.extent % BLOCK else [])
         with open(path, "rb", buffering=0) as f:
             fd = f.fileno()
-            for k in range(blocks):
+            for k, digest in enumerate(expected):
                 lo = k * BLOCK
                 hi = min(lo + BLOCK, c.extent)
-                if _digest(os.pread(fd, hi - lo, lo)) != hashes[k]:
+                if _digest(os.pread(fd, hi - lo, lo)) != digest:
                     line = _count_newlines(fd, lo) + 1
                     self._refuse(
                         output,
@@ -268,20 +280,20 @@ def _line_end(fd: int, start: int) -> int:
     return offset
 
 
-def _hash_blocks(fd: int, start: int, end: int) -> tuple[int, tuple[bytes, ...]]:
-    """Hashes of the blocks holding [start, end), the first from its block's start; and how
-    far the file really reached (less than `end` if it is shorter now)."""
+def _hash_blocks(fd: int, start: int, end: int) -> tuple[int, tuple[bytes, ...], bytes]:
+    """Hashes of the whole blocks in [start's block, end), the hash of the partial last one
+    (b"" if none), and how far the file really reached (less than `end` if it is shorter
+    now)."""
     hashes: list[bytes] = []
     lo = (start // BLOCK) * BLOCK
     while lo < end:
         want = min(BLOCK, end - lo)
         data = os.pread(fd, want, lo)
-        if data:
-            hashes.append(_digest(data))
-        if len(data) < want:
-            return lo + len(data), tuple(hashes)
+        if len(data) < BLOCK:
+            return lo + len(data), tuple(hashes), _digest(data) if data else b""
+        hashes.append(_digest(data))
         lo += want
-    return end, tuple(hashes)
+    return end, tuple(hashes), b""
 
 
 def _count_newlines(fd: int, end: int) -> int:

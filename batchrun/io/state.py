@@ -8,9 +8,11 @@ One SQLite database in WAL mode (`state.sqlite`, `synchronous=FULL`) holds:
 - `done`: the committed rows above the watermark (few: bounded by the dispatch window);
 - `ids`: the on-disk index of `id_field` values (first position wins), for `duplicate_id`;
 - `retry_done`: rows of the errors file settled by an interrupted `--retry-errors`;
-- `inputs` and `input_blocks`: for each input file holding committed rows, the committed byte
-  extent, the size and mtime when it was last hashed, and a hash of each 64 KiB block of that
-  extent (see `batchrun.io.coverage`), written in the same transaction as the commit.
+- `input_blocks`, and `cover.<file index>` keys in `meta`: for each input file holding
+  committed rows, the committed byte extent, the size and mtime when it was last hashed, the
+  hash of each whole 64 KiB block of the extent and of its partial last block (see
+  `batchrun.io.coverage`), written in the commit's transaction (a commit rewrites the `meta`
+  entry; a block row only when a block fills, so the write-ahead log grows no faster).
 
 Beside it, `last_run.json` keeps the last run's summary (for `batchrun plan` and `status`).
 This module is the only code that knows the directory's layout: reports read it through
@@ -63,10 +65,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS done (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retry_done (seq INTEGER PRIMARY KEY, ok INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS inputs (
-    idx INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, extent INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS input_blocks (
     idx INTEGER NOT NULL, block INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (idx, block)
 ) WITHOUT ROWID;
@@ -79,6 +77,8 @@ STATE_SUFFIX = ".batchrun"
 _DB = "state.sqlite"
 _LOCK = "lock"
 _LAST_RUN = "last_run.json"
+_COVER = "cover."
+"""`meta` key prefix of an input file's cover (then its index)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +146,7 @@ class FileCover:
         size / mtime_ns: what `stat` said when it was last hashed or checked; a resume whose
             `stat` says the same skips the hash.
         extent: bytes [0, extent) hold every committed row of the file (and are hashed).
+        tail: the hash of the extent's partial last block (b"" when it ends on a block).
     """
 
     index: int
@@ -153,11 +154,12 @@ class FileCover:
     size: int
     mtime_ns: int
     extent: int
+    tail: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CoverUpdate:
-    """A file's new cover and the hashes of its blocks from `first_block` on."""
+    """A file's new cover and the hashes of its whole blocks from `first_block` on."""
 
     cover: FileCover
     first_block: int
@@ -428,12 +430,22 @@ class RunState:
     def covers(self) -> list[FileCover]:
         """The recorded input files holding committed rows, in input order."""
         rows = self._db.execute(
-            "SELECT idx, path, size, mtime_ns, extent FROM inputs ORDER BY idx"
+            "SELECT key, value FROM meta WHERE key LIKE ?", (_COVER + "%",)
         ).fetchall()
-        return [
-            FileCover(index=int(i), path=str(p), size=int(s), mtime_ns=int(m), extent=int(e))
-            for i, p, s, m, e in rows
-        ]
+        covers = []
+        for key, value in rows:
+            path, size, mtime_ns, extent, tail = orjson.loads(value)
+            covers.append(
+                FileCover(
+                    index=int(key[len(_COVER) :]),
+                    path=str(path),
+                    size=int(size),
+                    mtime_ns=int(mtime_ns),
+                    extent=int(extent),
+                    tail=bytes.fromhex(tail),
+                )
+            )
+        return sorted(covers, key=lambda c: c.index)
 
     def block_hashes(self, index: int) -> list[bytes]:
         """The block hashes of input file `index`, block 0 first."""
@@ -463,10 +475,8 @@ class RunState:
         db = self._db
         for update in covers:
             c = update.cover
-            db.execute(
-                "INSERT OR REPLACE INTO inputs (idx, path, size, mtime_ns, extent) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (c.index, c.path, c.size, c.mtime_ns, c.extent),
+            self._set_many(
+                {f"{_COVER}{c.index}": [c.path, c.size, c.mtime_ns, c.extent, c.tail.hex()]}
             )
             if update.hashes:
                 db.executemany(
