@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -12,7 +13,7 @@ import pytest
 from batchrun.errors import RunLockedError, RunStateError
 from batchrun.io.ledger import Ledger
 from batchrun.io.readers import InputReader, open_input
-from batchrun.io.state import RunState
+from batchrun.io.state import RunState, fingerprint_files
 from batchrun.job import Job
 
 
@@ -114,6 +115,39 @@ def test_changed_input_and_job_are_refused_with_what_changed(tmp_path: Path) -> 
     os.utime(tmp_path / "in.jsonl", ns=(1, 1))
     _ledger(job, restart=True).close()
     _ledger(_job(tmp_path)).close()  # concurrency is not part of the fingerprint
+
+
+def test_state_made_before_content_checks_is_adopted(tmp_path: Path) -> None:
+    _input(tmp_path)
+    job = _job(tmp_path)
+    ledger = _ledger(job)
+    for r in list(ledger_reader(job).rows())[:10]:
+        ledger.track(r.seq, r.pos)
+        ledger.add_result(r.seq, {"id": r.seq})
+    ledger.commit()
+    ledger.close()
+    # as an older batchrun left it: the files in the fingerprint (with limit), no covers
+    db = sqlite3.connect(RunState.database(tmp_path / "out/r.jsonl.batchrun"))
+    reader = ledger_reader(job)
+    old = {
+        "input": job.input.path,
+        "files": fingerprint_files(reader.files, reader.relpaths),
+        "job": job.fingerprint_fields(),
+        "output_format": "jsonl",
+    }
+    with db:
+        db.execute("DELETE FROM meta WHERE key LIKE 'cover.%'")
+        db.execute("DELETE FROM input_blocks")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'fingerprint'", (orjson.dumps(old),))
+    db.close()
+    os.utime(tmp_path / "in.jsonl", ns=(1, 1))
+    again = _ledger(job)  # head and tail as fingerprinted: adopted, covered from now on
+    assert again.watermark == 10
+    again.close()
+    data = (tmp_path / "in.jsonl").read_bytes()
+    (tmp_path / "in.jsonl").write_bytes(data.replace(b'"t3"', b'"T3"'))
+    with pytest.raises(RunStateError, match=r"in.jsonl changed in its committed part: bytes 0-"):
+        _ledger(job).close()
 
 
 def test_second_live_run_is_locked_out_with_its_pid(tmp_path: Path) -> None:

@@ -481,10 +481,7 @@ class RunState:
             if update.hashes:
                 db.executemany(
                     "INSERT OR REPLACE INTO input_blocks (idx, block, hash) VALUES (?, ?, ?)",
-                    (
-                        (c.index, update.first_block + k, h)
-                        for k, h in enumerate(update.hashes)
-                    ),
+                    ((c.index, update.first_block + k, h) for k, h in enumerate(update.hashes)),
                 )
 
     def retry_settled(self) -> dict[int, bool]:
