@@ -12,9 +12,10 @@ Opening a ledger locks the run state, checks the fingerprint (the job fields tha
 results), checks that the committed part of the input is unchanged on content
 (`batchrun.io.coverage`; appended rows, new files after the committed ones and a raised
 `limit` extend the run), finishes an interrupted `--retry-errors`, and cuts the outputs back to
-the last commit. With `restart`, it only takes
-the lock and measures what it will discard; `begin` discards it, still under that lock, once
-the caller knows the run can start (the endpoint is ready).
+the last commit. With `restart`, it only takes the lock and measures what it will discard;
+`begin` discards it, still under that lock, once the caller knows the run can start (the
+endpoint is ready). Each commit also advances the input's covers (what the next open checks)
+in its own transaction.
 
 A commit that cannot be written (disk full, I/O error at any step) is rolled back whole: the
 state stays at the last good commit, the outputs are cut back to it, and `OutputWriteError`
