@@ -150,6 +150,37 @@ def test_state_made_before_content_checks_is_adopted(tmp_path: Path) -> None:
         _ledger(job).close()
 
 
+def test_ids_indexed_after_the_committed_rows_are_forgotten_on_resume(tmp_path: Path) -> None:
+    def write(ids: list[str]) -> None:
+        (tmp_path / "in.jsonl").write_bytes(
+            b"".join(orjson.dumps({"id": i, "text": i}) + b"\n" for i in ids)
+        )
+
+    ids = [f"r{i:02d}" for i in range(20)]
+    write(ids)
+    job = Job.from_dict(
+        {
+            "endpoint": {"provider": "url", "url": "http://127.0.0.1:9"},
+            "input": {"path": str(tmp_path / "in.jsonl"), "field": "text", "id_field": "id"},
+            "output": {"path": str(tmp_path / "out/r.jsonl")},
+        }
+    )
+    ledger = _ledger(job)
+    rows = list(ledger_reader(job).rows())
+    assert ledger.first_seqs([(r.id, r.seq) for r in rows]) == [None] * 20  # all 20 indexed
+    for r in rows[:10]:  # only the first 10 committed: the run is then "killed"
+        ledger.track(r.seq, r.pos)
+        ledger.add_result(r.seq, {"id": r.id})
+    ledger.commit()
+    ledger.close()
+    # the uncommitted rows change (same length): r15 is now only at row 18
+    write([*ids[:15], "zzz", *ids[16:18], "r15", ids[19]])
+    again = _ledger(job)
+    rest = list(ledger_reader(job).rows())[10:]
+    assert again.first_seqs([(r.id, r.seq) for r in rest]) == [None] * 10
+    again.close()
+
+
 def test_second_live_run_is_locked_out_with_its_pid(tmp_path: Path) -> None:
     _input(tmp_path)
     job = _job(tmp_path)
@@ -197,9 +228,13 @@ def test_duplicate_ids_on_disk_first_wins(tmp_path: Path) -> None:
     # chunks larger than one SELECT's worth of ids
     many = [(f"id{i}", 10 + i) for i in range(1200)] + [("id7", 2000)]
     assert ledger.first_seqs(many) == [None] * 1200 + [17]
+    ledger.track(0, (0, 0, 0, 1))
+    ledger.add_result(0, {"id": "a"})
+    ledger.commit()
     ledger.close()
-    again = _ledger(job)
+    again = _ledger(job)  # entries of committed rows stay; the others are indexed again
     assert again.first_seqs([("a", 7)]) == [0]
+    assert again.first_seqs([("b", 8)]) == [None]
     again.close()
 
 

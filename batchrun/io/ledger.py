@@ -653,6 +653,10 @@ class Ledger:
         except sqlite3.Error as e:  # only the next resume's shortcut is lost
             log.info("%s: input file times not recorded (%s)", self.state_dir, e)
         coverage.apply(refresh)
+        try:
+            state.forget_ids_above(self._top)
+        except sqlite3.Error as e:
+            raise _write_failure(self._db_path, "cannot update the id index", e) from e
 
     def _adopt_legacy(self) -> list[FileCover]:
         """Covers for a state made before content checks: its fingerprint listed the files
@@ -680,7 +684,7 @@ class Ledger:
         try:
             self.state.update_covers(updates)
         except sqlite3.Error as e:
-            raise _write_failure(self._db_path, e) from e
+            raise _write_failure(self._db_path, "cannot record the input's hashes", e) from e
         return [u.cover for u in updates]
 
     def _recover(self) -> None:
@@ -756,11 +760,8 @@ class Ledger:
             self.state.close()
 
 
-def _write_failure(path: Path, error: BaseException) -> OutputWriteError:
-    return OutputWriteError(
-        f"{path}: cannot record the input's hashes: {error}; free space and run again",
-        path=str(path),
-    )
+def _write_failure(path: Path, what: str, error: BaseException) -> OutputWriteError:
+    return OutputWriteError(f"{path}: {what}: {error}; free space and run again", path=str(path))
 
 
 def _nonempty(path: Path) -> bool:

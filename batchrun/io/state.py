@@ -78,6 +78,8 @@ _DB = "state.sqlite"
 _LOCK = "lock"
 _LAST_RUN = "last_run.json"
 _COVER = "cover."
+_INDEXED_TOP = "indexed_top"
+"""`meta` key: the highest row in the id index (written with its entries)."""
 """`meta` key prefix of an input file's cover (then its index)."""
 
 
@@ -194,6 +196,8 @@ class RunState:
         self.created = not bool(self._get("fingerprint"))
         self.stored_fingerprint: dict[str, Any] | None = None
         """The fingerprint the state was made with (set by `open`)."""
+        indexed = self._get(_INDEXED_TOP)
+        self._indexed_top = int(indexed) if indexed is not None else None
 
     @classmethod
     def open(
@@ -356,7 +360,9 @@ class RunState:
         holding the same id (a duplicate), else None.
 
         Indexing is idempotent: the first position of each id depends on the input alone, so
-        entries made for rows that were never committed stay true after a crash. One insert per
+        entries made for rows that were never committed stay true after a crash, as long as
+        the input beyond its committed part is as it was (else see `forget_ids_above`). One
+        insert per
         chunk of rows, and a lookup only when the insert met ids already indexed (a duplicate,
         or rows indexed by an interrupted run), keeps the index off the per-row hot path. The
         index is written in the transaction of the next commit.
@@ -367,8 +373,14 @@ class RunState:
         dumps = orjson.dumps
         keys = [dumps(value, default=str) for value, _ in rows]
         firsts: dict[bytes, int] = {}
+        if not rows:
+            return []
         try:
             self._begin()
+            top = rows[-1][1]
+            if self._indexed_top is None or top > self._indexed_top:
+                self._set_many({_INDEXED_TOP: top})
+                self._indexed_top = top
             inserted = self._db.executemany(
                 "INSERT OR IGNORE INTO ids (id, seq) VALUES (?, ?)",
                 zip(keys, [seq for _, seq in rows], strict=True),
@@ -388,6 +400,26 @@ class RunState:
             None if firsts[key] >= seq else int(firsts[key])
             for key, (_, seq) in zip(keys, rows, strict=True)
         ]
+
+    def forget_ids_above(self, top: int) -> None:
+        """Drop the id index entries of rows after `top` (the highest committed row): the input
+        after the committed part may have changed since an interrupted run indexed them. Costs
+        a scan of the index only when such entries exist.
+
+        Raises:
+            sqlite3.Error: the transaction failed and was rolled back.
+        """
+        if self._indexed_top is None or self._indexed_top <= top:
+            return
+        try:
+            self._begin()
+            self._db.execute("DELETE FROM ids WHERE seq > ?", (top,))
+            self._set_many({_INDEXED_TOP: top})
+            self._commit_tx()
+        except sqlite3.Error:
+            self._abort()
+            raise
+        self._indexed_top = top
 
     def commit(
         self,
