@@ -181,6 +181,60 @@ def test_ids_indexed_after_the_committed_rows_are_forgotten_on_resume(tmp_path: 
     again.close()
 
 
+def test_committed_part_ends_at_the_highest_committed_row(tmp_path: Path) -> None:
+    _input(tmp_path)  # 30 rows {"text": "tN"}
+    job = _job(tmp_path)
+    ledger = _ledger(job)
+    for r in list(ledger_reader(job).rows())[:12]:
+        ledger.track(r.seq, r.pos)
+    for seq in (0, 1, 2, 5, 9):  # 3, 4, 6-8, 10, 11 in flight when the run is killed
+        ledger.add_result(seq, {"id": seq})
+    ledger.commit()
+    ledger.close()
+    data = (tmp_path / "in.jsonl").read_bytes()
+    # rows after the highest committed one (9) may change, even in size
+    (tmp_path / "in.jsonl").write_bytes(data.replace(b'"t10"', b'"t10 edited"') + b'{"text":"x"}\n')
+    again = _ledger(job)
+    assert again.watermark == 3 and again.done_above == {5, 9}
+    again.close()
+    # a row below it, committed or not, may not
+    (tmp_path / "in.jsonl").write_bytes(data.replace(b'"t7"', b'"T7"'))
+    with pytest.raises(RunStateError, match=r"bytes 0-\d+ differ .*\(from line 1\)"):
+        _ledger(job).close()
+
+
+def test_new_file_after_the_committed_ones_is_read_from_its_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n in (("a", 3), ("c", 3)):  # c.jsonl starts with a blank line
+        (data / f"{name}.jsonl").write_bytes(
+            (b"\n" if name == "c" else b"")
+            + b"".join(orjson.dumps({"text": f"{name}{i}"}) + b"\n" for i in range(n))
+        )
+    job = Job.from_dict(
+        {
+            "endpoint": {"provider": "url", "url": "http://127.0.0.1:9"},
+            "input": {"path": str(data / "*.jsonl"), "field": "text"},
+            "output": {"path": str(tmp_path / "out/r.jsonl")},
+        }
+    )
+    ledger = _ledger(job)
+    rows = list(ledger_reader(job).rows())
+    for r in rows[:5]:  # a.jsonl committed; c.jsonl's first rows read, then the run stops
+        ledger.track(r.seq, r.pos)
+    for seq in (0, 1, 2):
+        ledger.add_result(seq, {"id": rows[seq].id})
+    ledger.commit()
+    assert ledger.committed.anchor_pos == rows[3].pos and rows[3].pos[:3] == (1, 0, 1)
+    ledger.close()
+    (data / "b.jsonl").write_bytes(b'{"text": "b0"}\n')  # sorts after a, before c
+    again = _ledger(job)
+    seq, pos = again.anchor
+    again.close()
+    rest = [r.id for r in ledger_reader(job).rows(start_seq=seq, start=pos)]
+    assert rest == ["b.jsonl:0", "c.jsonl:0", "c.jsonl:1", "c.jsonl:2"]
+
+
 def test_second_live_run_is_locked_out_with_its_pid(tmp_path: Path) -> None:
     _input(tmp_path)
     job = _job(tmp_path)
