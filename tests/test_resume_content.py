@@ -26,6 +26,7 @@ import pytest
 
 from batchrun.errors import RunStateError
 from batchrun.io.coverage import BLOCK
+from batchrun.io.state import RunState
 from batchrun.job import load_job
 from batchrun.runner import RunSummary, run_job
 from tests.support.endpoint_app import EndpointApp
@@ -71,6 +72,9 @@ def test_touch_and_an_identical_copy_resume_sending_nothing(
     assert _run(job).succeeded == 30
     os.utime(inp, ns=(1, 1))  # touch: another mtime, the same bytes
     assert _run(job).skipped_done == 30
+    with RunState.open(tmp_path / "out/r.jsonl.batchrun", fingerprint=None, output="o") as st:
+        (cover,) = st.covers()  # the new mtime is noted: the next resume skips the hash
+        assert (cover.mtime_ns, cover.size, cover.extent) == (1, inp.stat().st_size, cover.size)
     shutil.copyfile(tmp_path / "in.jsonl", tmp_path / "copy.jsonl")
     os.replace(tmp_path / "copy.jsonl", inp)  # the identical file again: a new inode and mtime
     s = _run(job)
