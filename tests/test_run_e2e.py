@@ -193,8 +193,10 @@ def test_limit_takes_the_same_first_rows(tmp_path: Path, endpoint_app: EndpointA
     code, out, _ = _cli("run", str(job_file), "--limit", "10", "--quiet")
     assert code == 0 and orjson.loads(out)["skipped_done"] == 10
     assert sorted(r["id"] for r in read_results(tmp_path / "out/r.jsonl")) == list(range(10))
-    code, _, err = _cli("run", str(job_file), "--quiet")
-    assert code == 2 and "job limit changed (10 -> None)" in err
+    code, out, err = _cli("run", str(job_file), "--quiet")  # no limit: the rest of the rows
+    assert code == 0, err
+    assert orjson.loads(out)["succeeded"] == 110 and orjson.loads(out)["skipped_done"] == 10
+    assert sorted(r["id"] for r in read_results(tmp_path / "out/r.jsonl")) == list(range(120))
 
 
 def _bad_job(tmp_path: Path, url: str, case: str) -> tuple[Path, str]:
@@ -247,10 +249,11 @@ def test_changed_input_refused_then_restart_says_what_it_discards(
     write_jsonl(tmp_path / "in.jsonl", _rows(20))
     job_file = _job(tmp_path, endpoint_app.url, "in.jsonl", "out/r.jsonl")
     assert _cli("run", str(job_file), "--quiet")[0] == 0
-    write_jsonl(tmp_path / "in.jsonl", _rows(25))
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "changed"}, *_rows(25)[1:]])
     code, out, err = _cli("run", str(job_file), "--quiet")
     assert code == 2 and out == ""
-    assert "input file in.jsonl changed size" in err and "--restart" in err
+    assert "input file in.jsonl changed in its committed part: bytes 0-" in err, err
+    assert "(from line 1)" in err and "--restart" in err
     code, out, err = _cli("run", str(job_file), "--quiet", "--restart")
     assert code == 0
     summary = orjson.loads(out)  # the same line is logged at WARNING (stderr in the CLI)

@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 import orjson
 
-from batchrun.errors import BatchrunError
+from batchrun.errors import BatchrunError, JobError
+from batchrun.io.state import RunState
 from batchrun.job import RANGES, Job, load_job, parse_overrides
 from batchrun.progress import show_summary
 from batchrun.runner import RunControl, RunSummary, arun_job
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # Any path: `load_job` says itself what is wrong with a directory, a FIFO or a device.
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--restart", is_flag=True, help="Discard the output and run state; start over.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before --restart discards results.")
 @click.option("--retry-errors", is_flag=True, help="Send the errors file's rows again, then go on.")
 @click.option(
     "--concurrency",
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 def run(
     job_file: Path,
     restart: bool,
+    yes: bool,
     retry_errors: bool,
     concurrency: int | None,
     limit: int | None,
@@ -84,6 +87,8 @@ def run(
     job = load_job(job_file, **overrides)
     # -q: no per-retry lines either (errors that end the run are printed by the group)
     logging.getLogger("batchrun.pool.retries").setLevel(logging.ERROR if quiet else logging.NOTSET)
+    if restart and not yes:
+        _confirm_restart(job)
     if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
         for name in ("batchrun.runner", "batchrun.progress"):  # progress lines off a TTY
             logging.getLogger(name).setLevel(logging.INFO)
@@ -100,6 +105,29 @@ def run(
         raise
     _print_summary(summary, quiet=quiet)
     sys.exit(summary.exit_code)
+
+
+def _confirm_restart(job: Job) -> None:
+    """On a terminal, ask before `--restart` discards committed rows; without one, go on (the
+    run logs one WARNING line saying what it discarded).
+
+    Raises:
+        JobError: the answer was no; nothing was discarded or started.
+    """
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return
+    view = RunState.peek(RunState.directory_for(job.output.path))
+    if view is None:
+        return
+    c = view.committed
+    if not (c.results_count or c.errors_count):
+        return
+    question = (
+        f"--restart discards {c.results_count} result(s) and {c.errors_count} error row(s) "
+        f"in {job.output.path}. Go on?"
+    )
+    if not click.confirm(question, default=False, err=True):
+        raise JobError("--restart not confirmed: nothing was discarded (--yes skips the question)")
 
 
 def _print_summary(summary: RunSummary, *, quiet: bool = False) -> None:
