@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.codecs import RequestCodec, codec_for
-from batchrun.errors import EndpointFailedError, OutputWriteError, RowInputError
+from batchrun.errors import (
+    BatchrunError,
+    EndpointFailedError,
+    OutputWriteError,
+    RowInputError,
+    RunningLoopError,
+)
 from batchrun.io.ledger import Ledger
 from batchrun.io.preflight import check_output_location
 from batchrun.io.readers import InputReader, Position, Row, open_input
@@ -45,7 +51,7 @@ from batchrun.io.state import RunState
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
 from batchrun.progress import Counts, Progress
-from batchrun.summary import RunSummary, exit_code_for
+from batchrun.summary import RunSummary, exit_code_for, one_line
 from batchrun.targets import StopReason, Target, open_target
 
 __all__ = ["RunControl", "RunSummary", "arun_job", "exit_code_for", "run_job"]
@@ -100,7 +106,22 @@ def run_job(
     limit: int | None = None,
     progress: bool = True,
 ) -> RunSummary:
-    """Run a job to the end (or to a stop) and return its summary. See `arun_job`."""
+    """Run a job to the end (or to a stop) and return its summary. See `arun_job`.
+
+    Raises:
+        RunningLoopError: called where an event loop is already running (a notebook, an
+            async app): `await batchrun.arun_job(job)` there instead.
+        BatchrunError: as `arun_job`.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop running: the usual case
+    else:  # checked before the coroutine exists, so none is left un-awaited
+        raise RunningLoopError(
+            "run_job() was called inside a running event loop (Jupyter, an async app): "
+            "use `await batchrun.arun_job(job)` there instead; nothing was started"
+        )
     return asyncio.run(
         arun_job(job, restart=restart, retry_errors=retry_errors, limit=limit, progress=progress)
     )
@@ -130,17 +151,91 @@ async def arun_job(
             and the run state were checked, and left (put to rest) however the run ends.
 
     Returns:
-        the summary, for exit codes 0, 3, 4, 130 and 143.
+        the summary, for exit codes 0, 3, 4, 130 and 143. When every input row is already
+        committed (and `retry_errors` finds nothing to send again), the target is not entered
+        at all: no endpoint is resumed or created, the cost is 0, and the exit code is 0 (3
+        with rows in the errors file).
 
     Raises:
         JobError: a bad job, option or input, found before anything is sent (exit 2);
-            `RunStateError` / `RunLockedError` for a changed input or a live run.
+            `RunStateError` for a changed input.
+        RunLockedError: another live run holds this output (exit 8).
         EndpointError: the endpoint failed or never became ready (exit 5).
+        APIConnectionError: the endpoints API could not be reached (exit 5).
         EndpointRestError: the endpoint could not be put in its on_exit state (exit 6).
         OutputWriteError: an output or the run state could not be written (disk full, I/O
             error; exit 7): dispatching stopped, the target was exited normally, and the
-            state is at the last good commit. Its `.summary` is the run's summary.
+            state is at the last good commit.
+        Every batchrun error raised here carries `.summary`: the run's summary as far as it
+        got, with `error` (the one-line message) and `exit_code` set.
     """
+    started = _Started()
+    try:
+        return await _arun(
+            job,
+            started,
+            restart=restart,
+            retry_errors=retry_errors,
+            limit=limit,
+            progress=progress,
+            control=control,
+            target=target,
+        )
+    except BatchrunError as e:
+        started.annotate(e, job)
+        raise
+    finally:
+        if started.run is not None:  # for `batchrun status` / `plan`
+            RunState.remember_run(Path(job.output.state_dir), started.run.summary.to_json())
+
+
+@dataclass(slots=True)
+class _Started:
+    """How far `arun_job` got: the summary of a run that raises says what is known."""
+
+    target: Target | None = None
+    entering: bool = False
+    run: _Run | None = None
+
+    def annotate(self, error: BatchrunError, job: Job) -> None:
+        """Give `error` its `.summary` (if it has none yet), with `error` and `exit_code`."""
+        summary = error.summary
+        if summary is None:
+            if self.run is not None:
+                summary = self.run.summary
+            else:  # failed before the run state was opened: what is known
+                summary = RunSummary.of_error(
+                    error, output=job.output.path, errors_path=job.output.errors_path
+                )
+            if self.target is not None:
+                # after trying to enter, the lifecycle fields say what it did (and cost);
+                # before, the target was never touched
+                fields = (
+                    self.target.summary_fields()
+                    if self.entering
+                    else self.target.untouched_fields()
+                )
+                for key, value in fields.items():
+                    setattr(summary, key, value)
+            error.summary = summary
+        if not isinstance(summary, RunSummary):
+            return
+        summary.error = summary.error or one_line(error)
+        summary.exit_code = error.exit_code
+        summary.resumable = summary.resumable or error.exit_code in (5, 7)
+
+
+async def _arun(
+    job: Job,
+    started: _Started,
+    *,
+    restart: bool,
+    retry_errors: bool,
+    limit: int | None,
+    progress: bool,
+    control: RunControl | None,
+    target: Target | None,
+) -> RunSummary:
     if limit is not None:
         job = dataclasses.replace(job, run=dataclasses.replace(job.run, limit=limit))
         job.validate()  # a caller's limit has the range a job file's has
@@ -152,9 +247,15 @@ async def arun_job(
         codec.check_first_row(first)
     check_output_location(job)  # before the Ledger creates anything next to the output
     target = target if target is not None else open_target(job)
+    started.target = target
     ledger = Ledger(job, reader, restart=restart)
     run = _Run(job, reader, codec, ledger, control, progress)
+    started.run = run
     try:
+        if not restart and _nothing_to_do(reader, ledger, retry_errors=retry_errors):
+            run.nothing_to_do(target)
+            return run.summary
+        started.entering = True
         if not await _enter(target, control):  # stopped while the endpoint was made ready
             run.summary.stop_reason = control.reason
             run.finish_summary()
@@ -177,10 +278,7 @@ async def arun_job(
             setattr(run.summary, key, value)
     finally:
         run.close()
-        # for `batchrun status` / `plan`
-        RunState.remember_run(Path(job.output.state_dir), run.summary.to_json())
     if run.write_error is not None:
-        run.write_error.summary = run.summary
         raise run.write_error
     if run.summary.stop_reason == StopReason.ENDPOINT_FAILED:
         reason = target.stop_message or "the endpoint failed mid-run"
@@ -188,6 +286,27 @@ async def arun_job(
             f"{reason}; {run.summary.results_total} result(s) are committed and a rerun resumes"
         )
     return run.summary
+
+
+def _nothing_to_do(reader: InputReader, ledger: Ledger, *, retry_errors: bool) -> bool:
+    """Whether every input row (up to the limit) is committed and `retry_errors` has nothing
+    to send again: then the run needs no endpoint.
+
+    Reads the input from the ledger's anchor (when every row is committed: the last one) to
+    the first row that is not committed, so a finished input costs a row or two, and a fresh
+    one its first row; nothing is sent.
+    """
+    committed = ledger.committed
+    seq, pos = ledger.anchor
+    for row in reader.rows(start_seq=seq, start=pos):
+        if not committed.is_done(row.seq):
+            return False
+    if retry_errors:
+        return not any(
+            e.get("status") not in NOT_RETRIED and isinstance(e.get("row"), int)
+            for e in ledger.errors_to_retry()
+        )
+    return True
 
 
 async def _enter(target: Target, control: RunControl) -> bool:
@@ -268,8 +387,18 @@ class _Run:
         self._bar_tick: Callable[[int], None] | None = None  # shown.tick, when there is a bar
         self._pools: list[Pool] = []
         self.write_error: OutputWriteError | None = None
+        self.read_all = False  # every input row was read and settled: nothing is pending
 
     # -- the run -----------------------------------------------------------------------------
+    def nothing_to_do(self, target: Target) -> None:
+        """Every row is already committed: the summary of a run that never entered `target`."""
+        done = self.ledger.results_count + self.ledger.errors_count
+        log.warning("nothing to do: %s row%s already done", f"{done:,}", "" if done == 1 else "s")
+        for key, value in target.untouched_fields().items():
+            setattr(self.summary, key, value)
+        self.read_all = True
+        self.finish_summary()
+
     def begin(self) -> bool:
         """Start the ledger (`--restart` discards now); False if that could not be written."""
         if not self._write(self.ledger.begin):
@@ -311,6 +440,7 @@ class _Run:
                 seq, pos = self.ledger.anchor
                 rows = self.reader.rows(start_seq=seq, start=pos)
                 await self._dispatch(target, self._new_rows(rows), track=True)
+            self.read_all = not self.stopping
             target.mark_idle()  # from the last result on, billed time is idle
             if self.write_error is None:
                 self._write(self.ledger.commit)
@@ -596,6 +726,8 @@ class _Run:
         s.input_rows = self.total
         if self.total is not None:
             s.pending = max(0, self.total - s.results_total - s.errors_total)
+        elif self.read_all and self.write_error is None:
+            s.pending = 0
         s.resumable = s.stop_reason is not None
         s.exit_code = (
             7 if self.write_error is not None else exit_code_for(s.stop_reason, s.errors_total)

@@ -123,6 +123,11 @@ class Target(ABC):
         """Fields copied into the `RunSummary` once the target was left (none by default)."""
         return {}
 
+    def untouched_fields(self) -> dict[str, Any]:
+        """Fields for the `RunSummary` of a run that never entered the target (nothing to do,
+        or refused before): what it is, and that it cost nothing (none by default)."""
+        return {}
+
     def mark_idle(self) -> None:
         """The runner has its last result: from here on, billed time is idle (a no-op here)."""
         return None
@@ -186,6 +191,17 @@ class _LeaseTarget(Target):
 
     def summary_fields(self) -> dict[str, Any]:
         return self.lease.summary_fields()
+
+    def untouched_fields(self) -> dict[str, Any]:
+        spec = self.lease.job.endpoint
+        return {
+            "endpoint": f"{spec.namespace}/{spec.name}" if spec.namespace else spec.name,
+            "on_exit": spec.on_exit,
+            "endpoint_state_at_exit": None,  # not even read: the run left it as it was
+            "cost_usd": 0.0,
+            "billed_s": 0.0,
+            "idle_billed_s": 0.0,
+        }
 
     def mark_idle(self) -> None:
         self.lease.mark_idle()

@@ -8,10 +8,13 @@ exits with its code (DESIGN.md, "Exit codes"); errors are handled by the `batchr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -25,7 +28,24 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 
+def _summary_on_every_exit(command: Callable[..., None]) -> Callable[..., None]:
+    """Print the JSON summary for an error that has none (the job file could not be loaded,
+    say): a scheduler parses stdout on every exit. `arun_job`'s errors carry their own."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except BatchrunError as e:
+            if not isinstance(getattr(e, "summary", None), RunSummary):
+                _print_summary(RunSummary.of_error(e))
+            raise
+
+    return wrapper
+
+
 @click.command("run")
+@_summary_on_every_exit  # outside the options: they attach to the function it wraps
 # Any path: `load_job` says itself what is wrong with a directory, a FIFO or a device.
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--restart", is_flag=True, help="Discard the output and run state; start over.")
