@@ -220,6 +220,8 @@ class _Started:
             error.summary = summary
         if not isinstance(summary, RunSummary):
             return
+        if self.run is not None and summary is self.run.summary:
+            self.run.finish_summary()  # committed totals and pending, as of the error
         summary.error = summary.error or one_line(error)
         summary.exit_code = error.exit_code
         summary.resumable = summary.resumable or error.exit_code in (5, 7)
@@ -388,6 +390,7 @@ class _Run:
         self._pools: list[Pool] = []
         self.write_error: OutputWriteError | None = None
         self.read_all = False  # every input row was read and settled: nothing is pending
+        self._counted: tuple[int | None] | None = None  # see _input_rows
 
     # -- the run -----------------------------------------------------------------------------
     def nothing_to_do(self, target: Target) -> None:
@@ -724,14 +727,25 @@ class _Run:
         s.results_total = self.ledger.results_count
         s.errors_total = self.ledger.errors_count
         s.input_rows = self.total
-        if self.total is not None:
-            s.pending = max(0, self.total - s.results_total - s.errors_total)
+        total = self.total if self.total is not None or self.read_all else self._input_rows()
+        if total is not None:
+            s.pending = max(0, total - s.results_total - s.errors_total)
         elif self.read_all and self.write_error is None:
             s.pending = 0
         s.resumable = s.stop_reason is not None
         s.exit_code = (
             7 if self.write_error is not None else exit_code_for(s.stop_reason, s.errors_total)
         )
+
+    def _input_rows(self) -> int | None:
+        """The input's rows (when cheap to know), counted once, for `pending` after a stop
+        or an error: a run that read its whole input has none pending without counting."""
+        if self._counted is None:
+            try:
+                self._counted = (self.reader.count_rows(),)
+            except OSError:  # the input went away: then it is not known
+                self._counted = (None,)
+        return self._counted[0]
 
     def close(self) -> None:
         """Commit what completed (a cancelled run keeps it) unless a write failed, then close
