@@ -220,8 +220,6 @@ class _Started:
             error.summary = summary
         if not isinstance(summary, RunSummary):
             return
-        if self.run is not None and summary is self.run.summary:
-            self.run.finish_summary()  # committed totals and pending, as of the error
         summary.error = summary.error or one_line(error)
         summary.exit_code = error.exit_code
         summary.resumable = summary.resumable or error.exit_code in (5, 7)
@@ -278,6 +276,9 @@ async def _arun(
         # A lease stopped while getting ready has put its endpoint to rest too: report it.
         for key, value in target.summary_fields().items():
             setattr(run.summary, key, value)
+    except BatchrunError:
+        run.finish_summary()  # committed totals and pending as of the error (ledger still open)
+        raise
     finally:
         run.close()
     if run.write_error is not None:
