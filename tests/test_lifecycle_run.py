@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from batchrun.endpoints import SyncEndpointsClient
@@ -253,7 +254,11 @@ def test_on_exit_failing_is_exit_6_naming_the_pause_command(
         proxy.fail_pause = True
         code, summary, err = finish(start_run(job, local_service.token))
         assert code == 6, err
-        assert summary == {}
+        # the summary is printed on every exit: the rows are done, the endpoint is not at rest
+        assert summary["exit_code"] == 6 and summary["succeeded"] == 20, summary
+        assert summary["endpoint_state_at_exit"] == "unknown" and summary["pending"] == 0
+        assert "batchrun endpoints pause sticky" in summary["error"]
+        assert local_service.token not in orjson.dumps(summary).decode()
         assert "local/sticky could not be put in its on_exit state (pause)" in err
         assert f"batchrun endpoints pause sticky --namespace local --api-url {proxy.url}" in err
         assert local_service.token not in err
