@@ -8,7 +8,8 @@ open_target(job) ──> url + headers + stop event ─────────�
 
 The target (`batchrun.targets.Target`) gives the URL, the headers and a way to say "stop
 dispatching"; the runner enters it once the input and the run state were checked and leaves it
-(puts the endpoint to rest) however the run ends. The bar and the log lines are
+(puts the endpoint to rest) however the run ends. When every input row is already committed,
+it is never entered: nothing to do costs nothing (no resume, no create, no wake). The bar and the log lines are
 `batchrun.progress`.
 
 A `RunControl` stops a run from outside: the CLI's signal handlers call `stop("sigint")`, a

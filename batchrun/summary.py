@@ -40,7 +40,8 @@ class RunSummary:
         skipped_done: rows committed by earlier runs, not sent again.
         retries: HTTP retries in this run.
         elapsed_s / rows_per_s: wall time and settled rows per second.
-        exit_code: 0, 3, 4, 7, 130 or 143 (DESIGN.md, "Exit codes").
+        exit_code: the `batchrun run` exit code (DESIGN.md, "Exit codes"): 0, 3, 4, 130 or
+            143 when `run_job` returns; on an error's `.summary`, that error's code.
         stop_reason: None, "budget", "deadline", "sigint", "sigterm", "endpoint_failed" or
             "output_write_failed".
         output / errors_path: where results and errors are.
@@ -50,7 +51,8 @@ class RunSummary:
         discarded: what `--restart` discarded, if anything.
         endpoint, on_exit, endpoint_state_at_exit, cost_usd, billed_s, idle_billed_s: set by
             a lifecycle target (`Target.summary_fields`), None for `provider = "url"`.
-        error: why the run did not finish (an output that could not be written), else None.
+        error: why the run did not finish, as one line (the message `batchrun run` prints
+            after "batchrun: error: "), else None.
         pending: input rows neither in the results nor in the errors file, which a rerun
             sends (input_rows - results_total - errors_total), or None when the input's size
             is not known.

@@ -6,7 +6,8 @@ ends. Its whole interface is here, so the runner asks it, never probes it:
 - `url` and `headers` for the data plane (set once `enter` returned);
 - `stop_event`, set when the target wants dispatching to stop, with `stop_reason` and a
   one-line `stop_message`;
-- `summary_fields()` for the run summary, `mark_idle()` when the last result is in,
+- `summary_fields()` for the run summary (`untouched_fields()` when the run never entered
+  it: nothing to do, or refused first), `mark_idle()` when the last result is in,
   `cost_text()` for the progress bar;
 - `enter()` (wake the endpoint and wait until it serves) and `leave(error)` (put it to rest).
 
