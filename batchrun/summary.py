@@ -208,9 +208,10 @@ class RunSummary:
         return [directory / f"part-{n:06d}.parquet" for n in sorted(live)]
 
 
-def one_line(error: BaseException) -> str:
+def one_line(error: BaseException | str) -> str:
     """An error's message on one line (what the summary's `error` holds)."""
-    return " ".join(str(error).split()) or type(error).__name__
+    text = " ".join(str(error).split())
+    return text or (type(error).__name__ if isinstance(error, BaseException) else "error")
 
 
 def _read_jsonl(path: Path | None, limit: int | None) -> pa.Table:

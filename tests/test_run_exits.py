@@ -145,6 +145,10 @@ def test_exit_2_before_anything_was_read_prints_what_is_known(tmp_path: Path) ->
     assert summary["error"] == _error_line(err).removeprefix("batchrun: error: ")
     assert summary["pending"] is None and summary["output"] == ""
 
+    # a bad option (click's usage error)
+    code, summary, err = _run_cli(str(bad), "--concurrency", "0", cwd=tmp_path)
+    assert code == 2 and summary["exit_code"] == 2 and "--concurrency" in summary["error"], err
+
     # a missing input file: the job is known, so is where its output would go
     sections = job_sections("http://127.0.0.1:9", "missing.jsonl", "out/r.jsonl")
     job = write_job(tmp_path / "job.toml", sections)

@@ -22,6 +22,7 @@ import orjson
 from batchrun.errors import BatchrunError
 from batchrun.job import RANGES, Job, load_job, parse_overrides
 from batchrun.runner import RunControl, RunSummary, arun_job
+from batchrun.summary import one_line
 
 __all__ = ["run"]
 
@@ -40,11 +41,33 @@ def _summary_on_every_exit(command: Callable[..., None]) -> Callable[..., None]:
             if not isinstance(getattr(e, "summary", None), RunSummary):
                 _print_summary(RunSummary.of_error(e))
             raise
+        except Exception as e:  # a bug: the group prints it as "internal error" (exit 1)
+            _print_summary(
+                RunSummary(error=one_line(f"internal error: {type(e).__name__}: {e}"), exit_code=1)
+            )
+            raise
 
     return wrapper
 
 
-@click.command("run")
+class _RunCommand(click.Command):
+    """`batchrun run`, whose bad options (a click usage error, exit 2) get a summary too."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            _print_summary(RunSummary(error=one_line(e.format_message()), exit_code=e.exit_code))
+            raise
+
+
+@click.command("run", cls=_RunCommand)
 @_summary_on_every_exit  # outside the options: they attach to the function it wraps
 # Any path: `load_job` says itself what is wrong with a directory, a FIFO or a device.
 @click.argument("job_file", type=click.Path(path_type=Path))
