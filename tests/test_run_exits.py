@@ -75,6 +75,7 @@ def test_finished_job_leaves_a_paused_endpoint_paused_and_exits_2_and_8_with_sum
         assert summary["endpoint"] == "done" and summary["endpoint_state_at_exit"] is None
         after = api.get("done")
         assert after.state_text == "paused" and after.updated_at == paused.updated_at
+        assert local_service.status()["active_endpoints"] == 0  # no worker was started
 
     # exit 8: another run holds the output; the endpoint is left alone, the summary says why
     fd = lock(RunState.directory_for(str(out)), str(out))
