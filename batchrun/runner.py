@@ -8,9 +8,9 @@ open_target(job) ──> url + headers + stop event ─────────�
 
 The target (`batchrun.targets.Target`) gives the URL, the headers and a way to say "stop
 dispatching"; the runner enters it once the input and the run state were checked and leaves it
-(puts the endpoint to rest) however the run ends. When every input row is already committed,
-it is never entered: nothing to do costs nothing (no resume, no create, no wake). The bar and the log lines are
-`batchrun.progress`.
+(puts the endpoint to rest) however the run ends; when every input row is already committed,
+it is never entered (nothing to do costs nothing: no resume, no create, no wake). The bar and
+the log lines are `batchrun.progress`.
 
 A `RunControl` stops a run from outside: the CLI's signal handlers call `stop("sigint")`, a
 second Ctrl-C `stop("sigint", grace=0)`; budget and lease stops arrive through the target's
@@ -445,10 +445,16 @@ class _Run:
                 seq, pos = self.ledger.anchor
                 rows = self.reader.rows(start_seq=seq, start=pos)
                 await self._dispatch(target, self._new_rows(rows), track=True)
-            self.read_all = not self.stopping
             target.mark_idle()  # from the last result on, billed time is idle
             if self.write_error is None:
                 self._write(self.ledger.commit)
+            # the input was read to its end, and every row read is settled and committed
+            self.read_all = (
+                not self.stopping
+                and self.write_error is None
+                and self.summary.stop_reason is None
+                and self.ledger.window == 0
+            )
         finally:
             for task in tasks:
                 task.cancel()

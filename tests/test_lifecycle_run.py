@@ -71,7 +71,7 @@ def test_missing_endpoint_is_created_run_then_paused_then_resumed(
     assert 0 <= summary["idle_billed_s"] <= summary["billed_s"]
     assert state_of(api, "fresh") == "paused"
     assert LeaseRegistry().records() == []
-    # the next run finds it paused, resumes it, and pauses it again
+    # the next run has nothing to do: it leaves the endpoint paused without resuming it
     code, summary, err = finish(start_run(job, local_service.token, "--retry-errors"))
     assert code == 0, err
     assert summary["skipped_done"] == 30 and summary["succeeded"] == 0

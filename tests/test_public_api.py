@@ -110,7 +110,7 @@ def test_summary_reads_back_what_the_run_committed(
     rows = [{"id": i, "text": f"row {i}"} for i in range(40)]
     rows[7] = {"id": 7, "other": "no text"}  # bad_input: goes to the errors file, never sent
     summary = batchrun.run_job(_url_job(tmp_path, endpoint_app.url, out, rows), progress=False)
-    assert summary.exit_code == 3 and not summary.ok
+    assert summary.exit_code == 3 and not summary.ok and summary.pending == 0
     text = str(summary)
     assert "exit 3" in text and summary.output in text and summary.errors_path in text
     assert len(text.splitlines()) >= 4
