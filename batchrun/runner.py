@@ -251,8 +251,8 @@ async def _arun(
     started.target = target
     ledger = Ledger(job, reader, restart=restart)
     run = _Run(job, reader, codec, ledger, control, progress)
-    started.run = run
     try:
+        started.run = run
         if not restart and _nothing_to_do(reader, ledger, retry_errors=retry_errors):
             run.nothing_to_do(target)
             return run.summary
@@ -292,27 +292,6 @@ async def _arun(
     return run.summary
 
 
-def _nothing_to_do(reader: InputReader, ledger: Ledger, *, retry_errors: bool) -> bool:
-    """Whether every input row (up to the limit) is committed and `retry_errors` has nothing
-    to send again: then the run needs no endpoint.
-
-    Reads the input from the ledger's anchor (when every row is committed: the last one) to
-    the first row that is not committed, so a finished input costs a row or two, and a fresh
-    one its first row; nothing is sent.
-    """
-    committed = ledger.committed
-    seq, pos = ledger.anchor
-    for row in reader.rows(start_seq=seq, start=pos):
-        if not committed.is_done(row.seq):
-            return False
-    if retry_errors:
-        return not any(
-            e.get("status") not in NOT_RETRIED and isinstance(e.get("row"), int)
-            for e in ledger.errors_to_retry()
-        )
-    return True
-
-
 async def _enter(target: Target, control: RunControl) -> bool:
     """Enter the target (it may wait a long time for an endpoint), unless a stop comes first;
     whether it was entered."""
@@ -333,6 +312,27 @@ async def _enter(target: Target, control: RunControl) -> bool:
     with contextlib.suppress(asyncio.CancelledError):
         await entering
     return False
+
+
+def _nothing_to_do(reader: InputReader, ledger: Ledger, *, retry_errors: bool) -> bool:
+    """Whether every input row (up to the limit) is committed and `retry_errors` has nothing
+    to send again: then the run needs no endpoint.
+
+    Reads the input from the ledger's anchor (when every row is committed: the last one) to
+    the first row that is not committed, so a finished input costs a row or two, and a fresh
+    one its first row; nothing is sent.
+    """
+    committed = ledger.committed
+    seq, pos = ledger.anchor
+    for row in reader.rows(start_seq=seq, start=pos):
+        if not committed.is_done(row.seq):
+            return False
+    if retry_errors:
+        return not any(
+            e.get("status") not in NOT_RETRIED and isinstance(e.get("row"), int)
+            for e in ledger.errors_to_retry()
+        )
+    return True
 
 
 _Chunk = tuple[list[Row], list[int | None] | None]
