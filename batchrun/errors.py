@@ -5,7 +5,8 @@ BatchrunError (exit 1)
 ├── JobError (exit 2)                      bad job file, option or input, found before anything is sent
 │   ├── InputError                         a missing/unreadable input file, an empty glob, a bad first row
 │   ├── RunStateError                      the run state does not match the job (changed input, changed job)
-│   └── EndpointDriftError                 the endpoint differs from the job's creation keys (see --update-endpoint)
+│   ├── EndpointDriftError                 the endpoint differs from the job's creation keys (see --update-endpoint)
+│   └── RunningLoopError                   `run_job` called inside a running event loop (use `await arun_job`)
 ├── RunLockedError (exit 8)                another live run holds this output (busy: try later)
 ├── APIError (exit 1)                      the endpoints control plane answered with an HTTP error
 │   ├── APIClientError (exit 2; 1 for 429 and other odd 4xx)  4xx: the API refused
@@ -75,14 +76,21 @@ __all__ = [
     "RunLockedError",
     "RunStalledError",
     "RunStateError",
+    "RunningLoopError",
     "UnprocessableError",
 ]
 
 
 class BatchrunError(Exception):
-    """Root of batchrun's exceptions; `exit_code` is what the CLI exits with."""
+    """Root of batchrun's exceptions; `exit_code` is what the CLI exits with.
+
+    Attributes:
+        summary: the run's `RunSummary` when `arun_job` raised this error (exit 2, 5, 6, 7,
+            8: what was known when it stopped, with `error` and `exit_code` set), else None.
+    """
 
     exit_code: int = 1
+    summary: Any = None
 
 
 class JobError(BatchrunError):
@@ -101,6 +109,11 @@ class RunStateError(JobError):
 
 class EndpointDriftError(JobError):
     """The existing endpoint differs from the creation keys the job sets; nothing was touched."""
+
+
+class RunningLoopError(JobError):
+    """`run_job` was called where an event loop is already running (Jupyter, an async app);
+    `await batchrun.arun_job(job)` is the way there. Nothing was started."""
 
 
 class RunLockedError(BatchrunError):

@@ -8,10 +8,13 @@ exits with its code (DESIGN.md, "Exit codes"); errors are handled by the `batchr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -21,13 +24,53 @@ from batchrun.io.state import RunState
 from batchrun.job import RANGES, Job, load_job, parse_overrides
 from batchrun.progress import show_summary
 from batchrun.runner import RunControl, RunSummary, arun_job
+from batchrun.summary import one_line
 
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
 
 
-@click.command("run")
+def _summary_on_every_exit(command: Callable[..., None]) -> Callable[..., None]:
+    """Print the JSON summary for an error that has none (the job file could not be loaded,
+    say): a scheduler parses stdout on every exit. `arun_job`'s errors carry their own."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except BatchrunError as e:
+            if not isinstance(getattr(e, "summary", None), RunSummary):
+                _print_summary(RunSummary.of_error(e))
+            raise
+        except Exception as e:  # a bug: the group prints it as "internal error" (exit 1)
+            _print_summary(
+                RunSummary(error=one_line(f"internal error: {type(e).__name__}: {e}"), exit_code=1)
+            )
+            raise
+
+    return wrapper
+
+
+class _RunCommand(click.Command):
+    """`batchrun run`, whose bad options (a click usage error, exit 2) get a summary too."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            _print_summary(RunSummary(error=one_line(e.format_message()), exit_code=e.exit_code))
+            raise
+
+
+@click.command("run", cls=_RunCommand)
+@_summary_on_every_exit  # outside the options: they attach to the function it wraps
 # Any path: `load_job` says itself what is wrong with a directory, a FIFO or a device.
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--restart", is_flag=True, help="Discard the output and run state; start over.")
