@@ -20,7 +20,11 @@ import asyncio
 import logging
 from pathlib import Path
 
+import httpx
+
 from batchrun.endpoints.auth import DEFAULT_API_URL, normalize_api_url, resolve_token
+from batchrun.endpoints.client import EndpointsClient
+from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Hardware
 from batchrun.errors import BatchrunError
 from batchrun.job import EndpointSpec
@@ -37,6 +41,7 @@ __all__ = [
     "is_home_service",
     "local_price_list",
     "local_token",
+    "open_client",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,3 +137,32 @@ async def control_token(
 ) -> str | None:
     """The control-plane token of `control_plane` (the local service is started if needed)."""
     return (await control_plane(provider, api_url, explicit, tolerant=tolerant))[1]
+
+
+async def open_client(
+    provider: str,
+    api_url: str,
+    explicit: str | None = None,
+    *,
+    namespace: str | None = None,
+    retry: ControlRetryPolicy | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[EndpointsClient, str | None]:
+    """A client of `control_plane(provider, api_url, explicit)`, and the token it sends.
+
+    Args:
+        provider: "hf" or "local".
+        api_url: the API's base URL, or `HOME_SERVICE`.
+        explicit: a token given by the caller; it wins.
+        namespace: the client's default namespace (None: asked once, `whoami-v2`).
+        retry: the client's retry policy (default: `EndpointsClient`'s).
+        transport: an httpx transport (tests).
+
+    Raises:
+        APIConnectionError: the local service could not be started.
+    """
+    url, token = await control_plane(provider, api_url, explicit)
+    client = EndpointsClient(
+        api_url=url, token=token, namespace=namespace, transport=transport, retry=retry
+    )
+    return client, token
