@@ -195,11 +195,11 @@ class _LeaseTarget(Target):
         return "$?" if cost is None else f"${cost:.4f}"
 
 
-def open_target(job: Job) -> Target:
+def open_target(job: Job, *, progress: bool = False) -> Target:
     """The target for the job's `[endpoint]`.
 
     For `hf` and `local`: an `EndpointLease` guarded by a `LeaseGuard` (the lease file and the
-    watchdog).
+    watchdog), showing its wait for the endpoint on a `progress.WaitingLine` when `progress`.
 
     Raises:
         JobError: `token_env` names an unset variable, or the token (`token_env`'s, or for `hf`
@@ -222,6 +222,7 @@ def open_target(job: Job) -> Target:
     from batchrun.endpoints.auth import resolve_token
     from batchrun.lifecycle.guard import LeaseGuard  # the control plane: hf / local only
     from batchrun.lifecycle.lease import EndpointLease
+    from batchrun.progress import WaitingLine
 
     if ep.provider == "hf":
         try:  # a token that cannot be sent is refused before the run state is written
@@ -229,4 +230,6 @@ def open_target(job: Job) -> Target:
         except JobError as e:
             raise JobError(f"{job.source}: {e}") from e
     guard = LeaseGuard(watchdog=ep.watchdog)
-    return _LeaseTarget(EndpointLease(job, guard=guard))
+    return _LeaseTarget(
+        EndpointLease(job, guard=guard, waiting=WaitingLine() if progress else None)
+    )
