@@ -42,6 +42,7 @@ __all__ = [
     "local_price_list",
     "local_token",
     "open_client",
+    "state_poll_s",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,15 @@ def api_url_for(spec: EndpointSpec) -> str:
     if spec.api_url:
         return normalize_api_url(spec.api_url)
     return HF_API_URL if spec.provider == "hf" else HOME_SERVICE
+
+
+def state_poll_s(spec: EndpointSpec, api_url: str) -> float:
+    """Seconds between two reads of an endpoint's state: 0.25 s for a local API (its states
+    change in a second), 5 s for a remote one (a cold start takes minutes)."""
+    local = spec.provider == "local" or any(
+        host in api_url for host in ("://127.0.0.1", "://localhost")
+    )
+    return 0.25 if local else 5.0
 
 
 def home_token_file() -> Path:

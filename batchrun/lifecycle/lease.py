@@ -7,7 +7,7 @@ async with EndpointLease(job) as lease:        # get / create / resume, wait unt
 ```
 
 Entering wakes the endpoint and waits: it reads the endpoint, checks it (`drift`), prices it
-(`cost`), wakes it (`wake`) and waits until it is ready (`watchers.until_ready`), while
+(`cost`), wakes it (`wake`) and waits until it is ready (`wake.until_ready`), while
 `watchers` watch its state and the budget. Leaving puts it to rest (`rest`), unless another
 live lease holds it. The lease file and the watchdog are its `guard`'s (`guard.LeaseGuard`).
 """
@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from batchrun.endpoints.client import EndpointsClient
-from batchrun.endpoints.connect import api_url_for, open_client
+from batchrun.endpoints.connect import api_url_for, open_client, state_poll_s
 from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Endpoint
 from batchrun.errors import BatchrunError, EndpointFailedError, EndpointRestError, JobError
@@ -34,14 +34,8 @@ from batchrun.lifecycle.cost import LeaseCost
 from batchrun.lifecycle.drift import as_updated, check_found
 from batchrun.lifecycle.guard import LeaseGuard
 from batchrun.lifecycle.rest import RestOutcome, apply_on_exit, settle_even_if_cancelled
-from batchrun.lifecycle.wake import wake
-from batchrun.lifecycle.watchers import (
-    EndpointReader,
-    WaitingView,
-    cancel_all,
-    until_ready,
-    watch_state,
-)
+from batchrun.lifecycle.wake import WaitingView, until_ready, wake
+from batchrun.lifecycle.watchers import EndpointReader, cancel_all, watch_state
 
 __all__ = ["EndpointLease"]
 
@@ -69,7 +63,7 @@ class EndpointLease:
         token: the API token; else the local service's (provider "local"), else
             `HF_TOKEN` and the other places `resolve_token` looks.
         guard: registers the lease and starts the watchdog (default: a `LeaseGuard` in
-            batchrun's home, with a watchdog unless `watchdog` or `[endpoint] watchdog` is off).
+            batchrun's home, with a watchdog unless `[endpoint] watchdog` is off).
         waiting: shows the wait until the endpoint is ready (e.g. `progress.WaitingLine`).
         refresh_every: seconds between two reads of the endpoint's state (default 0.25 s for
             a local API, 5 s otherwise).
@@ -86,7 +80,6 @@ class EndpointLease:
         *,
         token: str | None = None,
         guard: LeaseGuard | None = None,
-        watchdog: bool | None = None,
         waiting: WaitingView | None = None,
         refresh_every: float | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -104,12 +97,9 @@ class EndpointLease:
         self.on_exit: str = spec.on_exit
         self._explicit_token = token
         self._token: str | None = None
-        self.guard = guard or LeaseGuard(watchdog=spec.watchdog if watchdog is None else watchdog)
+        self.guard = guard or LeaseGuard(watchdog=spec.watchdog)
         self.waiting = waiting
-        local_api = spec.provider == "local" or any(
-            h in self.api_url for h in ("://127.0.0.1", "://localhost")
-        )
-        self.refresh_every = refresh_every or (0.25 if local_api else 5.0)
+        self.refresh_every = refresh_every or state_poll_s(spec, self.api_url)
         self._transport = transport
         self.url = ""
         self.headers: dict[str, str] = {}
@@ -190,16 +180,12 @@ class EndpointLease:
         self._seen(await wake(client, spec, found, namespace=self.namespace, drift=drift))
         self._start_watchers(reader)
         ready = await until_ready(
-            client.wait(
-                self.name,
-                namespace=self.namespace,
-                timeout=spec.ready_timeout,
-                refresh_every=self.refresh_every,
-                log_states=self.waiting is None,  # else the waiting line says them
-            ),
-            self.stop_event,
+            client,
+            spec,
+            namespace=self.namespace,
+            refresh_every=self.refresh_every,
+            stop_event=self.stop_event,
             view=self.waiting,
-            where=f"{self.namespace}/{self.name}",
             state=lambda: self.endpoint.state_text if self.endpoint else "pending",
         )
         if ready is None:  # stopped by the budget, the deadline or a failure while waiting

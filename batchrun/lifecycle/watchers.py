@@ -5,8 +5,7 @@
 `"endpoint_failed"`. `watch_budget` checks the budget often enough that the stop lands inside
 the limit (`"budget"` / `"deadline"`), and notes the meter in the lease file for
 `batchrun status`. Both stop through the lease's `stop(reason, message)`; the lease cancels them.
-While the lease waits for the endpoint, `until_ready` shows the wait on a `WaitingView` (the
-progress layer's waiting line, passed in from above: the lifecycle never imports it).
+`cancel_all` ends such tasks.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from batchrun.budget import Budget, CostMeter
 from batchrun.endpoints.client import EndpointsClient
@@ -24,14 +23,7 @@ from batchrun.endpoints.models import Endpoint, EndpointState
 from batchrun.errors import BatchrunError, NotFoundError
 from batchrun.lifecycle.registry import HeldLease
 
-__all__ = [
-    "EndpointReader",
-    "WaitingView",
-    "cancel_all",
-    "until_ready",
-    "watch_budget",
-    "watch_state",
-]
+__all__ = ["EndpointReader", "cancel_all", "watch_budget", "watch_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,49 +141,6 @@ async def watch_budget(
                 )
 
 
-class WaitingView(Protocol):
-    """Shows a wait for an endpoint (`batchrun.progress.WaitingLine`)."""
-
-    def show(self, where: str, state: str, elapsed_s: float) -> None:
-        """`where` ("local/echo") is `state` ("initializing"), `elapsed_s` into the wait."""
-
-    def done(self) -> None:
-        """The wait is over (ready, stopped or failed)."""
-
-
-async def until_ready(
-    ready: Awaitable[Endpoint],
-    stop_event: asyncio.Event,
-    *,
-    view: WaitingView | None = None,
-    where: str = "",
-    state: Callable[[], str] = lambda: "",
-    every: float = 0.5,
-) -> Endpoint | None:
-    """The endpoint `ready` returns, or None when `stop_event` is set first.
-
-    Args:
-        ready: the wait (`EndpointsClient.wait`); its errors propagate.
-        stop_event: set when the run must stop (the budget, the deadline, a failure).
-        view: shown the state every `every` seconds meanwhile, then told it is done.
-        where: the endpoint, for the view ("local/echo").
-        state: the endpoint's state as last read.
-        every: seconds between two updates of the view.
-    """
-    waiting = asyncio.ensure_future(ready)
-    stopped = asyncio.ensure_future(stop_event.wait())
-    shown = asyncio.ensure_future(_show(view, where, state, every)) if view else None
-    try:
-        await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_all([waiting, stopped, *([shown] if shown else [])])
-        if view is not None:
-            view.done()
-    if not waiting.cancelled():
-        return waiting.result()  # raises EndpointFailedError / EndpointTimeoutError
-    return None
-
-
 async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
     """Cancel the tasks that are still running and wait for all of them to end; what they
     raised is theirs (a caller that wants a result asks the task itself)."""
@@ -201,10 +150,3 @@ async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-
-
-async def _show(view: WaitingView, where: str, state: Callable[[], str], every: float) -> None:
-    start = time.monotonic()
-    while True:
-        view.show(where, state(), time.monotonic() - start)
-        await asyncio.sleep(every)
