@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from batchrun.summary import RunSummary
 
-__all__ = ["Counts", "Progress", "show_summary", "summary_lines"]
+__all__ = ["Counts", "Progress", "WaitingLine", "show_summary", "summary_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +201,56 @@ def _hms(seconds: float) -> str:
     h, rest = divmod(max(round(seconds), 0), 3600)
     m, sec = divmod(rest, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+class WaitingLine:
+    """The wait for an endpoint, on stderr: `waiting for local/echo: initializing 0:06`.
+
+    On a terminal, one line updated in place (cleared when the wait is over, before the bar);
+    elsewhere, an INFO line each time the state changes, never one a poll. The lease calls
+    `show` about twice a second and `done` once (`batchrun.lifecycle.watchers.WaitingView`).
+
+    Args:
+        stream: where the line goes (default `sys.stderr`).
+        tty: whether it is a terminal (default: `stream.isatty()`).
+    """
+
+    def __init__(self, stream: Any = None, *, tty: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self._shown = ""
+        self._state: str | None = None
+
+    def __repr__(self) -> str:
+        return f"WaitingLine(tty={self.tty}, state={self._state!r})"
+
+    def show(self, where: str, state: str, elapsed_s: float) -> None:
+        """`where` is `state`, `elapsed_s` into the wait."""
+        text = f"waiting for {where}: {state} {_clock(elapsed_s)}"
+        if self.tty:
+            if text != self._shown:
+                self._write("\r\x1b[K" + text)
+                self._shown = text
+        elif state != self._state:
+            log.info("%s", text)
+        self._state = state
+
+    def done(self) -> None:
+        """The wait is over: clear the line on a terminal."""
+        if self.tty and self._shown:
+            self._write("\r\x1b[K")
+            self._shown = ""
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed terminal must not stop the run
+            self.tty = False
+
+
+def _clock(seconds: float) -> str:
+    """`m:ss`, or `h:mm:ss` from an hour on."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -255,7 +255,7 @@ async def _arun(
     if first is not None:
         codec.check_first_row(first)
     check_output_location(job)  # before the Ledger creates anything next to the output
-    target = target if target is not None else open_target(job)
+    target = target if target is not None else open_target(job, progress=progress)
     started.target = target
     ledger = Ledger(job, reader, restart=restart)
     run = _Run(job, reader, codec, ledger, control, progress)

@@ -214,11 +214,15 @@ class _LeaseTarget(Target):
         self.lease.mark_idle()
 
     def cost_text(self) -> str | None:
-        return self.lease.cost_text()
+        cost = self.lease.meter.cost_usd()
+        return "$?" if cost is None else f"${cost:.4f}"
 
 
-def open_target(job: Job) -> Target:
+def open_target(job: Job, *, progress: bool = False) -> Target:
     """The target for the job's `[endpoint]`.
+
+    For `hf` and `local`: an `EndpointLease` guarded by a `LeaseGuard` (the lease file and the
+    watchdog), showing its wait for the endpoint on a `progress.WaitingLine` when `progress`.
 
     Raises:
         JobError: `token_env` names an unset variable, or the token (`token_env`'s, or for `hf`
@@ -239,11 +243,16 @@ def open_target(job: Job) -> Target:
             headers["Authorization"] = f"Bearer {token}"
         return UrlTarget(ep.url, headers)
     from batchrun.endpoints.auth import resolve_token
-    from batchrun.lifecycle.lease import EndpointLease  # the control plane: hf / local only
+    from batchrun.lifecycle.guard import LeaseGuard  # the control plane: hf / local only
+    from batchrun.lifecycle.lease import EndpointLease
+    from batchrun.progress import WaitingLine
 
     if ep.provider == "hf":
         try:  # a token that cannot be sent is refused before the run state is written
             resolve_token()
         except JobError as e:
             raise JobError(f"{job.source}: {e}") from e
-    return _LeaseTarget(EndpointLease(job))
+    guard = LeaseGuard(watchdog=ep.watchdog)
+    return _LeaseTarget(
+        EndpointLease(job, guard=guard, waiting=WaitingLine() if progress else None)
+    )

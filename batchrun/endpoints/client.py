@@ -488,16 +488,20 @@ class EndpointsClient:
         namespace: str | None = None,
         timeout: float | None = None,
         refresh_every: float = 5.0,
+        log_states: bool = True,
     ) -> Endpoint:
         """Wait until the endpoint runs and its URL answers its health route with 200.
 
-        Never loops forever on a state that cannot become running by itself.
+        Never loops forever on a state that cannot become running by itself. Each state it
+        goes through is logged once at INFO (every look at DEBUG).
 
         Args:
             name: the endpoint.
             namespace: its namespace (default: the client's).
             timeout: seconds in all; None waits as long as the endpoint is on its way up.
             refresh_every: seconds between two reads of its state.
+            log_states: log the states and the ready line at INFO (False: the caller shows
+                them, e.g. the run's waiting line; they go to DEBUG).
 
         Returns:
             The endpoint as read when it answered its health route.
@@ -519,6 +523,8 @@ class EndpointsClient:
         start = time.monotonic()
         last: Endpoint | None = None
         health: int | None = None
+        said: str | None = None
+        level = logging.INFO if log_states else logging.DEBUG
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -527,20 +533,15 @@ class EndpointsClient:
                     if endpoint.state is EndpointState.RUNNING and endpoint.url:
                         health = await self._healthy(endpoint)
                         if health == 200:
-                            logger.info(
-                                "endpoint %s/%s is ready after %.1fs",
-                                ns,
-                                name,
-                                time.monotonic() - start,
+                            elapsed = time.monotonic() - start
+                            logger.log(
+                                level, "endpoint %s/%s is ready after %.1fs", ns, name, elapsed
                             )
                             return endpoint
-                    logger.info(
-                        "endpoint %s/%s is %s; next look in %gs",
-                        ns,
-                        name,
-                        endpoint.state_text,
-                        refresh_every,
-                    )
+                    if endpoint.state_text != said:  # a state once, not every look
+                        said = endpoint.state_text
+                        logger.log(level, "endpoint %s/%s is %s", ns, name, said)
+                    logger.debug("endpoint %s/%s: next look in %gs", ns, name, refresh_every)
                     await asyncio.sleep(refresh_every)
         except TimeoutError as e:
             raise EndpointTimeoutError(_timeout_message(ns, name, timeout, last, health)) from e

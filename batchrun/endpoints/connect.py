@@ -20,7 +20,11 @@ import asyncio
 import logging
 from pathlib import Path
 
+import httpx
+
 from batchrun.endpoints.auth import DEFAULT_API_URL, normalize_api_url, resolve_token
+from batchrun.endpoints.client import EndpointsClient
+from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Hardware
 from batchrun.errors import BatchrunError
 from batchrun.job import EndpointSpec
@@ -37,6 +41,8 @@ __all__ = [
     "is_home_service",
     "local_price_list",
     "local_token",
+    "open_client",
+    "state_poll_s",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +60,15 @@ def api_url_for(spec: EndpointSpec) -> str:
     if spec.api_url:
         return normalize_api_url(spec.api_url)
     return HF_API_URL if spec.provider == "hf" else HOME_SERVICE
+
+
+def state_poll_s(spec: EndpointSpec, api_url: str) -> float:
+    """Seconds between two reads of an endpoint's state: 0.25 s for a local API (its states
+    change in a second), 5 s for a remote one (a cold start takes minutes)."""
+    local = spec.provider == "local" or any(
+        host in api_url for host in ("://127.0.0.1", "://localhost")
+    )
+    return 0.25 if local else 5.0
 
 
 def home_token_file() -> Path:
@@ -132,3 +147,32 @@ async def control_token(
 ) -> str | None:
     """The control-plane token of `control_plane` (the local service is started if needed)."""
     return (await control_plane(provider, api_url, explicit, tolerant=tolerant))[1]
+
+
+async def open_client(
+    provider: str,
+    api_url: str,
+    explicit: str | None = None,
+    *,
+    namespace: str | None = None,
+    retry: ControlRetryPolicy | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[EndpointsClient, str | None]:
+    """A client of `control_plane(provider, api_url, explicit)`, and the token it sends.
+
+    Args:
+        provider: "hf" or "local".
+        api_url: the API's base URL, or `HOME_SERVICE`.
+        explicit: a token given by the caller; it wins.
+        namespace: the client's default namespace (None: asked once, `whoami-v2`).
+        retry: the client's retry policy (default: `EndpointsClient`'s).
+        transport: an httpx transport (tests).
+
+    Raises:
+        APIConnectionError: the local service could not be started.
+    """
+    url, token = await control_plane(provider, api_url, explicit)
+    client = EndpointsClient(
+        api_url=url, token=token, namespace=namespace, transport=transport, retry=retry
+    )
+    return client, token

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -50,7 +51,14 @@ from batchrun.errors import (
     PermissionDeniedError,
 )
 
-__all__ = ["RestAction", "RestOutcome", "apply_on_exit", "pause_command", "rest_action"]
+__all__ = [
+    "RestAction",
+    "RestOutcome",
+    "apply_on_exit",
+    "pause_command",
+    "rest_action",
+    "settle_even_if_cancelled",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -254,3 +262,33 @@ async def _confirm(
             state = endpoint.state_text if endpoint else "deleted"
             raise NotAtRestYetError(f"asked to {action}, still {state} after {timeout:g}s")
         await asyncio.sleep(refresh_every)
+
+
+async def settle_even_if_cancelled(settling: Awaitable[None], error: BaseException | None) -> None:
+    """Await `settling` (the way to rest) to its end, even while this task is being cancelled.
+
+    A cancellation (a second Ctrl-C) is held until `settling` is done, then raised again,
+    unless the run already failed with `error`; it skips the grace, never the pause. Only a
+    cancellation of `settling` itself (the loop shutting down) ends the wait early: the
+    watchdog then acts.
+
+    Raises:
+        EndpointRestError: `settling` could not put the endpoint to rest (chained to `error`).
+        CancelledError: this task was cancelled meanwhile, and `error` is None.
+    """
+    task = asyncio.ensure_future(settling)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                break  # the settle task itself was cancelled (loop shutdown): the watchdog acts
+            cancelled = True
+        except EndpointRestError as rest_error:
+            if error is not None and not isinstance(error, EndpointRestError):
+                raise rest_error from error
+            raise
+    if cancelled and error is None:
+        raise asyncio.CancelledError

@@ -1,10 +1,11 @@
-"""What runs beside the requests while a lease holds its endpoint: two watcher tasks.
+"""What runs beside the requests while a lease holds its endpoint: the watcher tasks.
 
 `watch_state` reads the endpoint every `refresh_every` seconds (feeding the cost meter); a
 `failed` state, a deletion or a pause by someone else mid-run stops the run with reason
 `"endpoint_failed"`. `watch_budget` checks the budget often enough that the stop lands inside
 the limit (`"budget"` / `"deadline"`), and notes the meter in the lease file for
 `batchrun status`. Both stop through the lease's `stop(reason, message)`; the lease cancels them.
+`cancel_all` ends such tasks.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from batchrun.budget import Budget, CostMeter
 from batchrun.endpoints.client import EndpointsClient
@@ -21,7 +23,7 @@ from batchrun.endpoints.models import Endpoint, EndpointState
 from batchrun.errors import BatchrunError, NotFoundError
 from batchrun.lifecycle.registry import HeldLease
 
-__all__ = ["EndpointReader", "watch_budget", "watch_state"]
+__all__ = ["EndpointReader", "cancel_all", "watch_budget", "watch_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +139,14 @@ async def watch_budget(
                         "idle_billed_s": reading.idle_billed_s,
                     }
                 )
+
+
+async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel the tasks that are still running and wait for all of them to end; what they
+    raised is theirs (a caller that wants a result asks the task itself)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

@@ -88,7 +88,7 @@ def main() -> None:
 
 async def run(job: Job) -> tuple[Any, Capture, float]:
     capture = Capture()
-    lease_log = logging.getLogger("batchrun.lifecycle.lease")
+    lease_log = logging.getLogger("batchrun.lifecycle")  # the lease and its cost
     lease_log.addHandler(capture)
     lease_log.setLevel(logging.INFO)
     start = time.perf_counter()
