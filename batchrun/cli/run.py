@@ -8,11 +8,12 @@ exits with its code (DESIGN.md, "Exit codes"); errors are handled by the `batchr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,19 +129,15 @@ def run(
     if update_endpoint:
         overrides.setdefault("endpoint", {})["update"] = True
     job = load_job(job_file, **overrides)
-    # -q: no per-retry lines either (errors that end the run are printed by the group)
-    logging.getLogger("batchrun.pool.retries").setLevel(logging.ERROR if quiet else logging.NOTSET)
     if restart and not yes:
         _confirm_restart(job)
-    if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
-        for name in ("batchrun.runner", "batchrun.progress"):  # progress lines off a TTY
-            logging.getLogger(name).setLevel(logging.INFO)
     try:
-        summary = asyncio.run(
-            _run_with_signals(
-                job, restart=restart, retry_errors=retry_errors, limit=limit, quiet=quiet
+        with _log_levels(quiet):
+            summary = asyncio.run(
+                _run_with_signals(
+                    job, restart=restart, retry_errors=retry_errors, limit=limit, quiet=quiet
+                )
             )
-        )
     except BatchrunError as e:
         partial: RunSummary | None = getattr(e, "summary", None)
         if partial is not None:  # the summary is printed on every exit; the group says why
@@ -148,6 +145,25 @@ def run(
         raise
     _print_summary(summary, quiet=quiet)
     sys.exit(summary.exit_code)
+
+
+@contextlib.contextmanager
+def _log_levels(quiet: bool) -> Iterator[None]:
+    """The run's logger levels, put back afterwards (a caller in the same process, such as a
+    test or a notebook, keeps its own): -q means no per-retry lines either (errors that end
+    the run are printed by the group); without -q, progress lines off a terminal."""
+    names = ["batchrun.pool.retries"]
+    if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
+        names += ["batchrun.runner", "batchrun.progress"]
+    before = {name: logging.getLogger(name).level for name in names}
+    logging.getLogger("batchrun.pool.retries").setLevel(logging.ERROR if quiet else logging.NOTSET)
+    for name in names[1:]:
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _confirm_restart(job: Job) -> None:
