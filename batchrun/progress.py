@@ -163,6 +163,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"({s.rows_per_s:,.1f}/s), {s.succeeded:,} ok, {s.failed:,} failed"
         + (f", {s.retries:,} retries" if s.retries else "")
     ]
+    if s.errors_by_status:
+        lines.append(f"  failed by status (all runs): {s.status_counts()}")
     rows = []
     if s.input_rows is not None:
         rows.append(f"{s.input_rows:,} in the input")

@@ -115,6 +115,10 @@ class RunSummary:
             f"failed={self.failed}, pending={self.pending}, output={self.output!r})"
         )
 
+    def status_counts(self) -> str:
+        """`errors_by_status` in one line, most rows first: ``http_400 24, bad_response 3``."""
+        return ", ".join(f"{k} {v['count']:,}" for k, v in self.errors_by_status.items())
+
     def __str__(self) -> str:
         lines = [f"batchrun run: {self._outcome()} (exit {self.exit_code})"]
         if self.error:
@@ -123,12 +127,8 @@ class RunSummary:
         if self.skipped_done:
             this_run += f", {self.skipped_done:,} already done"
         lines.append(f"  rows:     {this_run})")
-        by_status: Any = getattr(self, "errors_by_status", None)  # the user-view issue's field
-        if isinstance(by_status, dict) and by_status:
-            counts = ", ".join(
-                f"{k} {v['count'] if isinstance(v, dict) else v}" for k, v in by_status.items()
-            )
-            lines.append(f"  failed:   {counts}")
+        if self.errors_by_status:
+            lines.append(f"  failed:   {self.status_counts()}")
         if self.pending is not None:
             lines.append(
                 f"  pending:  {self.pending:,}" + (" (a rerun sends them)" if self.pending else "")

@@ -179,10 +179,15 @@ def test_summary_lines_of_a_stopped_metered_run() -> None:
         endpoint="me/llm",
         on_exit="pause",
         endpoint_state_at_exit="paused",
+        errors_by_status={
+            "http_400": {"count": 45, "first_error": "input rejected"},
+            "bad_input": {"count": 5, "first_error": "field 'text' missing from the row"},
+        },
     )
     assert summary_lines(summary) == [
         "batchrun: stopped (budget) after 1:02:05: 1,200 row(s) this run (0.3/s), 1,190 ok, "
         "10 failed, 4 retries",
+        "  failed by status (all runs): http_400 45, bad_input 5",
         "  rows: 10,000 in the input, 3,000 done by earlier runs, 5,800 pending (a rerun sends "
         "them)",
         "  cost: $1.2500 (3,780 s billed, 60 s idle)",
