@@ -480,6 +480,8 @@ class Pool:
         max_requests_per_minute: pace attempts to at most this many a minute; 0: no limit.
         max_tokens_per_minute: pace attempts to at most this many estimated tokens a minute,
             corrected by the answers' usage (`batchrun.ratelimit.TokenBucket`); 0: no limit.
+        token_bucket: the bucket to draw from instead of a new one (a run's pools share one,
+            so a second pool does not start with a second full minute's worth).
         backoff_max: cap of the backoff between attempts, seconds.
         retry_after_max: cap of a Retry-After hold, seconds.
         scale_up_timeout: how long a waking endpoint's 503s do not use up attempts, seconds;
@@ -520,6 +522,7 @@ class Pool:
         retry_log_period: float = 30.0,
         describe: Callable[[Any], str] | None = None,
         max_tokens_per_minute: int = 0,
+        token_bucket: TokenBucket | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or request_timeout <= 0 or max_response_bytes < 1:
             raise ValueError(
@@ -548,8 +551,11 @@ class Pool:
         self._secret_bytes = tuple(secret.encode("utf-8") for secret in self._secrets)
         self._interval = 60.0 / max_requests_per_minute if max_requests_per_minute > 0 else 0.0
         self._shared = _Hold(self._secrets)
-        self.tokens = TokenBucket(max_tokens_per_minute) if max_tokens_per_minute > 0 else None
+        self.tokens = token_bucket or (
+            TokenBucket(max_tokens_per_minute) if max_tokens_per_minute > 0 else None
+        )
         self._charges: dict[int, Charge] = {}  # id(request) -> its attempt's token charge
+        self._no_usage_said = False
         self.breaker_window = window_for(breaker_window, concurrency)
         self.outage_timeout = outage_timeout
         self.retry_log_period = retry_log_period
@@ -1067,6 +1073,13 @@ class Pool:
             usage = self.codec.usage_tokens(orjson.loads(body))
         except orjson.JSONDecodeError:
             return
+        if usage is None and not self._no_usage_said:
+            self._no_usage_said = True
+            log.info(
+                "the endpoint's answers carry no token usage: max_tokens_per_minute counts "
+                "the estimates (%.1f characters a token, plus max_tokens)",
+                tokens.chars_per_token,
+            )
         self.stats.tokens += tokens.settle(charge, usage) - charge.tokens
 
     async def _outage_turn(self, request: Request) -> None:

@@ -108,6 +108,7 @@ class TokenBucket:
         self._available = self.capacity
         self._stamp = clock()
         self._lock: asyncio.Lock | None = None  # made on first use, in the running loop
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return (
@@ -146,8 +147,9 @@ class TokenBucket:
 
     async def acquire(self, charge: Charge) -> None:
         """Wait until the bucket holds `charge`, then take it. Waiters go in turn (FIFO)."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:  # a lock serves one loop
+            self._lock, self._loop = asyncio.Lock(), loop
         async with self._lock:
             if self.take(charge):
                 return

@@ -254,3 +254,14 @@ def test_a_retry_after_still_holds_the_whole_pool_under_a_token_limit(
     during = [t for t in arrivals if arrivals[0] < t < arrivals[0] + 0.5]
     assert len(during) <= 8  # concurrency
     assert len(arrivals) == 41
+
+
+def test_the_pools_of_a_run_share_one_bucket(endpoint_app: EndpointApp) -> None:
+    endpoint_app.configure(usage_chars_per_token=3, usage_completion_tokens=5)
+    codec, requests = _chat_requests(20)
+    first, _ = run_pool(endpoint_app.url, requests[:10], codec=codec, max_tokens_per_minute=10**6)
+    bucket = first.tokens
+    assert bucket is not None
+    second, _ = run_pool(endpoint_app.url, requests[10:], codec=codec, token_bucket=bucket)
+    assert second.tokens is bucket
+    assert bucket.sent == sum(n for _, n in endpoint_app.tokens()) == 20 * 15
