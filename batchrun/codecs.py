@@ -32,6 +32,7 @@ import orjson
 from batchrun.errors import BadResponseError, InputError, JobError, RowInputError
 from batchrun.job import Job
 from batchrun.net import excerpt
+from batchrun.ratelimit import TokenUsage
 
 __all__ = [
     "ChatCodec",
@@ -160,6 +161,19 @@ class RequestCodec:
                 f"the endpoint answered 200 with non-JSON: {excerpt(body)}"
             ) from None
         return self.decode(payload, n)
+
+    # --- tokens, for [run] max_tokens_per_minute (batchrun.ratelimit) ---------------------
+
+    def prompt_size(self, body: bytes) -> tuple[int, int | None]:
+        """A request body's prompt characters and completion cap in tokens (None: it sets
+        none): ``max_tokens`` / ``max_completion_tokens`` / ``parameters.max_new_tokens``,
+        times the prompts it carries and ``n``."""
+        return _prompt_size(body)
+
+    def usage_tokens(self, payload: Any) -> TokenUsage | None:
+        """The tokens a parsed 200 answer says it used (None: it does not say): OpenAI's
+        ``usage``, or the sum of TGI's ``details.generated_tokens``."""
+        return _usage_of(payload)
 
 
 class InputsCodec(RequestCodec):
@@ -400,3 +414,71 @@ def codec_for(job: Job) -> RequestCodec:
 def _bad_shape(payload: Any, expected: str) -> BadResponseError:
     shown = excerpt(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS))
     return BadResponseError(f"unexpected answer: expected {expected}, got {shown}")
+
+
+def _prompt_size(body: bytes) -> tuple[int, int | None]:
+    try:
+        value: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return len(body.decode("utf-8", "replace")), None
+    if not isinstance(value, dict):
+        return _chars(value), None
+    prompts = 1
+    chars = 0
+    for key in ("messages", "prompt", "inputs", "input"):
+        if key in value:
+            part = value[key]
+            chars += _chars(part)
+            if key != "messages" and isinstance(part, list) and part:
+                prompts = len(part)
+    cap = value.get("max_tokens", value.get("max_completion_tokens"))
+    parameters = value.get("parameters")
+    if cap is None and isinstance(parameters, dict):
+        cap = parameters.get("max_new_tokens")
+    if type(cap) is not int:
+        return chars, None
+    n = value.get("n")
+    return chars, cap * prompts * (n if type(n) is int and n > 0 else 1)
+
+
+def _chars(value: Any) -> int:
+    """The characters of the text in a prompt: strings, message contents, content parts."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_chars(item) for item in value)
+    if isinstance(value, dict):
+        if "content" in value:
+            return _chars(value["content"])
+        text = value.get("text")
+        return len(text) if isinstance(text, str) else 0
+    return 0
+
+
+def _usage_of(payload: Any) -> TokenUsage | None:
+    if isinstance(payload, dict):
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            found = {
+                name: value
+                for name, key in (
+                    ("prompt", "prompt_tokens"),
+                    ("completion", "completion_tokens"),
+                    ("total", "total_tokens"),
+                )
+                if type(value := usage.get(key)) is int and value >= 0
+            }
+            return TokenUsage(**found) if found else None
+        payload = [payload]
+    if not isinstance(payload, list):
+        return None
+    generated = 0
+    for item in payload:
+        if isinstance(item, list) and item:
+            item = item[0]
+        details = item.get("details") if isinstance(item, dict) else None
+        tokens = details.get("generated_tokens") if isinstance(details, dict) else None
+        if type(tokens) is not int:
+            return None
+        generated += tokens
+    return TokenUsage(completion=generated) if payload else None

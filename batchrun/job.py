@@ -105,6 +105,7 @@ RANGES: dict[str, dict[str, KeyRange]] = {
         "request_timeout": _seconds(),
         "batch_size": KeyRange(1, 10_000),
         "max_requests_per_minute": KeyRange(0, 10_000_000, unit="0: no limit"),
+        "max_tokens_per_minute": KeyRange(0, 10_000_000_000, unit="0: no limit"),
         "max_response_bytes": KeyRange(1024, 4 * 1024**3, unit="bytes"),
         "backoff_max": _seconds(low_open=False),
         "retry_after_max": _seconds(low_open=False),
@@ -214,6 +215,7 @@ class RunSpec:
     request_timeout: float = 60.0
     batch_size: int = 1
     max_requests_per_minute: int = 0
+    max_tokens_per_minute: int = 0  # 0: no limit (batchrun.ratelimit)
     max_response_bytes: int = 32 * 1024 * 1024
     backoff_max: float = 30.0
     retry_after_max: float = 120.0

@@ -26,7 +26,9 @@ back, not reported, until the suspicion clears (then they are reported) or the b
 without Retry-After once the endpoint has served) that hits most requests in flight holds the
 whole pool's dispatch; one request at a time probes at a backoff, attempts during the hold do
 not use up ``max_attempts``, and past ``outage_timeout`` the pool stops with an ``outage``
-verdict. A run where nothing is in flight, no hold is active and every worker waits for the
+verdict. ``max_requests_per_minute`` paces attempts on a fixed schedule, and
+``max_tokens_per_minute`` through a pool-wide token bucket (`batchrun.ratelimit`) that each
+200 answer's ``usage`` corrects. A run where nothing is in flight, no hold is active and every worker waits for the
 caller's window for 2 × ``request_timeout`` stops with a ``stalled`` verdict, naming the
 requests that left without an outcome (`Pool.lost`).
 
@@ -88,6 +90,7 @@ from batchrun.net import (
     scrub_secrets,
     server_message,
 )
+from batchrun.ratelimit import Charge, TokenBucket
 
 __all__ = [
     "InferenceRetryPolicy",
@@ -158,6 +161,8 @@ class PoolStats:
     cancelled: int = 0  # in-flight requests cancelled by stop() (not reported)
     throttled: int = 0  # 429 answers
     held_s: float = 0.0  # total time dispatch was held by Retry-After
+    tokens: int = 0  # tokens counted by max_tokens_per_minute (the answers' usage, or estimates)
+    token_waits: int = 0  # dispatches that waited for the token bucket
     withheld: int = 0  # final failures held back while suspected endpoint-wide (not reported)
     outages: int = 0  # outage holds begun
     outage_s: float = 0.0  # total time dispatch was held by outages
@@ -473,6 +478,10 @@ class Pool:
         headers: sent with every request (e.g. Authorization); never logged, and the
             Authorization value and its bare token are scrubbed from every message.
         max_requests_per_minute: pace attempts to at most this many a minute; 0: no limit.
+        max_tokens_per_minute: pace attempts to at most this many estimated tokens a minute,
+            corrected by the answers' usage (`batchrun.ratelimit.TokenBucket`); 0: no limit.
+        token_bucket: the bucket to draw from instead of a new one (a run's pools share one,
+            so a second pool does not start with a second full minute's worth).
         backoff_max: cap of the backoff between attempts, seconds.
         retry_after_max: cap of a Retry-After hold, seconds.
         scale_up_timeout: how long a waking endpoint's 503s do not use up attempts, seconds;
@@ -512,6 +521,8 @@ class Pool:
         outage_timeout: float = 300.0,
         retry_log_period: float = 30.0,
         describe: Callable[[Any], str] | None = None,
+        max_tokens_per_minute: int = 0,
+        token_bucket: TokenBucket | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or request_timeout <= 0 or max_response_bytes < 1:
             raise ValueError(
@@ -540,6 +551,11 @@ class Pool:
         self._secret_bytes = tuple(secret.encode("utf-8") for secret in self._secrets)
         self._interval = 60.0 / max_requests_per_minute if max_requests_per_minute > 0 else 0.0
         self._shared = _Hold(self._secrets)
+        self.tokens = token_bucket or (
+            TokenBucket(max_tokens_per_minute) if max_tokens_per_minute > 0 else None
+        )
+        self._charges: dict[int, Charge] = {}  # id(request) -> its attempt's token charge
+        self._no_usage_said = False
         self.breaker_window = window_for(breaker_window, concurrency)
         self.outage_timeout = outage_timeout
         self.retry_log_period = retry_log_period
@@ -874,7 +890,12 @@ class Pool:
                 stats.in_flight += 1
                 stats.sent += 1
                 start = clock()
-                if shared.until > start or self._interval or shared.outage_since is not None:
+                if (
+                    shared.until > start
+                    or self._interval
+                    or shared.outage_since is not None
+                    or self.tokens is not None
+                ):
                     await self._gate(request)
                 try:  # the first attempt is a plain await; only a failure meets tenacity
                     results = await self._attempt(request)
@@ -1017,6 +1038,8 @@ class Pool:
 
     async def _gate(self, request: Request) -> None:
         shared = self._shared
+        if self.tokens is not None:  # first: a Retry-After that comes meanwhile still holds
+            await self._spend(request)
         while True:
             if shared.outage_since is not None:
                 await self._outage_turn(request)
@@ -1030,6 +1053,34 @@ class Pool:
             self._next_slot = slot + self._interval
             if slot > now:
                 await asyncio.sleep(slot - now)
+
+    async def _spend(self, request: Request) -> None:
+        """Take the attempt's estimated tokens from the bucket, waiting for them if need be."""
+        tokens = self.tokens
+        assert tokens is not None
+        charge = tokens.charge(*self.codec.prompt_size(request.body))
+        self._charges[id(request)] = charge
+        waits = tokens.waits
+        await tokens.acquire(charge)
+        self.stats.token_waits += tokens.waits - waits
+        self.stats.tokens += charge.tokens
+
+    def _settle(self, charge: Charge, body: bytes) -> None:
+        """Correct the token bucket by the usage a 200 answer reports."""
+        tokens = self.tokens
+        assert tokens is not None
+        try:
+            usage = self.codec.usage_tokens(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return
+        if usage is None and not self._no_usage_said:
+            self._no_usage_said = True
+            log.info(
+                "the endpoint's answers carry no token usage: max_tokens_per_minute counts "
+                "the estimates (%.1f characters a token, plus max_tokens)",
+                tokens.chars_per_token,
+            )
+        self.stats.tokens += tokens.settle(charge, usage) - charge.tokens
 
     async def _outage_turn(self, request: Request) -> None:
         """Wait while an outage holds dispatch: until it is over, or `request` is the probe."""
@@ -1073,6 +1124,7 @@ class Pool:
         session = self._session
         assert session is not None
         self._shared.stats.attempts += 1
+        charge = self._charges.pop(id(request), None) if self._charges else None
         try:
             async with session.post(self.url, data=request.body) as response:
                 length = response.content_length
@@ -1099,6 +1151,8 @@ class Pool:
             raise InferenceConnectionError(
                 f"no answer within request_timeout = {self.request_timeout:g}s"
             ) from e
+        if charge is not None:
+            self._settle(charge, body)
         try:
             return self.codec.decode_body(body, request.n)
         except BadResponseError as e:

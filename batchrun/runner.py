@@ -511,6 +511,8 @@ class _Run:
             max_attempts=run.max_attempts,
             headers=target.headers,
             max_requests_per_minute=run.max_requests_per_minute,
+            max_tokens_per_minute=run.max_tokens_per_minute,
+            token_bucket=next((p.tokens for p in self._pools if p.tokens is not None), None),
             max_response_bytes=run.max_response_bytes,
             backoff_max=run.backoff_max,
             retry_after_max=run.retry_after_max,

@@ -9,7 +9,8 @@ It speaks the data-plane routes batchrun sends to (DESIGN.md, "Data plane"):
 - ``POST /v1/chat/completions`` and ``POST /v1/embeddings``: the OpenAI shapes, with ``usage``.
 - ``GET /health``, ``GET /info``.
 - ``POST /_control`` (JSON knobs, plus ``"reset": true`` to zero the counters) and
-  ``GET /_stats`` (``?inputs=1`` adds the per-input counts, ``?arrivals=1`` the arrival times).
+  ``GET /_stats`` (``?inputs=1`` adds the per-input counts, ``?arrivals=1`` the arrival times,
+  ``?tokens=1`` each answer's arrival time and ``usage.total_tokens``).
 
 Answers are derived from the input so tests can check them row by row: ``generated_text`` and
 chat ``content`` are ``"echo: " + text``; see `expected_generated_text`, `expected_embedding`,
@@ -46,6 +47,7 @@ import contextlib
 import dataclasses
 import email.utils
 import hashlib
+import math
 import os
 import random
 import signal
@@ -116,6 +118,8 @@ class Knobs:
     require_token: str = ""  # a 401 for every data request without "Bearer <require_token>"
     outage_after: int = -1  # after the Nth request: refuse connections for outage_s, once
     outage_s: float = 3.0
+    usage_chars_per_token: float = 0.0  # > 0: usage.prompt_tokens = ceil(prompt chars / this)
+    usage_completion_tokens: int = -1  # >= 0: chat's completion_tokens (at most max_tokens)
 
     def update(self, values: dict[str, Any]) -> None:
         """Set knobs from a dict; an unknown name or a wrong type raises ValueError."""
@@ -168,9 +172,12 @@ class _Stats:
     received: Counter[str] = field(default_factory=Counter)  # per input text
     answered: Counter[str] = field(default_factory=Counter)  # per input text, 200 answers
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    tokens: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=200_000))
     last_headers: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self, *, inputs: bool = False, arrivals: bool = False) -> dict[str, Any]:
+    def to_json(
+        self, *, inputs: bool = False, arrivals: bool = False, tokens: bool = False
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "requests": self.requests,
             "ok": self.ok,
@@ -186,6 +193,8 @@ class _Stats:
             out["answered"] = dict(self.answered)
         if arrivals:
             out["arrivals"] = list(self.arrivals)
+        if tokens:
+            out["tokens"] = [list(item) for item in self.tokens]
         return out
 
 
@@ -307,7 +316,8 @@ class _Server:
         st.requests += 1
         number = st.requests
         st.routes[route] += 1
-        st.arrivals.append(time.time())
+        arrived = time.time()
+        st.arrivals.append(arrived)
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         for name in _RECORDED_HEADERS:
@@ -334,6 +344,10 @@ class _Server:
             except _BadRequest as e:
                 st.statuses["422"] += 1
                 return _error(422, str(e))
+            usage = payload.get("usage") if isinstance(payload, dict) else None
+            if isinstance(usage, dict):
+                self._count_tokens(body, usage)
+                st.tokens.append((arrived, int(usage["total_tokens"])))
             st.ok += 1
             st.statuses["200"] += 1
             for t in texts:
@@ -341,6 +355,21 @@ class _Server:
             return web.Response(body=orjson.dumps(payload), content_type=_JSON)
         finally:
             st.in_flight -= 1
+
+    def _count_tokens(self, body: Any, usage: dict[str, Any]) -> None:
+        """Recount an answer's usage the way the ``usage_*`` knobs say."""
+        k = self.knobs
+        if k.usage_chars_per_token > 0:
+            chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", ()))
+            for key in ("input", "prompt"):
+                value = body.get(key, "")
+                chars += sum(len(t) for t in ([value] if isinstance(value, str) else value))
+            usage["prompt_tokens"] = math.ceil(chars / k.usage_chars_per_token)
+        if k.usage_completion_tokens >= 0 and "completion_tokens" in usage:
+            cap = body.get("max_tokens")
+            limit = cap if isinstance(cap, int) else k.usage_completion_tokens
+            usage["completion_tokens"] = min(k.usage_completion_tokens, limit)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage.get("completion_tokens", 0)
 
     async def _outage(self, seconds: float) -> None:
         """Stop listening, drop every connection, and listen again on the same port later."""
@@ -405,7 +434,11 @@ class _Server:
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         q = request.query
-        data = self.stats.to_json(inputs=q.get("inputs") == "1", arrivals=q.get("arrivals") == "1")
+        data = self.stats.to_json(
+            inputs=q.get("inputs") == "1",
+            arrivals=q.get("arrivals") == "1",
+            tokens=q.get("tokens") == "1",
+        )
         data["knobs"] = dataclasses.asdict(self.knobs)
         return web.Response(body=orjson.dumps(data), content_type=_JSON)
 
@@ -622,6 +655,10 @@ class EndpointApp:
         """Wall-clock arrival time of every data request (time.time())."""
         return list(self._server.stats.arrivals)
 
+    def tokens(self) -> list[tuple[float, int]]:
+        """(arrival time, usage.total_tokens) of every 200 answer with a usage."""
+        return list(self._server.stats.tokens)
+
 
 async def _start_runner(app: web.Application, port: int, host: str = "127.0.0.1") -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
@@ -738,6 +775,10 @@ class EndpointProcess:
     def arrivals(self) -> list[float]:
         times: list[float] = self.stats(arrivals=True)["arrivals"]
         return times
+
+    def tokens(self) -> list[tuple[float, int]]:
+        query = "?tokens=1"
+        return [(t, n) for t, n in self._call("/_stats" + query)["tokens"]]
 
 
 # --- pytest fixtures ---------------------------------------------------------------------
