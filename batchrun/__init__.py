@@ -14,22 +14,51 @@ from typing import TYPE_CHECKING, Any
 from batchrun._version import __version__
 
 if TYPE_CHECKING:
+    from batchrun.budget import Budget, CostMeter
     from batchrun.endpoints.client import EndpointsClient
     from batchrun.endpoints.models import Endpoint
-    from batchrun.errors import BatchrunError, EndpointError, EndpointRestError, JobError
+    from batchrun.errors import (
+        APIConnectionError,
+        BatchrunError,
+        EndpointDriftError,
+        EndpointError,
+        EndpointFailedError,
+        EndpointRestError,
+        EndpointTimeoutError,
+        InputError,
+        JobError,
+        OutputWriteError,
+        RunLockedError,
+        RunningLoopError,
+        RunStateError,
+    )
     from batchrun.job import Job, load_job
-    from batchrun.runner import arun_job, run_job
+    from batchrun.lifecycle.lease import EndpointLease
+    from batchrun.runner import RunControl, arun_job, run_job
     from batchrun.summary import RunSummary
 
 __all__ = [
+    "APIConnectionError",
     "BatchrunError",
+    "Budget",
+    "CostMeter",
     "Endpoint",
+    "EndpointDriftError",
     "EndpointError",
+    "EndpointFailedError",
+    "EndpointLease",
     "EndpointRestError",
+    "EndpointTimeoutError",
     "EndpointsClient",
+    "InputError",
     "Job",
     "JobError",
+    "OutputWriteError",
+    "RunControl",
+    "RunLockedError",
+    "RunStateError",
     "RunSummary",
+    "RunningLoopError",
     "__version__",
     "arun_job",
     "load_job",
@@ -37,14 +66,27 @@ __all__ = [
 ]
 
 _HOMES = {
+    "APIConnectionError": "batchrun.errors",
     "BatchrunError": "batchrun.errors",
+    "Budget": "batchrun.budget",
+    "CostMeter": "batchrun.budget",
     "Endpoint": "batchrun.endpoints.models",
+    "EndpointDriftError": "batchrun.errors",
     "EndpointError": "batchrun.errors",
+    "EndpointFailedError": "batchrun.errors",
+    "EndpointLease": "batchrun.lifecycle.lease",
     "EndpointRestError": "batchrun.errors",
+    "EndpointTimeoutError": "batchrun.errors",
     "EndpointsClient": "batchrun.endpoints.client",
+    "InputError": "batchrun.errors",
     "Job": "batchrun.job",
     "JobError": "batchrun.errors",
+    "OutputWriteError": "batchrun.errors",
+    "RunControl": "batchrun.runner",
+    "RunLockedError": "batchrun.errors",
+    "RunStateError": "batchrun.errors",
     "RunSummary": "batchrun.summary",
+    "RunningLoopError": "batchrun.errors",
     "arun_job": "batchrun.runner",
     "load_job": "batchrun.job",
     "run_job": "batchrun.runner",

@@ -5,7 +5,8 @@ BatchrunError (exit 1)
 ├── JobError (exit 2)                      bad job file, option or input, found before anything is sent
 │   ├── InputError                         a missing/unreadable input file, an empty glob, a bad first row
 │   ├── RunStateError                      the run state does not match the job (changed input, changed job)
-│   └── EndpointDriftError                 the endpoint differs from the job's creation keys (see --update-endpoint)
+│   ├── EndpointDriftError                 the endpoint differs from the job's creation keys (see --update-endpoint)
+│   └── RunningLoopError                   `run_job` called inside a running event loop (use `await arun_job`)
 ├── RunLockedError (exit 8)                another live run holds this output (busy: try later)
 ├── APIError (exit 1)                      the endpoints control plane answered with an HTTP error
 │   ├── APIClientError (exit 2; 1 for 429 and other odd 4xx)  4xx: the API refused
@@ -20,10 +21,13 @@ BatchrunError (exit 1)
 │   ├── EndpointFailedError                state failed / updateFailed, or it died mid-run
 │   ├── EndpointTimeoutError (TimeoutError)  not ready in time
 │   ├── EndpointNotRunningError            paused / scaledToZero where running was needed
-│   └── EndpointNotDeployedError           no URL yet
+│   ├── EndpointNotDeployedError           no URL yet
+│   └── EndpointUnusableError              failed endpoint-wide mid-run (401/403/404, unreachable,
+│                                          undecodable answers, an outage past outage_timeout)
 ├── EndpointRestError (exit 6)             the endpoint could not be put in its on_exit state
 ├── NotAtRestYetError                      on_exit's read-back did not show the state asked for in time
 │                                          (tried again; never escapes `apply_on_exit`)
+├── RunStalledError (exit 1)               rows pending with nothing in flight (a bug); what settled is committed
 ├── OutputWriteError (exit 7)              an output could not be written (disk full, I/O error); resumable
 ├── RowInputError                          one row cannot become a request (status bad_input; recorded per row)
 └── InferenceError (exit 1)                one data-plane request failed (never escapes the pool)
@@ -57,6 +61,7 @@ __all__ = [
     "EndpointNotRunningError",
     "EndpointRestError",
     "EndpointTimeoutError",
+    "EndpointUnusableError",
     "InferenceConnectionError",
     "InferenceError",
     "InferenceStatusError",
@@ -69,15 +74,23 @@ __all__ = [
     "ResponseTooLargeError",
     "RowInputError",
     "RunLockedError",
+    "RunStalledError",
     "RunStateError",
+    "RunningLoopError",
     "UnprocessableError",
 ]
 
 
 class BatchrunError(Exception):
-    """Root of batchrun's exceptions; `exit_code` is what the CLI exits with."""
+    """Root of batchrun's exceptions; `exit_code` is what the CLI exits with.
+
+    Attributes:
+        summary: the run's `RunSummary` when `arun_job` raised this error (exit 2, 5, 6, 7,
+            8: what was known when it stopped, with `error` and `exit_code` set), else None.
+    """
 
     exit_code: int = 1
+    summary: Any = None
 
 
 class JobError(BatchrunError):
@@ -96,6 +109,11 @@ class RunStateError(JobError):
 
 class EndpointDriftError(JobError):
     """The existing endpoint differs from the creation keys the job sets; nothing was touched."""
+
+
+class RunningLoopError(JobError):
+    """`run_job` was called where an event loop is already running (Jupyter, an async app);
+    `await batchrun.arun_job(job)` is the way there. Nothing was started."""
 
 
 class RunLockedError(BatchrunError):
@@ -202,6 +220,41 @@ class EndpointNotDeployedError(EndpointError):
     """The endpoint has no URL yet."""
 
 
+class EndpointUnusableError(EndpointError):
+    """Requests failed the same way across rows (a bad token, a wrong URL or route, answers that
+    cannot be decoded, an outage past `[run] outage_timeout`): the run stopped, the failed
+    rows stay pending (not in the errors file) and a rerun sends them.
+
+    Attributes:
+        url: the data-plane URL the requests went to.
+        failure: the failure class, e.g. ``http_401``, ``unreachable``, ``bad_response``,
+            ``outage``.
+        summary: the run's `RunSummary` (set by `arun_job` before it raises), else None.
+    """
+
+    def __init__(
+        self, message: str, *, url: str = "", failure: str = "", summary: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.failure = failure
+        self.summary = summary
+
+
+class RunStalledError(BatchrunError):
+    """Rows were pending with nothing in flight and no hold for 2 × `[run] request_timeout`: a
+    request left the pool without an outcome (a bug). What settled is committed; a rerun sends
+    the rest.
+
+    Attributes:
+        summary: the run's `RunSummary` (set by `arun_job` before it raises), else None.
+    """
+
+    def __init__(self, message: str, *, summary: Any = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class EndpointRestError(BatchrunError):
     """The endpoint could not be put in its on_exit state; it may still be billing."""
 
@@ -258,9 +311,18 @@ class InferenceStatusError(InferenceError):
 
 
 class InferenceConnectionError(InferenceError):
-    """The connection failed, was dropped, or the per-request timeout passed."""
+    """The connection failed, was dropped, or the per-request timeout passed.
+
+    Attributes:
+        unreachable: no connection could be made at all (refused, DNS, TLS), as opposed to one
+            dropped or timed out mid-request.
+    """
 
     status = "connection_error"
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class ResponseTooLargeError(InferenceError):

@@ -110,6 +110,8 @@ RANGES: dict[str, dict[str, KeyRange]] = {
         "retry_after_max": _seconds(low_open=False),
         "scale_up_timeout": _seconds(low_open=False),
         "grace_period": _seconds(low_open=False),
+        "breaker_window": KeyRange(0, 100_000, unit="requests; 0: max(8, concurrency / 4)"),
+        "outage_timeout": _seconds(),
         "limit": KeyRange(0, 2**62, unit="rows"),
     },
     "budget": {
@@ -217,6 +219,8 @@ class RunSpec:
     retry_after_max: float = 120.0
     scale_up_timeout: float = 600.0
     grace_period: float = 10.0
+    breaker_window: int = 0  # 0: max(8, concurrency / 4) (batchrun.health)
+    outage_timeout: float = 300.0
     limit: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
 

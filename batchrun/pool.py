@@ -13,7 +13,22 @@ first attempt is a plain ``await``; only when it fails does the request enter th
 - does not count a 503 (an endpoint scaled to zero answers 503 while a replica starts) against
   ``max_attempts`` until the row has seen 503s for ``scale_up_timeout`` seconds; every request
   carries ``X-Scale-Up-Timeout`` so a Hugging Face endpoint holds it while it wakes instead;
-- logs ``retry n/max`` at WARNING, once per retry.
+- logs the first retry of each status at WARNING with its rows (`RetryLog`), then one line per
+  ``retry_log_period`` (30 s) counting the retries by status, on the ``batchrun.pool.retries``
+  logger (the CLI's ``-q`` silences it).
+
+Failures that are the endpoint's rather than a row's (`batchrun.health`): every attempt feeds
+the route's `RouteHealth`; when it trips (two distinct requests failing the same endpoint-wide
+way before any success, or the last ``breaker_window`` all failing the same way after one), the
+pool stops at once and sets `Pool.verdict`. Final failures of a class under suspicion are held
+back, not reported, until the suspicion clears (then they are reported) or the breaker trips
+(then they never are: their rows stay pending). An *outage* (connection errors, 502, 504, a 503
+without Retry-After once the endpoint has served) that hits most requests in flight holds the
+whole pool's dispatch; one request at a time probes at a backoff, attempts during the hold do
+not use up ``max_attempts``, and past ``outage_timeout`` the pool stops with an ``outage``
+verdict. A run where nothing is in flight, no hold is active and every worker waits for the
+caller's window for 2 × ``request_timeout`` stops with a ``stalled`` verdict, naming the
+requests that left without an outcome (`Pool.lost`).
 
 aiohttp's exceptions and HTTP error statuses become batchrun's `InferenceConnectionError` and
 `InferenceStatusError` in one place (`Pool._attempt`); nothing outside this module sees an
@@ -28,8 +43,10 @@ uncommitted and a resume sends them again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -55,6 +72,14 @@ from batchrun.errors import (
     InferenceStatusError,
     ResponseTooLargeError,
 )
+from batchrun.health import (
+    RouteHealth,
+    Trouble,
+    Verdict,
+    endpoint_wide_class,
+    trouble_of,
+)
+from batchrun.health import breaker_window as window_for
 from batchrun.net import (
     backoff,
     excerpt,
@@ -70,11 +95,14 @@ __all__ = [
     "Pool",
     "PoolStats",
     "Request",
+    "RetryLog",
     "secrets_of",
     "status_error",
 ]
 
 log = logging.getLogger(__name__)
+retry_log = logging.getLogger(__name__ + ".retries")
+"""The retry lines' logger (`RetryLog`): the CLI's ``-q`` raises its level to ERROR."""
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 """HTTP statuses that are retried; any other error status is final for the request's rows."""
@@ -130,31 +158,119 @@ class PoolStats:
     cancelled: int = 0  # in-flight requests cancelled by stop() (not reported)
     throttled: int = 0  # 429 answers
     held_s: float = 0.0  # total time dispatch was held by Retry-After
+    withheld: int = 0  # final failures held back while suspected endpoint-wide (not reported)
+    outages: int = 0  # outage holds begun
+    outage_s: float = 0.0  # total time dispatch was held by outages
+    probes: int = 0  # attempts sent as an outage's probe
 
 
 class _Tries:
     """Per-request retry bookkeeping (only created once the first attempt has failed)."""
 
-    __slots__ = ("attempts", "counted", "pending", "wake_since", "waking")
+    __slots__ = (
+        "attempts",
+        "counted",
+        "epoch",
+        "outage_counted",
+        "pending",
+        "wake_since",
+        "waking",
+    )
 
     def __init__(self, first: InferenceError) -> None:
         self.pending: InferenceError | None = first  # replayed as tenacity's attempt 1
         self.attempts = 1
         self.counted = 0  # failed attempts that use up max_attempts
+        self.outage_counted = 0  # of them, outage failures (refunded once a hold comes)
+        self.epoch = 0  # the pool's outage epoch when last counted
         self.wake_since: float | None = None
         self.waking = False
 
 
+class RetryLog:
+    """The retry lines: the first retry of each status at WARNING naming its rows, then one
+    line per `period` seconds counting the rest (``retries in the last 30 s: 412 × http_503``).
+
+    Args:
+        period: seconds between roll-up lines.
+        describe: names a request's rows from its key (e.g. ``row id 'a'``), or None.
+    """
+
+    __slots__ = ("counts", "describe", "period", "seen", "since")
+
+    def __init__(self, period: float = 30.0, describe: Callable[[Any], str] | None = None) -> None:
+        self.period = period
+        self.describe = describe
+        self.seen: set[str] = set()
+        self.counts: Counter[str] = Counter()
+        self.since = time.monotonic()
+
+    def retry(self, status: str, key: Any, text: str) -> None:
+        """Log (or count) one retry of a request with key `key`; `text` is the full line."""
+        now = time.monotonic()
+        if status in self.seen:
+            self.counts[status] += 1
+        else:
+            self.seen.add(status)
+            rows = self.describe(key) if self.describe is not None else ""
+            retry_log.warning(
+                "%s%s (further retries: one line every %gs)",
+                f"{rows}: " if rows else "",
+                text,
+                self.period,
+            )
+        if now - self.since >= self.period:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Log the retries counted since the last line, if any."""
+        now = time.monotonic() if now is None else now
+        if self.counts:
+            retry_log.warning(
+                "retries in the last %.0f s: %s",
+                now - self.since,
+                ", ".join(f"{n:,} × {status}" for status, n in self.counts.most_common()),
+            )
+            self.counts.clear()
+        self.since = now
+
+
 class _Hold:
     """What the retry policy needs of the pool: the Retry-After hold every worker waits for,
-    the counters, and what to scrub from a logged message (tenacity gets this, not the pool)."""
+    the outage hold, the counters, the retry log, and what to scrub from a logged message
+    (tenacity gets this, not the pool)."""
 
-    __slots__ = ("secrets", "stats", "until")
+    __slots__ = (
+        "changed",
+        "epoch",
+        "hits",
+        "next_probe",
+        "outage_message",
+        "outage_since",
+        "outage_waking",
+        "probe_failures",
+        "probing",
+        "retry_log",
+        "secrets",
+        "stats",
+        "until",
+    )
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         self.until = 0.0  # time.monotonic() until which dispatch is held
         self.secrets = secrets
         self.stats = PoolStats()
+        self.retry_log = RetryLog()
+        # the outage hold
+        self.outage_since: float | None = None  # when it began; None: no hold
+        self.outage_message = ""
+        self.outage_waking = False  # the last outage failure was a 503 (maybe a wake-up)
+        self.epoch = 0  # holds begun (a request's earlier outage failures are refunded)
+        self.hits: set[int] = set()  # requests failing with an outage since the last success
+        self.probing: Request | None = None  # the request sent as the probe, if one is out
+        self.next_probe = 0.0
+        self.probe_failures = 0
+        self.changed = asyncio.Event()  # set (and replaced) when the hold changes
 
     def remaining(self) -> float:
         """Seconds the hold still lasts (0 or less when none)."""
@@ -227,28 +343,24 @@ class InferenceRetryPolicy:
 
     def _log_retry(self, state: RetryCallState) -> None:
         tries: _Tries = state.args[0]
+        request: Request = state.args[1]
         hold: _Hold = state.args[2]
         hold.stats.retries += 1
         error = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
         wait = max(wait, hold.remaining())  # a Retry-After hold is part of the wait
         message = scrub_secrets(str(error), hold.secrets)
-        if tries.waking and tries.wake_since is not None:
-            log.warning(
-                "retry (endpoint waking up, %.0fs of %.0fs) in %.1fs: %s %s",
-                time.monotonic() - tries.wake_since,
-                self.scale_up_timeout,
-                wait,
-                getattr(error, "status", "error"),
-                message,
+        status = getattr(error, "status", "error")
+        if hold.outage_since is not None:
+            text = f"retry (outage hold) in {wait:.1f}s: {status} {message}"
+        elif tries.waking and tries.wake_since is not None:
+            text = (
+                f"retry (endpoint waking up, {time.monotonic() - tries.wake_since:.0f}s of "
+                f"{self.scale_up_timeout:.0f}s) in {wait:.1f}s: {status} {message}"
             )
         else:
-            log.warning(
-                "%s: %s %s",
-                retry_line(tries.counted, self.max_attempts - 1, wait),
-                getattr(error, "status", "error"),
-                message,
-            )
+            text = f"{retry_line(tries.counted, self.max_attempts - 1, wait)}: {status} {message}"
+        hold.retry_log.retry(status, request.key, text)
 
 
 @dataclass(slots=True)
@@ -315,8 +427,13 @@ class _SyncSource(_Source):
     async def take_later(self) -> Request:
         if self.paused is None:
             raise ValueError("the requests paused (None) and Pool.run has no `paused`")
+        pool = self.pool
         while True:
-            await self.paused()
+            pool._paused += 1  # the stall watch counts the workers waiting for the caller
+            try:
+                await self.paused()
+            finally:
+                pool._paused -= 1
             request = self.take()
             if request is not None:
                 return request
@@ -363,6 +480,17 @@ class Pool:
         backoff_initial: the first backoff, seconds.
         max_response_bytes: the largest answer read, in bytes; a larger one is the request's
             final `ResponseTooLargeError`.
+        breaker_window: settled requests that must all fail the same endpoint-wide way, once
+            one has succeeded, to stop the pool; 0: max(8, concurrency / 4).
+        outage_timeout: how long an outage holds dispatch before the pool stops, seconds.
+        retry_log_period: seconds between the retry log's roll-up lines.
+        describe: names a request's rows from its key, for log lines and the stall's message.
+
+    Attributes:
+        verdict: why the pool stopped on its own (endpoint-wide failure, outage, stall), or
+            None; set by the end of `run`.
+        lost: requests that left a worker without an outcome (a worker cancelled from
+            outside): their rows have no outcome and make the run a stalled one.
     """
 
     def __init__(
@@ -380,6 +508,10 @@ class Pool:
         scale_up_timeout: float = 600.0,
         backoff_initial: float = 0.5,
         max_response_bytes: int = 32 * 1024 * 1024,
+        breaker_window: int = 0,
+        outage_timeout: float = 300.0,
+        retry_log_period: float = 30.0,
+        describe: Callable[[Any], str] | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or request_timeout <= 0 or max_response_bytes < 1:
             raise ValueError(
@@ -408,6 +540,19 @@ class Pool:
         self._secret_bytes = tuple(secret.encode("utf-8") for secret in self._secrets)
         self._interval = 60.0 / max_requests_per_minute if max_requests_per_minute > 0 else 0.0
         self._shared = _Hold(self._secrets)
+        self.breaker_window = window_for(breaker_window, concurrency)
+        self.outage_timeout = outage_timeout
+        self.retry_log_period = retry_log_period
+        self.describe = describe
+        self.stall_after = 2.0 * request_timeout
+        self.verdict: Verdict | None = None
+        self.lost: list[Request] = []
+        self._health = RouteHealth(self.breaker_window)
+        self._trouble = True  # a suspicion or hold may need clearing on the next success
+        self._held: list[tuple[str, Outcome]] = []
+        self._release_due = False
+        self._halted = False  # stop() was called
+        self._paused = 0  # workers waiting in the source's `paused()`
         self._stopping = False
         self._slots: list[_Slot] = []
         self._next_slot = 0.0
@@ -435,8 +580,9 @@ class Pool:
 
         Requests are pulled only when a worker is free. Returns when the source is exhausted
         and every request was reported, or after `stop` once the in-flight requests finished
-        or were cancelled. An exception from the source or from `on_outcome` cancels the
-        in-flight requests (unreported) and propagates.
+        or were cancelled, or when the pool stopped on its own (`verdict` says why: the
+        requests it did not report are left for a later run). An exception from the source or
+        from `on_outcome` cancels the in-flight requests (unreported) and propagates.
 
         Args:
             requests: the requests, an iterable or an async iterable. An iterable may yield
@@ -447,7 +593,16 @@ class Pool:
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._shared.stats = PoolStats()
+        shared = self._shared = _Hold(self._secrets)
+        shared.retry_log = RetryLog(self.retry_log_period, self.describe)
+        self.verdict = None
+        self.lost = []
+        self._health = RouteHealth(self.breaker_window)
+        self._trouble = True
+        self._held = []
+        self._release_due = False
+        self._halted = False
+        self._paused = 0
         source: _Source = (
             _AsyncSource(self, aiter(requests))
             if isinstance(requests, AsyncIterable)
@@ -466,6 +621,7 @@ class Pool:
                     self._work(slot, source, on_outcome), name=f"batchrun-pool-{i}"
                 )
                 workers.append(slot.task)
+            watch = asyncio.create_task(self._watch_stall(), name="batchrun-pool-stall")
             try:
                 done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
                 failed = [t for t in done if not t.cancelled() and t.exception() is not None]
@@ -473,14 +629,26 @@ class Pool:
                     error = failed[0].exception()
                     assert error is not None
                     raise error
+                if self.verdict is None and self.lost:
+                    self._trip("stalled", self._lost_text(), len(self.lost))
+                if self.verdict is None and not self._halted and self._held:
+                    held, self._held = self._held, []
+                    for _, outcome in held:  # never proved endpoint-wide: the rows' own
+                        self.stats.withheld -= 1
+                        self.stats.failed += 1
+                        result = on_outcome(outcome)
+                        if result is not None:
+                            await result
             finally:
+                watch.cancel()
+                shared.retry_log.flush()
                 self._stopping = True
                 for slot in self._slots:
                     if slot.cancel_at is not None:
                         slot.cancel_at.cancel()
                 for task in workers:
                     task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
+                await asyncio.gather(watch, *workers, return_exceptions=True)
                 self._session = None
                 self._slots = []
                 self._stopping = False  # the pool can run another source
@@ -492,6 +660,7 @@ class Pool:
         at once; calling again with a shorter grace shortens it. Call from the loop's thread.
         """
         self._stopping = True
+        self._halted = True
         loop = self._loop
         if loop is None:
             return
@@ -518,6 +687,168 @@ class Pool:
         slot.stopped = True
         slot.task.cancel()
 
+    # --- stopping on its own: endpoint-wide failures, outages, stalls ----------------------
+
+    def _trip(self, failure: str, message: str, requests: int) -> None:
+        """Stop the pool at once with a verdict; what it holds back stays unreported."""
+        if self.verdict is not None:
+            return
+        self.verdict = Verdict(failure=failure, url=self.url, message=message, requests=requests)
+        log.info("stopping dispatch: %s", self.verdict.line())
+        self.stop(grace=0)
+
+    def _lost_text(self) -> str:
+        describe = self.describe or repr
+        names = [describe(r.key) for r in self.lost[:5]]
+        more = f" and {len(self.lost) - 5:,} more" if len(self.lost) > 5 else ""
+        return "no outcome for " + "; ".join(names) + more
+
+    async def _watch_stall(self) -> None:
+        """Trip `stalled` when nothing is in flight, no hold is active and every worker has
+        waited for the caller's window for `stall_after` seconds; and roll the retry log up
+        on time even when no retry comes to do it."""
+        shared = self._shared
+        period = max(0.01, min(1.0, self.stall_after / 8, shared.retry_log.period / 4))
+        since: float | None = None
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            retries = shared.retry_log
+            if retries.counts and now - retries.since >= retries.period:
+                retries.flush(now)
+            alive = sum(1 for s in self._slots if s.task is not None and not s.task.done())
+            quiet = (
+                alive > 0
+                and self._paused >= alive
+                and self.stats.in_flight <= 0
+                and shared.until <= now
+                and shared.outage_since is None
+            )
+            if not quiet:
+                since = None
+            elif since is None:
+                since = now
+            elif now - since >= self.stall_after:
+                what = self._lost_text() if self.lost else "no request left without an outcome"
+                self._trip(
+                    "stalled",
+                    f"rows pending with nothing in flight for {now - since:.0f}s "
+                    f"(2 × request_timeout); {what}",
+                    len(self.lost),
+                )
+                return
+
+    def _suspect(self, error: InferenceError) -> str | None:
+        """The class under which a final failure is held back (None: report it now)."""
+        failure = endpoint_wide_class(error)
+        if failure is None:
+            return None
+        health = self._health
+        if failure == "unreachable" and health.served:
+            return None
+        return failure if health.suspected(failure) else None
+
+    async def _release(
+        self,
+        slot: _Slot,
+        on_outcome: Callable[[Outcome], Awaitable[None] | None],
+        *,
+        everything: bool = False,
+    ) -> None:
+        """Report the held-back failures no longer suspected (`everything`: all of them)."""
+        self._release_due = False
+        health = self._health
+        keep: list[tuple[str, Outcome]] = []
+        out: list[Outcome] = []
+        for failure, outcome in self._held:
+            if everything or not health.suspected(failure):
+                out.append(outcome)
+            else:
+                keep.append((failure, outcome))
+        self._held = keep
+        stats = self.stats
+        for outcome in out:
+            if self.verdict is not None:
+                return
+            stats.withheld -= 1
+            stats.failed += 1
+            slot.reporting = True
+            try:
+                result = on_outcome(outcome)
+                if result is not None:
+                    await result
+            finally:
+                slot.reporting = False
+
+    def _cleared(self) -> None:
+        """A request succeeded while something was suspected or held."""
+        self._trouble = False
+        self._health.ok()
+        shared = self._shared
+        shared.hits.clear()
+        if shared.outage_since is not None:
+            self._outage_over()
+        if self._held:
+            self._release_due = True
+
+    def _outage_hit(self, request: Request, error: InferenceError) -> None:
+        """An attempt failed with an outage: probe bookkeeping, or maybe begin a hold."""
+        shared = self._shared
+        now = time.monotonic()
+        shared.outage_message = str(error)
+        # a 503 is also how a scaled-to-zero endpoint answers while a replica starts
+        shared.outage_waking = isinstance(error, InferenceStatusError) and error.http_status == 503
+        if shared.outage_since is not None:
+            if shared.probing is request:  # the probe failed: the next one after a backoff
+                shared.probing = None
+                shared.probe_failures += 1
+                shared.next_probe = now + self.policy.backoff(shared.probe_failures + 1)
+                self._changed()
+            return
+        shared.hits.add(id(request))
+        in_flight = self.stats.in_flight
+        if len(shared.hits) < max(2, (in_flight + 1) // 2):
+            return
+        shared.outage_since = now
+        shared.epoch += 1
+        shared.probe_failures = 0
+        shared.probing = None
+        shared.next_probe = now + self.policy.backoff(1)
+        self.stats.outages += 1
+        log.warning(
+            "%d of %d requests in flight failed (%s): holding all dispatch, probing with one "
+            "request, for up to outage_timeout = %gs",
+            len(shared.hits),
+            in_flight,
+            error.status,
+            self.outage_timeout,
+        )
+
+    def _outage_limit(self) -> float:
+        """How long the current outage may hold: outage_timeout, or scale_up_timeout if
+        longer while the endpoint answers 503 (a scaled-to-zero endpoint waking up)."""
+        if self._shared.outage_waking:
+            return max(self.outage_timeout, self.policy.scale_up_timeout)
+        return self.outage_timeout
+
+    def _outage_over(self) -> None:
+        shared = self._shared
+        since = shared.outage_since
+        if since is None:
+            return
+        held = time.monotonic() - since
+        shared.outage_since = None
+        shared.probing = None
+        shared.hits.clear()
+        self.stats.outage_s += held
+        log.warning("the endpoint answers again after %.1fs: dispatch goes on", held)
+        self._changed()
+
+    def _changed(self) -> None:
+        shared = self._shared
+        shared.changed.set()
+        shared.changed = asyncio.Event()
+
     # --- one worker ------------------------------------------------------------------------
 
     async def _work(
@@ -530,28 +861,35 @@ class Pool:
         shared = self._shared
         clock = time.monotonic
         take = source.take
+        request: Request | None = None
         while not self._stopping:
             slot.busy = False
             try:
                 request = take()
                 if request is None:
+                    if self._held:  # nothing settles while every worker waits: report them
+                        await self._release(slot, on_outcome, everything=True)
                     request = await source.take_later()
                 slot.busy = True
                 stats.in_flight += 1
                 stats.sent += 1
                 start = clock()
-                if shared.until > start or self._interval:
-                    await self._gate()
+                if shared.until > start or self._interval or shared.outage_since is not None:
+                    await self._gate(request)
                 try:  # the first attempt is a plain await; only a failure meets tenacity
                     results = await self._attempt(request)
                 except InferenceError as error:
                     outcome = await self._retry(request, error, start)
                 else:
+                    if self._trouble:
+                        self._cleared()
                     outcome = Outcome(request, results, None, 1, (clock() - start) * 1000.0)
             except _End:
                 return
             except asyncio.CancelledError:
                 if not slot.stopped:
+                    if slot.busy and not self._stopping and request is not None:
+                        self._lose(request)
                     raise
                 task = asyncio.current_task()
                 if task is not None:
@@ -563,7 +901,14 @@ class Pool:
             stats.in_flight -= 1
             if outcome.error is None:
                 stats.succeeded += 1
+            elif self.verdict is not None:
+                continue  # stopped endpoint-wide: the rows stay pending
             else:
+                failure = self._suspect(outcome.error)
+                if failure is not None:  # maybe the endpoint's: held until it is known
+                    self._held.append((failure, outcome))
+                    stats.withheld += 1
+                    continue
                 stats.failed += 1
             slot.reporting = True
             try:
@@ -572,11 +917,23 @@ class Pool:
                     await result
             finally:
                 slot.reporting = False
+            if self._release_due:
+                await self._release(slot, on_outcome)
+
+    def _lose(self, request: Request) -> None:
+        """A worker was cancelled from outside with `request` in flight: no outcome for it."""
+        self.stats.in_flight -= 1
+        self.lost.append(request)
+        describe = self.describe or repr
+        log.warning(
+            "a pool worker was cancelled with a request in flight (%s): it has no outcome",
+            describe(request.key),
+        )
 
     async def _retry(self, request: Request, first: InferenceError, start: float) -> Outcome:
         """The slow path: the first attempt failed; tenacity decides what happens next."""
         tries = _Tries(first)
-        self._failed(tries, first)
+        self._failed(tries, first, request)
         try:
             results: list[dict[str, Any]] = await self.policy.retrying.copy()(
                 self._again, tries, request, self._shared
@@ -593,23 +950,54 @@ class Pool:
         if tries.pending is not None:
             error, tries.pending = tries.pending, None
             raise error
-        await self._gate()
+        await self._gate(request)
         tries.attempts += 1
         try:
-            return await self._attempt(request)
+            results = await self._attempt(request)
         except InferenceError as error:
-            self._failed(tries, error)
+            self._failed(tries, error, request)
             raise
+        if self._trouble:
+            self._cleared()
+        return results
 
-    def _failed(self, tries: _Tries, error: InferenceError) -> None:
-        self.policy.note(tries, error)
+    def _failed(self, tries: _Tries, error: InferenceError, request: Request) -> None:
+        """Count a failed attempt: the breaker, the outage hold, the attempts it uses up."""
+        shared = self._shared
+        if tries.epoch != shared.epoch:  # a hold came since: its outage failures are free
+            tries.counted -= tries.outage_counted
+            tries.outage_counted = 0
+            tries.epoch = shared.epoch
+        self._trouble = True
+        health = self._health
+        failure = endpoint_wide_class(error)
+        if failure == "unreachable" and health.served:
+            failure = None  # once it has served, no connection is an outage
+        if health.failed(id(request), failure):
+            self._trip(failure or "error", str(error), health.distinct(failure or ""))
+            return
+        if self._held:
+            self._release_due = True
+        trouble = trouble_of(error, served=health.served)
+        if trouble is Trouble.OUTAGE:
+            self._outage_hit(request, error)
+            if shared.outage_since is not None:
+                tries.waking = False  # attempts during a hold do not use up max_attempts
+                return
+            before = tries.counted
+            self.policy.note(tries, error)
+            tries.outage_counted += tries.counted - before
+        else:
+            if shared.outage_since is not None and shared.probing is request:
+                self._outage_over()  # the probe got an answer: the endpoint is back
+            self.policy.note(tries, error)
         if isinstance(error, InferenceStatusError):
             if error.http_status == 429:
                 self.stats.throttled += 1
             if error.retry_after is not None:
                 self._hold(error.retry_after, error.http_status)
 
-    # --- dispatch gate: Retry-After holds and the rate limit -------------------------------
+    # --- dispatch gate: Retry-After and outage holds, the rate limit -----------------------
 
     def _hold(self, seconds: float, status: int) -> None:
         """Hold every worker's next dispatch for `seconds` (capped at retry_after_max)."""
@@ -627,9 +1015,12 @@ class Pool:
         self.stats.held_s += until - max(hold.until, now)
         hold.until = until
 
-    async def _gate(self) -> None:
+    async def _gate(self, request: Request) -> None:
+        shared = self._shared
         while True:
-            wait = self._shared.until - time.monotonic()
+            if shared.outage_since is not None:
+                await self._outage_turn(request)
+            wait = shared.until - time.monotonic()
             if wait <= 0:
                 break
             await asyncio.sleep(wait)
@@ -639,6 +1030,35 @@ class Pool:
             self._next_slot = slot + self._interval
             if slot > now:
                 await asyncio.sleep(slot - now)
+
+    async def _outage_turn(self, request: Request) -> None:
+        """Wait while an outage holds dispatch: until it is over, or `request` is the probe."""
+        shared = self._shared
+        while (since := shared.outage_since) is not None:
+            now = time.monotonic()
+            if self.verdict is not None:
+                await asyncio.sleep(0.05)  # stop(grace=0) cancels this worker
+                continue
+            limit = self._outage_limit()
+            if now - since >= limit:
+                self._trip(
+                    "outage",
+                    f"no answer for {now - since:.1f}s (outage_timeout = {limit:g}s); last: "
+                    f"{shared.outage_message}",
+                    len(shared.hits),
+                )
+                continue
+            if shared.probing is None and now >= shared.next_probe:
+                shared.probing = request
+                self.stats.probes += 1
+                return
+            wait = since + limit - now
+            if shared.probing is None:
+                wait = min(wait, shared.next_probe - now)
+            event = shared.changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait, 0.001)):  # keeps a stop()'s cancel
+                    await event.wait()
 
     # --- one attempt: the one place aiohttp meets batchrun's errors -------------------------
 
@@ -671,7 +1091,10 @@ class Pool:
                     )
         except aiohttp.ClientError as e:
             text = f"{type(e).__name__}: {e}".rstrip(": ")
-            raise InferenceConnectionError(scrub_secrets(text, self._secrets)) from e
+            raise InferenceConnectionError(
+                scrub_secrets(text, self._secrets),
+                unreachable=isinstance(e, aiohttp.ClientConnectorError),  # refused, DNS, TLS
+            ) from e
         except TimeoutError as e:
             raise InferenceConnectionError(
                 f"no answer within request_timeout = {self.request_timeout:g}s"

@@ -1,8 +1,10 @@
-"""What a run shows while it runs: a tqdm bar on a terminal, else an INFO line every 30 s.
+"""What a run shows: a tqdm bar on a terminal, else an INFO line every 30 s; and at the end,
+on a terminal, a few lines for people (`show_summary`).
 
-The bar counts settled rows (from those committed by earlier runs on) and shows ok / errors /
-retries and, for a metered target, the cost so far; the log line says the same with the rate
-and an ETA. Nothing here changes the run: `Progress` only reads the counts it is given.
+The bar counts settled rows (from those committed by earlier runs on) out of the input's rows
+(`InputReader.count_rows`, after `limit`) and shows ok / errors / retries and, for a metered
+target, the cost so far; the log line says the same with the rate and an ETA. Nothing here
+changes the run: `Progress` only reads the counts it is given.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-__all__ = ["Counts", "Progress"]
+if TYPE_CHECKING:
+    from batchrun.summary import RunSummary
+
+__all__ = ["Counts", "Progress", "show_summary", "summary_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,8 @@ class Progress:
         initial: rows committed by earlier runs (where the bar starts).
         counts: the current counts.
         cost_text: the cost so far ("$0.0123"), or None when nothing is metered.
-        start: when the run started (`time.monotonic()`), for the rate.
+        start: when sending started (`time.monotonic()`; default now), for the rate and the
+            ETA: a run that waited minutes for its endpoint must not count that wait.
     """
 
     def __init__(
@@ -67,7 +73,8 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(
-                total=total,
+                # rows committed beyond the input (a lowered --limit) must not overrun the bar
+                total=None if total is None else max(total, initial),
                 initial=initial,
                 unit="row",
                 file=sys.stderr,
@@ -80,9 +87,21 @@ class Progress:
         bar = self.bar
         if bar is not None:
             bar.update(settled)
+            if bar.total is not None and bar.n > bar.total:
+                bar.total = bar.n  # an estimate fell short: never show more than 100 %
             self._unshown += settled
             if self._unshown >= _SHOW_EVERY:
                 self._show_counts()
+
+    def resend(self, rows: int) -> None:
+        """`rows` counted as done by earlier runs are sent again (`--retry-errors`): the bar
+        starts that much lower, so it ends at its total."""
+        bar = self.bar
+        if bar is not None and rows:
+            bar.n -= rows
+            bar.last_print_n -= rows
+            bar.initial -= rows
+            bar.refresh()
 
     def heartbeat(self) -> None:
         """Called now and then: the log line every `LOG_EVERY_S` when there is no bar."""
@@ -130,3 +149,55 @@ class Progress:
         if cost is not None:
             shown["cost"] = cost
         self.bar.set_postfix(shown, refresh=False)
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    """The end of a run for people: what happened to the rows, the cost, where the files are."""
+    s = summary
+    if s.stop_reason is None and s.error is None:
+        head = "finished"
+    else:
+        head = f"stopped ({s.stop_reason or 'error'})"
+    lines = [
+        f"batchrun: {head} after {_hms(s.elapsed_s)}: {s.rows:,} row(s) this run "
+        f"({s.rows_per_s:,.1f}/s), {s.succeeded:,} ok, {s.failed:,} failed"
+        + (f", {s.retries:,} retries" if s.retries else "")
+    ]
+    rows = []
+    if s.input_rows is not None:
+        rows.append(f"{s.input_rows:,} in the input")
+    if s.skipped_done:
+        rows.append(f"{s.skipped_done:,} done by earlier runs")
+    if s.pending:
+        rows.append(f"{s.pending:,} pending (a rerun sends them)")
+    if rows:
+        lines.append("  rows: " + ", ".join(rows))
+    if s.cost_usd is not None:
+        billed = ""
+        if s.billed_s is not None:
+            idle = f", {s.idle_billed_s:,.0f} s idle" if s.idle_billed_s else ""
+            billed = f" ({s.billed_s:,.0f} s billed{idle})"
+        lines.append(f"  cost: ${s.cost_usd:.4f}{billed}")
+    if s.endpoint is not None:
+        state = s.endpoint_state_at_exit or "unknown"
+        lines.append(f"  endpoint: {s.endpoint}, {state} at exit (on_exit = {s.on_exit})")
+    lines.append(f"  results: {s.output} ({s.results_total:,} row(s))")
+    if s.errors_total:
+        lines.append(f"  errors: {s.errors_path} ({s.errors_total:,} row(s))")
+    return lines
+
+
+def show_summary(summary: RunSummary, *, stream: TextIO | None = None) -> None:
+    """Write `summary_lines` to `stream` (default stderr) when it is a terminal; else nothing
+    (the JSON summary on stdout is for programs)."""
+    out = sys.stderr if stream is None else stream
+    if not out.isatty():
+        return
+    out.write("\n".join(summary_lines(summary)) + "\n")
+    out.flush()
+
+
+def _hms(seconds: float) -> str:
+    h, rest = divmod(max(round(seconds), 0), 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

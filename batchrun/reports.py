@@ -1,12 +1,14 @@
 """Read-only views: `batchrun plan` (what a job would cost), `batchrun status` (where a run
-stands, and which leases are live).
+stands, which runs and leases are live), `batchrun errors` (why rows failed).
 
 Nothing here resumes, creates or sends anything: `plan_job` counts the input cheaply (Parquet
 metadata, a line count), subtracts what the run state says is committed, reads the endpoint's
 state and price when the API answers (or the job's `[budget] price_per_hour`), and estimates
 duration and cost at a given rate or the rate the last run measured (`RunState.last_run`).
 `run_status` reads a run state without taking its lock (`RunState.peek`); `lease_statuses`
-reads the lease registry. The layout of the run state is `RunState`'s alone.
+reads the lease registry; `live_runs` the run index (`RunIndex`). `errors_report` reads the
+committed part of an errors file (`tally_errors`). The layout of the run state is `RunState`'s
+alone. A report names an output or a job file (`resolve_output`).
 """
 
 from __future__ import annotations
@@ -21,18 +23,25 @@ from batchrun.endpoints.client import EndpointsClient
 from batchrun.endpoints.connect import HOME_SERVICE, api_url_for, control_plane, local_price_list
 from batchrun.endpoints.http import ControlRetryPolicy
 from batchrun.endpoints.models import Hardware
-from batchrun.errors import APIConnectionError, BatchrunError, NotFoundError
+from batchrun.errors import APIConnectionError, BatchrunError, InputError, NotFoundError
+from batchrun.io.errors_file import NOT_RETRIED, Tally, tally_errors
 from batchrun.io.readers import open_input
+from batchrun.io.runs import RunIndex
 from batchrun.io.state import RunState
-from batchrun.job import Job
+from batchrun.job import Job, OutputSpec, load_job
 from batchrun.lifecycle.registry import LeaseRecord, LeaseRegistry
 
 __all__ = [
+    "ErrorsReport",
+    "LiveRuns",
     "Plan",
     "RunStatus",
+    "errors_report",
     "lease_lines",
     "lease_statuses",
+    "live_runs",
     "plan_job",
+    "resolve_output",
     "run_status",
 ]
 
@@ -256,6 +265,8 @@ class RunStatus:
     live_pid: int | None
     leases: list[dict[str, Any]]
     last_run: dict[str, Any] | None
+    job: str | None = None
+    errors_by_status: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,6 +275,9 @@ class RunStatus:
         if not self.has_state:
             return [f"{self.output}: no run state (never run, or started over)"]
         out = [f"{self.output}: {self.results:,} results, {self.errors:,} errors committed"]
+        if self.job:
+            out.append(f"job: {self.job}")
+        out.extend(_by_status_lines(self.errors_by_status))
         out.append(f"run: live, pid {self.live_pid}" if self.live_pid else "run: not running")
         for lease in self.leases:
             out.append(_lease_line(lease))
@@ -304,8 +318,66 @@ def _lease_json(registry: LeaseRegistry, record: LeaseRecord) -> dict[str, Any]:
     return data
 
 
-def run_status(output: str, registry: LeaseRegistry | None = None) -> RunStatus:
-    """What the run state of `output` says, its live run, and the leases it holds."""
+def _by_status_lines(by_status: dict[str, dict[str, Any]]) -> list[str]:
+    """`  http_400: 24 (first: input rejected ...)`, one status a line."""
+    if not by_status:
+        return []
+    return ["errors by status:"] + [
+        f"  {name}: {entry['count']:,} (first: {_short(entry['first_error'])})"
+        for name, entry in by_status.items()
+    ]
+
+
+def _short(message: str, limit: int = 160) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def resolve_output(target: str) -> tuple[str, str | None]:
+    """The output a report is about, and the job file that names it (or None).
+
+    `target` is a job file (`*.toml`), an output path (`.jsonl` file or `.parquet` directory),
+    or an errors file (`*.errors.jsonl`, whose output is found by its run state).
+
+    Raises:
+        JobError: a job file that is missing or invalid.
+    """
+    target = target.rstrip("/") or target  # `out.parquet/` is the directory `out.parquet`
+    if target.endswith(".toml"):
+        job = load_job(target)
+        return job.output.path, job.source
+    if target.endswith(".errors.jsonl"):
+        stem = target.removesuffix(".errors.jsonl")
+        for candidate in (stem + ".jsonl", stem + ".parquet"):
+            if RunState.exists(RunState.directory_for(candidate)) or Path(candidate).exists():
+                return candidate, None
+    return target, None
+
+
+def _committed_errors_end(output: str) -> int | None:
+    """The committed byte size of the errors file, per the run state (None: read it all)."""
+    view = RunState.peek(RunState.directory_for(output))
+    if view is None:
+        return None
+    c = view.committed
+    if c.swap_size is not None:  # a --retry-errors rewrite being swapped in: old or new file
+        return None
+    return c.errors_offset
+
+
+def _tally(output: str, *, head: int = 0, status: str | None = None) -> Tally:
+    path = OutputSpec(path=output).errors_path
+    try:
+        return tally_errors(path, end=_committed_errors_end(output), head=head, status=status)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the errors file: {e.strerror or e}") from e
+
+
+def run_status(
+    output: str, registry: LeaseRegistry | None = None, *, job: str | None = None
+) -> RunStatus:
+    """What the run state of `output` says, its live run, the leases it holds, and its errors
+    by status. `job`: the job file that named `output`, if one did."""
     counts = _committed_counts(output)
     directory = RunState.directory_for(output)
     resolved = str(Path(output).resolve())
@@ -322,6 +394,8 @@ def run_status(output: str, registry: LeaseRegistry | None = None) -> RunStatus:
         live_pid=RunState.live_pid(directory),
         leases=leases,
         last_run=RunState.last_run(directory),
+        job=job,
+        errors_by_status=_tally(output).counts() if counts and counts[1] else {},
     )
 
 
@@ -330,3 +404,139 @@ def lease_lines(leases: list[dict[str, Any]]) -> list[str]:
     if not leases:
         return ["no leases: no run holds an endpoint"]
     return [_lease_line(lease) for lease in leases]
+
+
+@dataclass(slots=True, kw_only=True)
+class LiveRuns:
+    """`batchrun status` with no argument: every live run under this home, and every lease."""
+
+    runs: list[dict[str, Any]]
+    leases: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        if not self.runs:
+            out = ["no live runs"]
+        else:
+            out = [f"{len(self.runs)} live run(s):"]
+            for run in self.runs:
+                where = run["endpoint"] or "?"
+                leased = f", lease {', '.join(run['leases'])}" if run["leases"] else ""
+                out.append(
+                    f"run pid {run['pid']}: {run['output']} ({run['results']:,} results, "
+                    f"{run['errors']:,} errors committed), job {run['job'] or '?'}, "
+                    f"{run['provider']} {where}{leased}, since {run['started']}"
+                )
+        return out + lease_lines(self.leases)
+
+
+def live_runs(index: RunIndex | None = None, registry: LeaseRegistry | None = None) -> LiveRuns:
+    """Every run under this home whose output is locked by a live process (any provider),
+    with what it has committed; and every lease, live or dead."""
+    leases = lease_statuses(registry)
+    runs: list[dict[str, Any]] = []
+    for entry, pid in (index or RunIndex()).live():
+        counts = _committed_counts(entry.output) or (0, 0)
+        data = entry.to_json()
+        held = [
+            lease
+            for lease in leases
+            if lease.get("output") and str(Path(lease["output"]).resolve()) == entry.output
+        ]
+        if held:  # the lease knows the namespace the run resolved
+            data["endpoint"] = f"{held[-1]['namespace']}/{held[-1]['endpoint']}"
+        data.update(pid=pid, results=counts[0], errors=counts[1], leases=[h["id"] for h in held])
+        runs.append(data)
+    return LiveRuns(runs=runs, leases=leases)
+
+
+@dataclass(slots=True, kw_only=True)
+class ErrorsReport:
+    """`batchrun errors`: why the rows of one output failed, over all its runs."""
+
+    output: str
+    errors_path: str
+    job: str | None
+    total: int
+    by_status: dict[str, dict[str, Any]]
+    retry: dict[str, Any]
+    status_filter: str | None = None
+    unreadable: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        which = f" with status {self.status_filter}" if self.status_filter else ""
+        if not self.total:
+            return [f"{self.errors_path}: no failed rows{which}"]
+        out = [f"{self.errors_path}: {self.total:,} failed row(s){which}, over all runs"]
+        width = max(len(name) for name in self.by_status)
+        for name, entry in self.by_status.items():
+            first = entry["first_error"]
+            kept = "  [not retried]" if name in NOT_RETRIED else ""
+            out.append(f"  {name:<{width}} {entry['count']:>7,}  {_short(first)}{kept}")
+            for row in entry["rows"]:
+                where = row.get("source") or f"row {row.get('row')}"
+                error = str(row.get("error") or "")
+                said = "" if error == first else f": {_short(error)}"
+                out.append(
+                    f"      {where}  id {row.get('id')!r}, "
+                    f"{row.get('attempts', '?')} attempt(s){said}"
+                )
+            hidden = entry["count"] - len(entry["rows"])
+            if hidden > 0 and entry["rows"]:
+                out.append(f"      … and {hidden:,} more")
+        r = self.retry
+        if r["rows"]:
+            out.append(
+                f"--retry-errors would send {r['rows']:,} row(s) again "
+                f"({', '.join(r['statuses'])}); it leaves {', '.join(sorted(NOT_RETRIED))} alone"
+            )
+        else:
+            out.append("--retry-errors would send nothing again")
+        if self.unreadable:
+            out.append(f"note: {self.unreadable} line(s) of the errors file are not JSON rows")
+        return out
+
+
+def errors_report(target: str, *, head: int = 3, status: str | None = None) -> ErrorsReport:
+    """Counts by status of an output's errors file (its committed part), the first `head`
+    rows of each status, and what `--retry-errors` would send again.
+
+    Args:
+        target: an output path, a job file or an errors file (`resolve_output`).
+        head: rows shown per status.
+        status: only this status.
+
+    Raises:
+        InputError: there is no such output: no results, no errors file, no run state.
+        JobError: a job file that is missing or invalid.
+    """
+    output, job = resolve_output(target)
+    errors_path = OutputSpec(path=output).errors_path
+    if not any(
+        (
+            Path(output).exists(),
+            Path(errors_path).exists(),
+            RunState.exists(RunState.directory_for(output)),
+        )
+    ):
+        raise InputError(f"{target}: no such output (no results, errors file or run state)")
+    tally = _tally(output, head=head, status=status)
+    by_status = {
+        name: {"count": t.count, "first_error": t.first_error, "rows": t.rows}
+        for name, t in tally.by_status.items()
+    }
+    return ErrorsReport(
+        output=output,
+        errors_path=errors_path,
+        job=job,
+        total=tally.total,
+        by_status=by_status,
+        retry={"rows": tally.retryable, "statuses": tally.retryable_statuses},
+        status_filter=status,
+        unreadable=tally.unreadable,
+    )

@@ -8,8 +8,9 @@ open_target(job) ──> url + headers + stop event ─────────�
 
 The target (`batchrun.targets.Target`) gives the URL, the headers and a way to say "stop
 dispatching"; the runner enters it once the input and the run state were checked and leaves it
-(puts the endpoint to rest) however the run ends. The bar and the log lines are
-`batchrun.progress`.
+(puts the endpoint to rest) however the run ends; when every input row is already committed,
+it is never entered (nothing to do costs nothing: no resume, no create, no wake). The bar and
+the log lines are `batchrun.progress`.
 
 A `RunControl` stops a run from outside: the CLI's signal handlers call `stop("sigint")`, a
 second Ctrl-C `stop("sigint", grace=0)`; budget and lease stops arrive through the target's
@@ -31,28 +32,37 @@ import logging
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from batchrun.codecs import RequestCodec, codec_for
-from batchrun.errors import EndpointFailedError, OutputWriteError, RowInputError
+from batchrun.errors import (
+    BatchrunError,
+    EndpointFailedError,
+    EndpointUnusableError,
+    OutputWriteError,
+    RowInputError,
+    RunningLoopError,
+    RunStalledError,
+)
+from batchrun.io.errors_file import NOT_RETRIED, tally_errors
 from batchrun.io.ledger import Ledger
 from batchrun.io.preflight import check_output_location
 from batchrun.io.readers import InputReader, Row, open_input
+from batchrun.io.runs import RunEntry, RunIndex
 from batchrun.io.state import RunState
 from batchrun.job import Job
 from batchrun.pool import Outcome, Pool, Request
 from batchrun.progress import Counts, Progress
-from batchrun.summary import RunSummary, exit_code_for
+from batchrun.summary import RunSummary, exit_code_for, one_line
 from batchrun.targets import StopReason, Target, open_target
 
 __all__ = ["RunControl", "RunSummary", "arun_job", "exit_code_for", "run_job"]
 
 log = logging.getLogger(__name__)
-
-NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
-"""Errors-file statuses `--retry-errors` leaves alone: sending them again cannot help."""
 
 _ID_CHUNK = 256
 """Rows looked up in the on-disk id index at a time (one insert and one select each)."""
@@ -99,7 +109,22 @@ def run_job(
     limit: int | None = None,
     progress: bool = True,
 ) -> RunSummary:
-    """Run a job to the end (or to a stop) and return its summary. See `arun_job`."""
+    """Run a job to the end (or to a stop) and return its summary. See `arun_job`.
+
+    Raises:
+        RunningLoopError: called where an event loop is already running (a notebook, an
+            async app): `await batchrun.arun_job(job)` there instead.
+        BatchrunError: as `arun_job`.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop running: the usual case
+    else:  # checked before the coroutine exists, so none is left un-awaited
+        raise RunningLoopError(
+            "run_job() was called inside a running event loop (Jupyter, an async app): "
+            "use `await batchrun.arun_job(job)` there instead; nothing was started"
+        )
     return asyncio.run(
         arun_job(job, restart=restart, retry_errors=retry_errors, limit=limit, progress=progress)
     )
@@ -129,17 +154,97 @@ async def arun_job(
             and the run state were checked, and left (put to rest) however the run ends.
 
     Returns:
-        the summary, for exit codes 0, 3, 4, 130 and 143.
+        the summary, for exit codes 0, 3, 4, 130 and 143. When every input row is already
+        committed (and `retry_errors` finds nothing to send again), the target is not entered
+        at all: no endpoint is resumed or created, the cost is 0, and the exit code is 0 (3
+        with rows in the errors file).
 
     Raises:
         JobError: a bad job, option or input, found before anything is sent (exit 2);
-            `RunStateError` / `RunLockedError` for a changed input or a live run.
+            `RunStateError` for a changed input.
+        RunLockedError: another live run holds this output (exit 8).
         EndpointError: the endpoint failed or never became ready (exit 5).
+        APIConnectionError: the endpoints API could not be reached (exit 5).
+        EndpointUnusableError: requests failed endpoint-wide (a refused token, a wrong URL or
+            route, undecodable answers, an outage past `[run] outage_timeout`; exit 5): what
+            succeeded is committed, the failed rows stay pending, the target was left
+            normally. Its `.summary` is the run's summary (with `pending`).
+        RunStalledError: rows were pending with nothing in flight (a bug; exit 1); what
+            settled is committed. Its `.summary` is the run's summary.
         EndpointRestError: the endpoint could not be put in its on_exit state (exit 6).
         OutputWriteError: an output or the run state could not be written (disk full, I/O
             error; exit 7): dispatching stopped, the target was exited normally, and the
-            state is at the last good commit. Its `.summary` is the run's summary.
+            state is at the last good commit.
+        Every batchrun error raised here carries `.summary`: the run's summary as far as it
+        got, with `error` (the one-line message) and `exit_code` set.
     """
+    started = _Started()
+    try:
+        return await _arun(
+            job,
+            started,
+            restart=restart,
+            retry_errors=retry_errors,
+            limit=limit,
+            progress=progress,
+            control=control,
+            target=target,
+        )
+    except BatchrunError as e:
+        started.annotate(e, job)
+        raise
+    finally:
+        if started.run is not None:  # for `batchrun status` / `plan`
+            RunState.remember_run(Path(job.output.state_dir), started.run.summary.to_json())
+
+
+@dataclass(slots=True)
+class _Started:
+    """How far `arun_job` got: the summary of a run that raises says what is known."""
+
+    target: Target | None = None
+    entering: bool = False
+    run: _Run | None = None
+
+    def annotate(self, error: BatchrunError, job: Job) -> None:
+        """Give `error` its `.summary` (if it has none yet), with `error` and `exit_code`."""
+        summary = error.summary
+        if summary is None:
+            if self.run is not None:
+                summary = self.run.summary
+            else:  # failed before the run state was opened: what is known
+                summary = RunSummary.of_error(
+                    error, output=job.output.path, errors_path=job.output.errors_path
+                )
+            if self.target is not None:
+                # after trying to enter, the lifecycle fields say what it did (and cost);
+                # before, the target was never touched
+                fields = (
+                    self.target.summary_fields()
+                    if self.entering
+                    else self.target.untouched_fields()
+                )
+                for key, value in fields.items():
+                    setattr(summary, key, value)
+            error.summary = summary
+        if not isinstance(summary, RunSummary):
+            return
+        summary.error = summary.error or one_line(error)
+        summary.exit_code = error.exit_code
+        summary.resumable = summary.resumable or error.exit_code in (5, 7)
+
+
+async def _arun(
+    job: Job,
+    started: _Started,
+    *,
+    restart: bool,
+    retry_errors: bool,
+    limit: int | None,
+    progress: bool,
+    control: RunControl | None,
+    target: Target | None,
+) -> RunSummary:
     if limit is not None:
         job = dataclasses.replace(job, run=dataclasses.replace(job.run, limit=limit))
         job.validate()  # a caller's limit has the range a job file's has
@@ -151,9 +256,16 @@ async def arun_job(
         codec.check_first_row(first)
     check_output_location(job)  # before the Ledger creates anything next to the output
     target = target if target is not None else open_target(job)
+    started.target = target
     ledger = Ledger(job, reader, restart=restart)
     run = _Run(job, reader, codec, ledger, control, progress)
+    noted = RunIndex().note(_run_entry(job))  # under the output's lock: `batchrun status` lists it
     try:
+        started.run = run
+        if not restart and _nothing_to_do(reader, ledger, retry_errors=retry_errors):
+            run.nothing_to_do(target)
+            return run.summary
+        started.entering = True
         if not await _enter(target, control):  # stopped while the endpoint was made ready
             run.summary.stop_reason = control.reason
             run.finish_summary()
@@ -174,19 +286,39 @@ async def arun_job(
         # A lease stopped while getting ready has put its endpoint to rest too: report it.
         for key, value in target.summary_fields().items():
             setattr(run.summary, key, value)
+    except BatchrunError:
+        run.finish_summary()  # committed totals and pending as of the error (ledger still open)
+        raise
     finally:
+        RunIndex.forget(noted)  # before the lock goes with the ledger
         run.close()
-        # for `batchrun status` / `plan`
-        RunState.remember_run(Path(job.output.state_dir), run.summary.to_json())
     if run.write_error is not None:
-        run.write_error.summary = run.summary
         raise run.write_error
+    if run.pool_error is not None:  # endpoint-wide failure (exit 5) or a stall (exit 1)
+        run.pool_error.summary = run.summary
+        raise run.pool_error
     if run.summary.stop_reason == StopReason.ENDPOINT_FAILED:
         reason = target.stop_message or "the endpoint failed mid-run"
         raise EndpointFailedError(
             f"{reason}; {run.summary.results_total} result(s) are committed and a rerun resumes"
         )
     return run.summary
+
+
+def _run_entry(job: Job) -> RunEntry:
+    spec = job.endpoint
+    if spec.provider == "url":  # no userinfo or query on disk: they may carry a secret
+        parts = urlsplit(spec.url or "")
+        netloc = parts.netloc.rpartition("@")[2]
+        name = parts._replace(netloc=netloc, query="", fragment="").geturl()
+    else:
+        name = f"{spec.namespace}/{spec.name}" if spec.namespace else spec.name or ""
+    return RunEntry(
+        output=str(Path(job.output.path).resolve()),
+        job=str(Path(job.source).resolve()) if Path(job.source).is_file() else job.source,
+        provider=spec.provider,
+        endpoint=name,
+    )
 
 
 async def _enter(target: Target, control: RunControl) -> bool:
@@ -211,8 +343,39 @@ async def _enter(target: Target, control: RunControl) -> bool:
     return False
 
 
+def _nothing_to_do(reader: InputReader, ledger: Ledger, *, retry_errors: bool) -> bool:
+    """Whether every input row (up to the limit) is committed and `retry_errors` has nothing
+    to send again: then the run needs no endpoint.
+
+    Reads the input from the ledger's anchor (when every row is committed: the last one) to
+    the first row that is not committed, so a finished input costs a row or two, and a fresh
+    one its first row; nothing is sent.
+    """
+    committed = ledger.committed
+    seq, pos = ledger.anchor
+    for row in reader.rows(start_seq=seq, start=pos):
+        if not committed.is_done(row.seq):
+            return False
+    if retry_errors:
+        return not any(
+            e.get("status") not in NOT_RETRIED and isinstance(e.get("row"), int)
+            for e in ledger.errors_to_retry()
+        )
+    return True
+
+
 _Chunk = tuple[list[Row], list[int | None] | None]
 """Rows read, and for each the earlier row holding its id (a duplicate), or None: no duplicate."""
+
+
+def _describe_rows(key: Any) -> str:
+    """A request's rows for a log line: ``row id 'a'`` or ``rows id 'a', 'b' (+3)``."""
+    rows: list[Row] = key
+    if len(rows) == 1:
+        return f"row id {rows[0].id!r}"
+    shown = ", ".join(repr(row.id) for row in rows[:3])
+    more = f" (+{len(rows) - 3})" if len(rows) > 3 else ""
+    return f"rows id {shown}{more}"
 
 
 class _Run:
@@ -246,13 +409,25 @@ class _Run:
             discarded=ledger.discarded,
         )
         self.progress = progress
-        self.total = reader.count_rows() if progress else None
+        self.total = reader.count_rows()  # cheap (no row decoded): the bar and input_rows
         self.shown: Progress | None = None
         self._bar_tick: Callable[[int], None] | None = None  # shown.tick, when there is a bar
         self._pools: list[Pool] = []
         self.write_error: OutputWriteError | None = None
+        self.pool_error: EndpointUnusableError | RunStalledError | None = None
+        self.read_all = False  # every input row was read and settled: nothing is pending
+        self._counted: tuple[int | None] | None = None  # see _input_rows
 
     # -- the run -----------------------------------------------------------------------------
+    def nothing_to_do(self, target: Target) -> None:
+        """Every row is already committed: the summary of a run that never entered `target`."""
+        done = self.ledger.results_count + self.ledger.errors_count
+        log.warning("nothing to do: %s row%s already done", f"{done:,}", "" if done == 1 else "s")
+        for key, value in target.untouched_fields().items():
+            setattr(self.summary, key, value)
+        self.read_all = True
+        self.finish_summary()
+
     def begin(self) -> bool:
         """Start the ledger (`--restart` discards now); False if that could not be written."""
         if not self._write(self.ledger.begin):
@@ -272,8 +447,7 @@ class _Run:
             initial=self.ledger.committed_at_start,
             counts=self._counts,
             cost_text=target.cost_text,
-            start=self.start,
-        )
+        )  # the rate (and ETA) from now on: not the wait for the endpoint
         if self.shown.bar is not None:
             self._bar_tick = self.shown.tick
         try:
@@ -285,6 +459,7 @@ class _Run:
                 )
                 self.summary.retried_errors = len(seqs)
                 self.summary.skipped_done -= len(seqs)  # they are sent again, not skipped
+                self.shown.resend(len(seqs))
                 if seqs and self._write(self.ledger.start_retry):
                     try:
                         await self._dispatch(target, self._retry_rows(seqs), track=False)
@@ -297,6 +472,13 @@ class _Run:
             target.mark_idle()  # from the last result on, billed time is idle
             if self.write_error is None:
                 self._write(self.ledger.commit)
+            # the input was read to its end, and every row read is settled and committed
+            self.read_all = (
+                not self.stopping
+                and self.write_error is None
+                and self.summary.stop_reason is None
+                and self.ledger.window == 0
+            )
         finally:
             for task in tasks:
                 task.cancel()
@@ -317,6 +499,9 @@ class _Run:
             backoff_max=run.backoff_max,
             retry_after_max=run.retry_after_max,
             scale_up_timeout=run.scale_up_timeout,
+            breaker_window=run.breaker_window,
+            outage_timeout=run.outage_timeout,
+            describe=_describe_rows,
         )
         self._pools.append(pool)
         source = self._requests(rows, track=track)
@@ -324,6 +509,8 @@ class _Run:
             if self.stopping:
                 return
             await pool.run(source, self._on_outcome, paused=self._window_moved)
+            if pool.verdict is not None:
+                self._pool_stopped(pool)
         finally:
             self.summary.retries += pool.stats.retries
             source.close()
@@ -536,6 +723,28 @@ class _Run:
         for pool in self._pools:
             pool.stop(grace=0)
 
+    def _pool_stopped(self, pool: Pool) -> None:
+        """The pool stopped on its own: the endpoint failed endpoint-wide (its rows stay
+        pending; exit 5) or the run stalled (exit 1). What settled is committed as usual."""
+        verdict = pool.verdict
+        if verdict is None or self.pool_error is not None or self.write_error is not None:
+            return
+        if self.total is None:  # for the summary's pending count
+            self.total = self.reader.count_rows()
+        line = verdict.line()
+        if verdict.stalled:
+            self.pool_error = RunStalledError(
+                f"the run stalled (a bug): {verdict.message}; what settled is committed and a "
+                "rerun sends the rest"
+            )
+            self.summary.stop_reason = StopReason.STALLED
+        else:
+            self.pool_error = EndpointUnusableError(line, url=verdict.url, failure=verdict.failure)
+            self.summary.stop_reason = StopReason.ENDPOINT_UNUSABLE
+        self.summary.error = str(self.pool_error)
+        self.stopping = True
+        self.moved.set()
+
     async def _commit_timer(self) -> None:
         period = max(
             0.05, self.ledger.commit_seconds / 4
@@ -599,12 +808,33 @@ class _Run:
         s.results_total = self.ledger.results_count
         s.errors_total = self.ledger.errors_count
         s.input_rows = self.total
-        if self.total is not None:
-            s.pending = max(0, self.total - s.results_total - s.errors_total)
+        total = self.total if self.total is not None or self.read_all else self._input_rows()
+        if total is not None:
+            s.pending = max(0, total - s.results_total - s.errors_total)
+        elif self.read_all and self.write_error is None:
+            s.pending = 0
         s.resumable = s.stop_reason is not None
+        # over the whole errors file, committed part only; nothing to read without errors
+        s.errors_by_status = {}
+        if s.errors_total:
+            end = self.ledger.committed.errors_offset
+            with contextlib.suppress(OSError):  # the counts above stand without it
+                s.errors_by_status = tally_errors(self.job.output.errors_path, end=end).counts()
         s.exit_code = (
             7 if self.write_error is not None else exit_code_for(s.stop_reason, s.errors_total)
         )
+        if self.pool_error is not None and self.write_error is None:
+            s.exit_code = self.pool_error.exit_code
+
+    def _input_rows(self) -> int | None:
+        """The input's rows (when cheap to know), counted once, for `pending` after a stop
+        or an error: a run that read its whole input has none pending without counting."""
+        if self._counted is None:
+            try:
+                self._counted = (self.reader.count_rows(),)
+            except OSError:  # the input went away: then it is not known
+                self._counted = (None,)
+        return self._counted[0]
 
     def close(self) -> None:
         """Commit what completed (a cancelled run keeps it) unless a write failed, then close

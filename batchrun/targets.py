@@ -6,7 +6,8 @@ ends. Its whole interface is here, so the runner asks it, never probes it:
 - `url` and `headers` for the data plane (set once `enter` returned);
 - `stop_event`, set when the target wants dispatching to stop, with `stop_reason` and a
   one-line `stop_message`;
-- `summary_fields()` for the run summary, `mark_idle()` when the last result is in,
+- `summary_fields()` for the run summary (`untouched_fields()` when the run never entered
+  it: nothing to do, or refused first), `mark_idle()` when the last result is in,
   `cost_text()` for the progress bar;
 - `enter()` (wake the endpoint and wait until it serves) and `leave(error)` (put it to rest).
 
@@ -42,6 +43,10 @@ class StopReason(StrEnum):
     SIGTERM = "sigterm"
     ENDPOINT_FAILED = "endpoint_failed"
     OUTPUT_WRITE_FAILED = "output_write_failed"
+    ENDPOINT_UNUSABLE = "endpoint_unusable"
+    """Requests failed endpoint-wide (a bad token, unreachable, undecodable, a long outage)."""
+    STALLED = "stalled"
+    """Rows were pending with nothing in flight (a bug; exit 1)."""
     STOPPED = "stopped"
     """Stopped for a reason the target did not name."""
 
@@ -68,6 +73,8 @@ _EXIT_CODES = {
     StopReason.SIGTERM: 143,
     StopReason.ENDPOINT_FAILED: 5,
     StopReason.OUTPUT_WRITE_FAILED: 7,
+    StopReason.ENDPOINT_UNUSABLE: 5,
+    StopReason.STALLED: 1,
 }
 
 
@@ -121,6 +128,11 @@ class Target(ABC):
 
     def summary_fields(self) -> dict[str, Any]:
         """Fields copied into the `RunSummary` once the target was left (none by default)."""
+        return {}
+
+    def untouched_fields(self) -> dict[str, Any]:
+        """Fields for the `RunSummary` of a run that never entered the target (nothing to do,
+        or refused before): what it is, and that it cost nothing (none by default)."""
         return {}
 
     def mark_idle(self) -> None:
@@ -186,6 +198,17 @@ class _LeaseTarget(Target):
 
     def summary_fields(self) -> dict[str, Any]:
         return self.lease.summary_fields()
+
+    def untouched_fields(self) -> dict[str, Any]:
+        spec = self.lease.job.endpoint
+        return {
+            "endpoint": f"{spec.namespace}/{spec.name}" if spec.namespace else spec.name,
+            "on_exit": spec.on_exit,
+            "endpoint_state_at_exit": None,  # not even read: the run left it as it was
+            "cost_usd": 0.0,
+            "billed_s": 0.0,
+            "idle_billed_s": 0.0,
+        }
 
     def mark_idle(self) -> None:
         self.lease.mark_idle()

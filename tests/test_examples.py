@@ -227,7 +227,8 @@ def test_nightly_pages_naming_the_endpoint_when_it_fails(
     assert result.returncode == 5, nightly.debug()
     page = nightly.alert_text()
     assert page.startswith("PAGE") and "endpoint nightly-tickets" in page and "exit 5" in page
-    assert nightly.summaries("run") == []  # batchrun prints no summary when it raises
+    [failed] = nightly.summaries("run")  # the JSON summary is printed on every exit
+    assert failed["exit_code"] == 5 and failed["error"] in page and failed["resumable"]
 
 
 # The script as a shell on a terminal starts it: SIGINT not ignored. A test runner started in

@@ -33,6 +33,7 @@ RANKS = {
     "batchrun.io": 2,
     "batchrun.budget": 2,
     "batchrun.net": 2,
+    "batchrun.health": 2,
     "batchrun.endpoints.models": 2,
     "batchrun.job": 1,
     "batchrun.home": 1,

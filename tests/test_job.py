@@ -140,8 +140,6 @@ from batchrun.endpoints.auth import resolve_token  # noqa: E402
 from batchrun.job import MAX_JOB_FILE_BYTES, RANGES  # noqa: E402
 from batchrun.targets import open_target  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _sections(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
     data: dict[str, dict[str, Any]] = {
@@ -246,13 +244,7 @@ def test_range_ends_are_accepted(section: str, key: str) -> None:
         assert getattr(getattr(job, section), key) == value
 
 
-def test_readme_lists_every_range() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("### Job keys and their ranges", 1)[1].split("\n## ", 1)[0]
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line[:4] == "| `["}
-    for section, ranges in RANGES.items():
-        for key, allowed in ranges.items():
-            assert allowed.describe() in rows[f"`[{section}] {key}`"], (section, key)
+# The README's table of every key, with these ranges: tests/test_readme.py.
 
 
 @pytest.mark.parametrize(

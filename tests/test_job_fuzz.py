@@ -596,12 +596,17 @@ def test_invalid_jobs_and_options_exit_2_with_one_line(
     assert result.exit_code == 2, f"{case.kind}: exit {result.exit_code}: {err}{out[:300]}"
     if err.startswith("Usage:"):
         assert err.splitlines()[-1].startswith("Error: "), err
+        summary = orjson.loads(out)  # a bad option gets the JSON summary too
+        assert summary["exit_code"] == 2 and summary["error"] == err.splitlines()[-1][7:], out
     else:
         assert err.startswith("batchrun: error: ") and err.count("\n") == 1, err
         assert "\r" not in err, err
-    assert out == ""
+        summary = orjson.loads(out)  # the JSON summary is printed on every exit
+        assert summary["exit_code"] == 2 and summary["error"] == err.strip().removeprefix(
+            "batchrun: error: "
+        ), out
     if case.secret is not None:
-        assert case.secret not in err
+        assert case.secret not in err + out
     assert _tree(where) == tree, f"{case.kind}: the refused run wrote something: {err}"
     assert app.stats()["requests"] == before, f"{case.kind}: a request was sent: {err}"
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from batchrun.endpoints import SyncEndpointsClient
@@ -70,7 +71,7 @@ def test_missing_endpoint_is_created_run_then_paused_then_resumed(
     assert 0 <= summary["idle_billed_s"] <= summary["billed_s"]
     assert state_of(api, "fresh") == "paused"
     assert LeaseRegistry().records() == []
-    # the next run finds it paused, resumes it, and pauses it again
+    # the next run has nothing to do: it leaves the endpoint paused without resuming it
     code, summary, err = finish(start_run(job, local_service.token, "--retry-errors"))
     assert code == 0, err
     assert summary["skipped_done"] == 30 and summary["succeeded"] == 0
@@ -253,7 +254,11 @@ def test_on_exit_failing_is_exit_6_naming_the_pause_command(
         proxy.fail_pause = True
         code, summary, err = finish(start_run(job, local_service.token))
         assert code == 6, err
-        assert summary == {}
+        # the summary is printed on every exit: the rows are done, the endpoint is not at rest
+        assert summary["exit_code"] == 6 and summary["succeeded"] == 20, summary
+        assert summary["endpoint_state_at_exit"] == "unknown" and summary["pending"] == 0
+        assert "batchrun endpoints pause sticky" in summary["error"]
+        assert local_service.token not in orjson.dumps(summary).decode()
         assert "local/sticky could not be put in its on_exit state (pause)" in err
         assert f"batchrun endpoints pause sticky --namespace local --api-url {proxy.url}" in err
         assert local_service.token not in err

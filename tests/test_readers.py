@@ -57,7 +57,7 @@ def test_gzip_jsonl_and_id_field(tmp_path: Path) -> None:
     reader = open_input(InputSpec(path=str(path), id_field="id"))
     rows = list(reader.rows())
     assert [r.id for r in rows] == [f"k{i}" for i in range(20)]
-    assert reader.count_rows() is None
+    assert reader.count_rows() == 20
     again = list(reader.rows(start_seq=12, start=rows[12].pos))
     assert [r.id for r in again] == [f"k{i}" for i in range(12, 20)]
 
@@ -93,7 +93,7 @@ def test_csv_streaming_strings_and_seek(tmp_path: Path) -> None:
     assert [r.id for r in reader.rows(start_seq=250, start=rows[250].pos)] == [
         str(i) for i in range(250, 300)
     ]
-    assert reader.count_rows() is None
+    assert reader.count_rows() == 300
 
 
 def test_glob_sorted_relpath_ids_and_limit(tmp_path: Path) -> None:

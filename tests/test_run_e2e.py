@@ -193,8 +193,10 @@ def test_limit_takes_the_same_first_rows(tmp_path: Path, endpoint_app: EndpointA
     code, out, _ = _cli("run", str(job_file), "--limit", "10", "--quiet")
     assert code == 0 and orjson.loads(out)["skipped_done"] == 10
     assert sorted(r["id"] for r in read_results(tmp_path / "out/r.jsonl")) == list(range(10))
-    code, _, err = _cli("run", str(job_file), "--quiet")
-    assert code == 2 and "job limit changed (10 -> None)" in err
+    code, out, err = _cli("run", str(job_file), "--quiet")  # no limit: the rest of the rows
+    assert code == 0, err
+    assert orjson.loads(out)["succeeded"] == 110 and orjson.loads(out)["skipped_done"] == 10
+    assert sorted(r["id"] for r in read_results(tmp_path / "out/r.jsonl")) == list(range(120))
 
 
 def _bad_job(tmp_path: Path, url: str, case: str) -> tuple[Path, str]:
@@ -218,7 +220,8 @@ def test_bad_input_before_anything_is_sent_exits_2(
     code, out, err = _cli("run", str(job_file), "--quiet")
     assert code == 2, err
     assert message in err and err.startswith("batchrun: error: ") and err.count("\n") == 1
-    assert out == ""
+    summary = orjson.loads(out)  # printed on every exit, with the error line
+    assert summary["exit_code"] == 2 and message in summary["error"] and summary["rows"] == 0
     assert endpoint_app.stats()["requests"] == 0
     assert not (tmp_path / "out/r.jsonl").exists()
 
@@ -247,10 +250,11 @@ def test_changed_input_refused_then_restart_says_what_it_discards(
     write_jsonl(tmp_path / "in.jsonl", _rows(20))
     job_file = _job(tmp_path, endpoint_app.url, "in.jsonl", "out/r.jsonl")
     assert _cli("run", str(job_file), "--quiet")[0] == 0
-    write_jsonl(tmp_path / "in.jsonl", _rows(25))
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "changed"}, *_rows(25)[1:]])
     code, out, err = _cli("run", str(job_file), "--quiet")
-    assert code == 2 and out == ""
-    assert "input file in.jsonl changed size" in err and "--restart" in err
+    assert code == 2 and orjson.loads(out)["exit_code"] == 2
+    assert "input file in.jsonl changed in its committed part: bytes 0-" in err, err
+    assert "(from line 1)" in err and "--restart" in err
     code, out, err = _cli("run", str(job_file), "--quiet", "--restart")
     assert code == 0
     summary = orjson.loads(out)  # the same line is logged at WARNING (stderr in the CLI)
@@ -274,7 +278,8 @@ def test_second_live_run_on_the_same_output_is_refused(
             what="the first run's requests to be held",
         )
         code, out, err = _cli("run", str(job_file), "--quiet")
-        assert code == 8 and out == ""  # busy, not a bad job: a scheduler tries later
+        assert code == 8  # busy, not a bad job: a scheduler tries later
+        assert orjson.loads(out)["exit_code"] == 8
         assert f"another run is live on this output (pid {first.pid})" in err
         first.terminate()
         wait_for(lambda: "SIGTERM: finishing" in log.read_text(), what="the first run's SIGTERM")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -12,7 +13,7 @@ import pytest
 from batchrun.errors import RunLockedError, RunStateError
 from batchrun.io.ledger import Ledger
 from batchrun.io.readers import InputReader, open_input
-from batchrun.io.state import RunState
+from batchrun.io.state import RunState, fingerprint_files
 from batchrun.job import Job
 
 
@@ -97,15 +98,141 @@ def test_all_committed_watermark_passes_the_last_row(tmp_path: Path) -> None:
 def test_changed_input_and_job_are_refused_with_what_changed(tmp_path: Path) -> None:
     _input(tmp_path)
     job = _job(tmp_path)
-    _ledger(job).close()
+    ledger = _ledger(job)
+    for r in list(ledger_reader(job).rows())[:10]:
+        ledger.track(r.seq, r.pos)
+        ledger.add_result(r.seq, {"id": r.seq})
+    ledger.commit()
+    ledger.close()
     with pytest.raises(RunStateError, match=r"job parameters changed .*--restart"):
         _ledger(_job(tmp_path, parameters={"max_new_tokens": 3})).close()
-    _input(tmp_path, 31)
-    with pytest.raises(RunStateError, match=r"input file in.jsonl changed size"):
+    data = (tmp_path / "in.jsonl").read_bytes()
+    (tmp_path / "in.jsonl").write_bytes(data.replace(b'"t3"', b'"T3"'))  # same size, row 3
+    with pytest.raises(
+        RunStateError, match=r"input file in.jsonl changed in its committed part: bytes 0-"
+    ):
         _ledger(job).close()
     os.utime(tmp_path / "in.jsonl", ns=(1, 1))
     _ledger(job, restart=True).close()
     _ledger(_job(tmp_path)).close()  # concurrency is not part of the fingerprint
+
+
+def test_state_made_before_content_checks_is_adopted(tmp_path: Path) -> None:
+    _input(tmp_path)
+    job = _job(tmp_path)
+    ledger = _ledger(job)
+    for r in list(ledger_reader(job).rows())[:10]:
+        ledger.track(r.seq, r.pos)
+        ledger.add_result(r.seq, {"id": r.seq})
+    ledger.commit()
+    ledger.close()
+    # as an older batchrun left it: the files in the fingerprint (with limit), no covers
+    db = sqlite3.connect(RunState.database(tmp_path / "out/r.jsonl.batchrun"))
+    reader = ledger_reader(job)
+    old = {
+        "input": job.input.path,
+        "files": fingerprint_files(reader.files, reader.relpaths),
+        "job": job.fingerprint_fields(),
+        "output_format": "jsonl",
+    }
+    with db:
+        db.execute("DELETE FROM meta WHERE key LIKE 'cover.%'")
+        db.execute("DELETE FROM input_blocks")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'fingerprint'", (orjson.dumps(old),))
+    db.close()
+    os.utime(tmp_path / "in.jsonl", ns=(1, 1))
+    again = _ledger(job)  # head and tail as fingerprinted: adopted, covered from now on
+    assert again.watermark == 10
+    again.close()
+    data = (tmp_path / "in.jsonl").read_bytes()
+    (tmp_path / "in.jsonl").write_bytes(data.replace(b'"t3"', b'"T3"'))
+    with pytest.raises(RunStateError, match=r"in.jsonl changed in its committed part: bytes 0-"):
+        _ledger(job).close()
+
+
+def test_ids_indexed_after_the_committed_rows_are_forgotten_on_resume(tmp_path: Path) -> None:
+    def write(ids: list[str]) -> None:
+        (tmp_path / "in.jsonl").write_bytes(
+            b"".join(orjson.dumps({"id": i, "text": i}) + b"\n" for i in ids)
+        )
+
+    ids = [f"r{i:02d}" for i in range(20)]
+    write(ids)
+    job = Job.from_dict(
+        {
+            "endpoint": {"provider": "url", "url": "http://127.0.0.1:9"},
+            "input": {"path": str(tmp_path / "in.jsonl"), "field": "text", "id_field": "id"},
+            "output": {"path": str(tmp_path / "out/r.jsonl")},
+        }
+    )
+    ledger = _ledger(job)
+    rows = list(ledger_reader(job).rows())
+    assert ledger.first_seqs([(r.id, r.seq) for r in rows]) == [None] * 20  # all 20 indexed
+    for r in rows[:10]:  # only the first 10 committed: the run is then "killed"
+        ledger.track(r.seq, r.pos)
+        ledger.add_result(r.seq, {"id": r.id})
+    ledger.commit()
+    ledger.close()
+    # the uncommitted rows change (same length): r15 is now only at row 18
+    write([*ids[:15], "zzz", *ids[16:18], "r15", ids[19]])
+    again = _ledger(job)
+    rest = list(ledger_reader(job).rows())[10:]
+    assert again.first_seqs([(r.id, r.seq) for r in rest]) == [None] * 10
+    again.close()
+
+
+def test_committed_part_ends_at_the_highest_committed_row(tmp_path: Path) -> None:
+    _input(tmp_path)  # 30 rows {"text": "tN"}
+    job = _job(tmp_path)
+    ledger = _ledger(job)
+    for r in list(ledger_reader(job).rows())[:12]:
+        ledger.track(r.seq, r.pos)
+    for seq in (0, 1, 2, 5, 9):  # 3, 4, 6-8, 10, 11 in flight when the run is killed
+        ledger.add_result(seq, {"id": seq})
+    ledger.commit()
+    ledger.close()
+    data = (tmp_path / "in.jsonl").read_bytes()
+    # rows after the highest committed one (9) may change, even in size
+    (tmp_path / "in.jsonl").write_bytes(data.replace(b'"t10"', b'"t10 edited"') + b'{"text":"x"}\n')
+    again = _ledger(job)
+    assert again.watermark == 3 and again.done_above == {5, 9}
+    again.close()
+    # a row below it, committed or not, may not
+    (tmp_path / "in.jsonl").write_bytes(data.replace(b'"t7"', b'"T7"'))
+    with pytest.raises(RunStateError, match=r"bytes 0-\d+ differ .*\(from line 1\)"):
+        _ledger(job).close()
+
+
+def test_new_file_after_the_committed_ones_is_read_from_its_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n in (("a", 3), ("c", 3)):  # c.jsonl starts with a blank line
+        (data / f"{name}.jsonl").write_bytes(
+            (b"\n" if name == "c" else b"")
+            + b"".join(orjson.dumps({"text": f"{name}{i}"}) + b"\n" for i in range(n))
+        )
+    job = Job.from_dict(
+        {
+            "endpoint": {"provider": "url", "url": "http://127.0.0.1:9"},
+            "input": {"path": str(data / "*.jsonl"), "field": "text"},
+            "output": {"path": str(tmp_path / "out/r.jsonl")},
+        }
+    )
+    ledger = _ledger(job)
+    rows = list(ledger_reader(job).rows())
+    for r in rows[:5]:  # a.jsonl committed; c.jsonl's first rows read, then the run stops
+        ledger.track(r.seq, r.pos)
+    for seq in (0, 1, 2):
+        ledger.add_result(seq, {"id": rows[seq].id})
+    ledger.commit()
+    assert ledger.committed.anchor_pos == rows[3].pos and rows[3].pos[:3] == (1, 0, 1)
+    ledger.close()
+    (data / "b.jsonl").write_bytes(b'{"text": "b0"}\n')  # sorts after a, before c
+    again = _ledger(job)
+    seq, pos = again.anchor
+    again.close()
+    rest = [r.id for r in ledger_reader(job).rows(start_seq=seq, start=pos)]
+    assert rest == ["b.jsonl:0", "c.jsonl:0", "c.jsonl:1", "c.jsonl:2"]
 
 
 def test_second_live_run_is_locked_out_with_its_pid(tmp_path: Path) -> None:
@@ -155,9 +282,13 @@ def test_duplicate_ids_on_disk_first_wins(tmp_path: Path) -> None:
     # chunks larger than one SELECT's worth of ids
     many = [(f"id{i}", 10 + i) for i in range(1200)] + [("id7", 2000)]
     assert ledger.first_seqs(many) == [None] * 1200 + [17]
+    ledger.track(0, (0, 0, 0, 1))
+    ledger.add_result(0, {"id": "a"})
+    ledger.commit()
     ledger.close()
-    again = _ledger(job)
+    again = _ledger(job)  # entries of committed rows stay; the others are indexed again
     assert again.first_seqs([("a", 7)]) == [0]
+    assert again.first_seqs([("b", 8)]) == [None]
     again.close()
 
 

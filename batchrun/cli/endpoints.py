@@ -1,8 +1,9 @@
 """`batchrun endpoints …`: every operation of the Inference Endpoints API from the shell.
 
 The commands mirror huggingface_hub's `hf endpoints` where they overlap (`ls`, `describe`,
-`deploy`, `--repo`, `--json`, `-q/--quiet`, `--scaling-metric`, ...). Each one parses its
-options and calls `EndpointsClient`; errors surface as batchrun errors, which the top-level
+`deploy`, `--repo`, `--json`, `-q/--quiet`, `--no-truncate`, `-e/--env`, `--env-file`,
+`-s/--secrets`, `--secrets-file`, `--scaling-metric`, ...), and every help page ends with
+examples. Each one parses its options and calls `EndpointsClient`; errors surface as batchrun errors, which the top-level
 group prints as one line with the documented exit code: 0 done; 2 bad arguments or the API
 refused; 5 the endpoint failed, `wait` timed out, or the API could not be reached; 1 anything
 else.
@@ -11,17 +12,20 @@ else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
 
+from batchrun.cli.envfile import parse_env_text, read_env_file, resolve_pairs
 from batchrun.endpoints import Endpoint, EndpointsClient, Hardware
+from batchrun.endpoints.auth import resolve_token
 from batchrun.endpoints.connect import HOME_SERVICE, control_plane
 from batchrun.endpoints.payloads import CREATE_DEFAULTS, ENDPOINT_TYPES, SCALING_METRICS, CreateSpec
 from batchrun.job import parse_duration
@@ -132,16 +136,48 @@ class _Duration(click.ParamType[float]):
             self.fail(str(e), param, ctx)
 
 
-def _pairs(values: Sequence[str], option: str) -> dict[str, str] | None:
-    if not values:
+def _variables(
+    items: Sequence[str], path: str | None, *, option: str, file_option: str
+) -> dict[str, str] | None:
+    """A dotenv file's variables, then the `KEY=VALUE` / `NAME` options over them (as `hf`
+    does); None when neither is given.
+
+    Raises:
+        InputError: a missing file, a bad line (file:line), a NAME not in the environment.
+    """
+    if not items and path is None:
         return None
+    environ = _Environ()
     out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
-        out[key.strip()] = value
+    if path is not None:
+        text, source = read_env_file(path, file_option)
+        out.update(parse_env_text(text, source, environ))
+    out.update(resolve_pairs(items, option, environ))
     return out
+
+
+class _Environ(Mapping[str, str]):
+    """The environment a bare NAME is read from, where `HF_TOKEN` falls back to your Hugging
+    Face token (`$HUGGING_FACE_HUB_TOKEN`, the token file), so that `-s HF_TOKEN` works after
+    `hf auth login`, as in `hf`. The token is looked up only when HF_TOKEN is asked for."""
+
+    def __getitem__(self, key: str) -> str:
+        if key in os.environ:
+            return os.environ[key]
+        if key == "HF_TOKEN" and (token := resolve_token()):
+            return token
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
+
+
+def _examples(*commands: str) -> str:
+    """A help page's closing Examples section; `\b` keeps click from rewrapping the lines."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {c}" for c in commands)
 
 
 def _custom_image(
@@ -162,7 +198,16 @@ def _custom_image(
 # -- output -------------------------------------------------------------------------------
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+_CELL_WIDTH = 40  # a longer cell is cut with "…" unless --no-truncate
+
+
+def _cut(cell: str) -> str:
+    return cell if len(cell) <= _CELL_WIDTH else cell[: _CELL_WIDTH - 1] + "…"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, truncate: bool = True) -> None:
+    if truncate:
+        rows = [[_cut(cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for line in [list(headers), *rows]:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(line[:-1])] + [line[-1]]
@@ -211,9 +256,20 @@ def _json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
+def _shown(raw: dict[str, Any]) -> dict[str, Any]:
+    """The server's JSON with any secret values hidden: an API that echoes `model.secrets`
+    back must not put them on a terminal or in a log."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or not model.get("secrets"):
+        return raw
+    secrets = model["secrets"]
+    hidden = {k: "***" for k in secrets} if isinstance(secrets, dict) else "***"
+    return {**raw, "model": {**model, "secrets": hidden}}
+
+
 def _show(endpoint: Endpoint, *, as_json: bool, quiet: bool) -> None:
     if as_json:
-        _json(endpoint.raw)
+        _json(_shown(endpoint.raw))
     elif quiet:
         click.echo(endpoint.name)
     else:
@@ -226,6 +282,11 @@ def _hint(text: str) -> None:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the server's JSON.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print only names, one a line.")
+no_truncate_option = click.option(
+    "--no-truncate",
+    is_flag=True,
+    help=f"Show every table cell whole (longer than {_CELL_WIDTH} characters they are cut with …).",
+)
 
 
 def _wait_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -247,26 +308,42 @@ def _wait_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 # -- commands -----------------------------------------------------------------------------
 
 
-@click.group(cls=_EndpointsGroup)
+@click.group(
+    cls=_EndpointsGroup,
+    epilog=_examples(
+        "batchrun endpoints list --local",
+        "batchrun endpoints create echo --local --repo batchrun/echo --task text-generation --wait",
+        "batchrun endpoints pause my-endpoint --namespace my-org",
+    ),
+)
 def endpoints() -> None:
     """Manage Inference Endpoints: Hugging Face's, or the local service's (`batchrun serve`).
 
-    Names from `hf endpoints` work too: `ls`, `describe`, `deploy`, `--repo`.
+    Names from `hf endpoints` work too: `ls`, `describe`, `deploy`, `--repo`, `-e/--env`,
+    `--env-file`, `-s/--secrets`, `--secrets-file`, `--no-truncate`.
 
     Exit codes: 0 done; 2 bad arguments, or the API refused (401, 403, 404, 409, 422); 5 the
     endpoint failed, `wait` timed out, or the API could not be reached; 1 anything else.
     """
 
 
-@endpoints.command("list")
+@endpoints.command(
+    "list",
+    epilog=_examples(
+        "batchrun endpoints list",
+        "batchrun endpoints ls --local -q",
+        "batchrun endpoints list --namespace '*' --no-truncate",
+    ),
+)
 @api_options
 @json_option
 @quiet_option
-def list_(api: _Api, as_json: bool, quiet: bool) -> None:
+@no_truncate_option
+def list_(api: _Api, as_json: bool, quiet: bool, no_truncate: bool) -> None:
     """List endpoints (alias: ls); `--namespace '*'` lists yours and every organization's."""
     found = api.run(lambda c: c.list(api.namespace))
     if as_json:
-        _json([e.raw for e in found])
+        _json([_shown(e.raw) for e in found])
         return
     if quiet:
         for e in found:
@@ -291,10 +368,17 @@ def list_(api: _Api, as_json: bool, quiet: bool) -> None:
     if api.namespace == "*":
         headers.insert(0, "NAMESPACE")
         rows = [[e.namespace, *row] for e, row in zip(found, rows, strict=True)]
-    _table(headers, rows)
+    _table(headers, rows, truncate=not no_truncate)
 
 
-@endpoints.command("get")
+@endpoints.command(
+    "get",
+    epilog=_examples(
+        "batchrun endpoints get my-endpoint",
+        "batchrun endpoints describe my-endpoint --namespace my-org --json",
+        "batchrun endpoints get echo --local",
+    ),
+)
 @click.argument("name")
 @api_options
 @json_option
@@ -363,19 +447,35 @@ def _model_options(fn: Callable[..., Any], *, create: bool) -> Callable[..., Any
             "--port", type=click.IntRange(1, 65535), help="Port --custom-image listens on."
         ),
         click.option(
+            "-e",
             "--env",
             "env",
             multiple=True,
-            metavar="KEY=VALUE",
-            help="Container environment (repeatable).",
+            metavar="KEY=VALUE|NAME",
+            help="Container environment variable (repeatable); a bare NAME takes its value "
+            "from your environment.",
         ),
         click.option(
-            "--secret",
+            "--env-file",
+            metavar="PATH",
+            help="Container environment from a dotenv file (KEY=VALUE lines, # comments; "
+            "`-` reads stdin); -e options override it.",
+        ),
+        click.option(
+            "-s",
             "--secrets",
+            "--secret",
             "secrets",
             multiple=True,
-            metavar="KEY=VALUE",
-            help="Secret container environment (repeatable).",
+            metavar="NAME|KEY=VALUE",
+            help="Secret container environment variable (repeatable). Prefer NAME: the value "
+            "is read from your environment (e.g. -s HF_TOKEN) and never shown; KEY=VALUE puts "
+            "it in your shell history.",
+        ),
+        click.option(
+            "--secrets-file",
+            metavar="PATH",
+            help="Secrets from a dotenv file (`-` reads stdin); -s options override it.",
         ),
         click.option("--tag", "tags", multiple=True, help="Tag (repeatable)."),
         click.option(
@@ -394,6 +494,8 @@ def _model_options(fn: Callable[..., Any], *, create: bool) -> Callable[..., Any
 
 def _fields(kw: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for create/update from the shared options."""
+    if kw["env_file"] == "-" and kw["secrets_file"] == "-":
+        raise click.UsageError("only one of --env-file and --secrets-file can read stdin (-)")
     return {
         "repository": kw["repository"],
         "task": kw["task"],
@@ -408,14 +510,40 @@ def _fields(kw: dict[str, Any]) -> dict[str, Any]:
         "scaling_metric": kw["scaling_metric"],
         "scaling_threshold": kw["scaling_threshold"],
         "custom_image": _custom_image(kw["custom_image"], kw["health_route"], kw["port"]),
-        "env": _pairs(kw["env"], "--env"),
-        "secrets": _pairs(kw["secrets"], "--secret"),
+        "env": _variables(kw["env"], kw["env_file"], option="--env", file_option="--env-file"),
+        "secrets": _secrets(kw["secrets"], kw["secrets_file"]),
         "tags": list(kw["tags"]) or None,
         "type": kw["endpoint_type"],
     }
 
 
-@endpoints.command("create")
+def _secrets(items: Sequence[str], path: str | None) -> dict[str, str] | None:
+    if any("=" in item for item in items):
+        _hint(
+            "batchrun: warning: -s KEY=VALUE leaves the value in your shell history and in `ps`; "
+            "prefer -s NAME (read from your environment) or --secrets-file"
+        )
+    if path not in (None, "-") and os.name == "posix":
+        with contextlib.suppress(OSError):  # a missing file is read's to report
+            mode = os.stat(path).st_mode & 0o777
+            if mode & 0o077:
+                _hint(
+                    f"batchrun: warning: {path} is readable by other users (mode {mode:o}); "
+                    f"chmod 600 {path}"
+                )
+    return _variables(items, path, option="--secrets", file_option="--secrets-file")
+
+
+@endpoints.command(
+    "create",
+    epilog=_examples(
+        "batchrun endpoints create echo --local --repo batchrun/echo --task text-generation --wait",
+        "batchrun endpoints deploy my-endpoint --repo gpt2 --task text-generation "
+        "--instance-size x4 --env-file prod.env -s HF_TOKEN",
+        "batchrun endpoints create embed --repo sentence-transformers/all-MiniLM-L6-v2 "
+        "--task feature-extraction --min-replica 0 --scale-to-zero-timeout 15",
+    ),
+)
 @click.argument("name")
 @functools.partial(_model_options, create=True)
 @click.option("--vendor", default=CREATE_DEFAULTS["vendor"], show_default=True)
@@ -455,7 +583,14 @@ def create(
         _hint(f"wait for it with: batchrun endpoints wait {name} --namespace {endpoint.namespace}")
 
 
-@endpoints.command("update")
+@endpoints.command(
+    "update",
+    epilog=_examples(
+        "batchrun endpoints update my-endpoint --min-replica 0 --max-replica 2",
+        "batchrun endpoints update my-endpoint -e MAX_BATCH_SIZE=16 --secrets-file secrets.env",
+        "batchrun endpoints update echo --local --instance-size x4 --json",
+    ),
+)
 @click.argument("name")
 @functools.partial(_model_options, create=False)
 @api_options
@@ -468,7 +603,7 @@ def update(name: str, api: _Api, as_json: bool, quiet: bool, **kw: Any) -> None:
     _show(api.run(lambda c: c.update(name, **fields)), as_json=as_json, quiet=quiet)
 
 
-def _lifecycle(action: str, doc: str) -> click.Command:
+def _lifecycle(action: str, doc: str, examples: str) -> click.Command:
     @click.argument("name")
     @api_options
     @json_option
@@ -478,16 +613,35 @@ def _lifecycle(action: str, doc: str) -> click.Command:
         _show(api.run(lambda c: getattr(c, action)(name)), as_json=as_json, quiet=quiet)
 
     command.__doc__ = doc
-    return endpoints.command(action.replace("_", "-"))(command)
+    return endpoints.command(action.replace("_", "-"), epilog=examples)(command)
 
 
-_lifecycle("pause", "Pause an endpoint: it stops billing and starts again only on `resume`.")
 _lifecycle(
-    "scale_to_zero", "Scale an endpoint to zero: it stops billing and wakes on the next request."
+    "pause",
+    "Pause an endpoint: it stops billing and starts again only on `resume`.",
+    _examples(
+        "batchrun endpoints pause my-endpoint",
+        "batchrun endpoints pause echo --local -q",
+        "batchrun endpoints pause my-endpoint --namespace my-org --json",
+    ),
+)
+_lifecycle(
+    "scale_to_zero",
+    "Scale an endpoint to zero: it stops billing and wakes on the next request.",
+    _examples(
+        "batchrun endpoints scale-to-zero my-endpoint",
+        "batchrun endpoints scale-to-zero echo --local --json",
+    ),
 )
 
 
-@endpoints.command("resume")
+@endpoints.command(
+    "resume",
+    epilog=_examples(
+        "batchrun endpoints resume my-endpoint --wait --timeout 15m",
+        "batchrun endpoints resume echo --local --fail-if-already-running",
+    ),
+)
 @click.argument("name")
 @click.option("--fail-if-already-running", is_flag=True, help="Fail (exit 2) if it already runs.")
 @click.option("--wait", "wait_ready", is_flag=True, help="Wait until it is ready.")
@@ -517,23 +671,88 @@ def resume(
     _show(api.run(go), as_json=as_json, quiet=quiet)
 
 
-@endpoints.command("delete")
+@endpoints.command(
+    "delete",
+    epilog=_examples(
+        "batchrun endpoints delete my-endpoint",
+        "batchrun endpoints delete echo --local --yes",
+        "batchrun endpoints delete my-endpoint --namespace my-org --yes --json",
+    ),
+)
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @api_options
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"name", "namespace", "deleted": true}.'
+)
 @quiet_option
-def delete(name: str, api: _Api, yes: bool, quiet: bool) -> None:
+def delete(name: str, api: _Api, yes: bool, as_json: bool, quiet: bool) -> None:
     """Delete an endpoint for good (pause it instead to keep it)."""
     api.single_namespace()
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError(f"deleting {name!r} cannot be undone; pass --yes to confirm")
         click.confirm(f"Delete endpoint {name!r} for good?", abort=True, err=True)
-    api.run(lambda c: c.delete(name))
-    click.echo(name if quiet else f"deleted {name}")
+
+    async def go(c: EndpointsClient) -> str:
+        await c.delete(name)
+        return await c.namespace()
+
+    namespace = api.run(go)
+    if as_json:
+        _json({"name": name, "namespace": namespace, "deleted": True})
+    else:
+        click.echo(name if quiet else f"deleted {namespace}/{name}")
 
 
-@endpoints.command("wait")
+@endpoints.command(
+    "status",
+    epilog=_examples(
+        "batchrun endpoints status my-endpoint",
+        "batchrun endpoints status echo --local -q",
+        "batchrun endpoints status my-endpoint --namespace my-org --json",
+    ),
+)
+@click.argument("name")
+@api_options
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"name", "namespace", "state", "message", "url", "readyReplica", "targetReplica"}.',
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the state, e.g. for a script.")
+def status(name: str, api: _Api, as_json: bool, quiet: bool) -> None:
+    """Show one endpoint's state in one line: state, replicas ready/target, URL, message."""
+    api.single_namespace()
+    e = api.run(lambda c: c.get(name))
+    if as_json:
+        _json(
+            {
+                "name": e.name,
+                "namespace": e.namespace,
+                "state": e.state_text,
+                "message": e.message,
+                "url": e.url,
+                "readyReplica": e.ready_replica,
+                "targetReplica": e.target_replica,
+            }
+        )
+    elif quiet:
+        click.echo(e.state_text)
+    else:
+        replicas = f"{_text(e.ready_replica)}/{_text(e.target_replica)}"
+        parts = [f"{e.namespace}/{e.name}", e.state_text, replicas, _text(e.url)]
+        click.echo("  ".join([*parts, e.message] if e.message else parts))
+
+
+@endpoints.command(
+    "wait",
+    epilog=_examples(
+        "batchrun endpoints wait my-endpoint --timeout 10m",
+        "batchrun endpoints wait echo --local --refresh-every 1 -q",
+    ),
+)
 @click.argument("name")
 @_wait_options
 @api_options
@@ -548,16 +767,25 @@ def wait(
     _show(endpoint, as_json=as_json, quiet=quiet)
 
 
-@endpoints.command("hardware")
+@endpoints.command(
+    "hardware",
+    epilog=_examples(
+        "batchrun endpoints hardware --accelerator gpu",
+        "batchrun endpoints hardware --vendor aws --region us-east-1 --json",
+        "batchrun endpoints hardware --local --accelerator cpu",
+    ),
+)
 @click.option("--vendor", help="Only this cloud vendor, e.g. aws.")
 @click.option("--accelerator", help="Only this accelerator: cpu, gpu, neuron.")
 @click.option("--region", help="Only this region, e.g. us-east-1.")
 @click.option("--instance-type", help="Only this instance type, e.g. nvidia-l4.")
 @api_options
 @json_option
+@no_truncate_option
 def hardware(
     api: _Api,
     as_json: bool,
+    no_truncate: bool,
     vendor: str | None,
     accelerator: str | None,
     region: str | None,
@@ -589,6 +817,7 @@ def hardware(
             "STATUS",
         ],
         [_hardware_row(h) for h in found],
+        truncate=not no_truncate,
     )
 
 

@@ -1,8 +1,9 @@
 """`batchrun plan`, `batchrun status` and `batchrun reap`: cost before, state during, cleanup after.
 
 - `plan JOB.toml`: rows, duration and cost before anything is spent (no resume, no create).
-- `status [OUTPUT]`: what a run's state says, whether its run and lease are live, the cost so
-  far; with no OUTPUT, every lease in batchrun's home.
+- `status [OUTPUT_OR_JOB]`: what a run's state says (errors by status too), whether its run
+  and lease are live, the cost so far; with no argument, every live run under batchrun's home
+  (any provider, `url` included) and every lease.
 - `reap`: for every lease whose runner died (and no watchdog settled it), apply its `on_exit`.
   Exit 0 when every such endpoint is at rest, 6 when one could not be put to rest.
 """
@@ -17,7 +18,7 @@ import click
 
 from batchrun.job import load_job, parse_overrides
 from batchrun.lifecycle.reaper import reap_dead_leases
-from batchrun.reports import lease_lines, lease_statuses, plan_job, run_status
+from batchrun.reports import live_runs, plan_job, resolve_output, run_status
 
 __all__ = ["plan", "reap", "status"]
 
@@ -59,15 +60,24 @@ def plan(
 
 
 @click.command("status")
-@click.argument("output", required=False)
+@click.argument("target", metavar="[OUTPUT_OR_JOB]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(output: str | None, as_json: bool) -> None:
-    """Where the run on OUTPUT stands; with no OUTPUT, every live or dead lease."""
-    if output is None:
-        leases = lease_statuses()
-        _emit(leases, lease_lines(leases), as_json)
+def status(target: str | None, as_json: bool) -> None:
+    """Where the run on an output (or a job file's output) stands; with no argument, every
+    live run under this home and every lease, live or dead.
+
+    \b
+    Examples:
+      batchrun status
+      batchrun status jobs/nightly.toml
+      batchrun status out/results.jsonl --json
+    """
+    if target is None:
+        runs = live_runs()
+        _emit(runs.to_json(), runs.lines(), as_json)
         return
-    result = run_status(output)
+    output, job = resolve_output(target)
+    result = run_status(output, job=job)
     _emit(result.to_json(), result.lines(), as_json)
 
 

@@ -8,27 +8,73 @@ exits with its code (DESIGN.md, "Exit codes"); errors are handled by the `batchr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
 
-from batchrun.errors import BatchrunError
+from batchrun.errors import BatchrunError, JobError
+from batchrun.io.state import RunState
 from batchrun.job import RANGES, Job, load_job, parse_overrides
+from batchrun.progress import show_summary
 from batchrun.runner import RunControl, RunSummary, arun_job
+from batchrun.summary import one_line
 
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
 
 
-@click.command("run")
+def _summary_on_every_exit(command: Callable[..., None]) -> Callable[..., None]:
+    """Print the JSON summary for an error that has none (the job file could not be loaded,
+    say): a scheduler parses stdout on every exit. `arun_job`'s errors carry their own."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except BatchrunError as e:
+            if not isinstance(getattr(e, "summary", None), RunSummary):
+                _print_summary(RunSummary.of_error(e))
+            raise
+        except Exception as e:  # a bug: the group prints it as "internal error" (exit 1)
+            _print_summary(
+                RunSummary(error=one_line(f"internal error: {type(e).__name__}: {e}"), exit_code=1)
+            )
+            raise
+
+    return wrapper
+
+
+class _RunCommand(click.Command):
+    """`batchrun run`, whose bad options (a click usage error, exit 2) get a summary too."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            _print_summary(RunSummary(error=one_line(e.format_message()), exit_code=e.exit_code))
+            raise
+
+
+@click.command("run", cls=_RunCommand)
+@_summary_on_every_exit  # outside the options: they attach to the function it wraps
 # Any path: `load_job` says itself what is wrong with a directory, a FIFO or a device.
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--restart", is_flag=True, help="Discard the output and run state; start over.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before --restart discards results.")
 @click.option("--retry-errors", is_flag=True, help="Send the errors file's rows again, then go on.")
 @click.option(
     "--concurrency",
@@ -57,6 +103,7 @@ log = logging.getLogger(__name__)
 def run(
     job_file: Path,
     restart: bool,
+    yes: bool,
     retry_errors: bool,
     concurrency: int | None,
     limit: int | None,
@@ -81,6 +128,10 @@ def run(
     if update_endpoint:
         overrides.setdefault("endpoint", {})["update"] = True
     job = load_job(job_file, **overrides)
+    # -q: no per-retry lines either (errors that end the run are printed by the group)
+    logging.getLogger("batchrun.pool.retries").setLevel(logging.ERROR if quiet else logging.NOTSET)
+    if restart and not yes:
+        _confirm_restart(job)
     if not quiet and logging.getLogger().getEffectiveLevel() > logging.INFO:
         for name in ("batchrun.runner", "batchrun.progress"):  # progress lines off a TTY
             logging.getLogger(name).setLevel(logging.INFO)
@@ -93,13 +144,38 @@ def run(
     except BatchrunError as e:
         partial: RunSummary | None = getattr(e, "summary", None)
         if partial is not None:  # the summary is printed on every exit; the group says why
-            _print_summary(partial)
+            _print_summary(partial, quiet=quiet)
         raise
-    _print_summary(summary)
+    _print_summary(summary, quiet=quiet)
     sys.exit(summary.exit_code)
 
 
-def _print_summary(summary: RunSummary) -> None:
+def _confirm_restart(job: Job) -> None:
+    """On a terminal, ask before `--restart` discards committed rows; without one, go on (the
+    run logs one WARNING line saying what it discarded).
+
+    Raises:
+        JobError: the answer was no; nothing was discarded or started.
+    """
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return
+    view = RunState.peek(RunState.directory_for(job.output.path))
+    if view is None:
+        return
+    c = view.committed
+    if not (c.results_count or c.errors_count):
+        return
+    question = (
+        f"--restart discards {c.results_count} result(s) and {c.errors_count} error row(s) "
+        f"in {job.output.path}. Go on?"
+    )
+    if not click.confirm(question, default=False, err=True):
+        raise JobError("--restart not confirmed: nothing was discarded (--yes skips the question)")
+
+
+def _print_summary(summary: RunSummary, *, quiet: bool = False) -> None:
+    if not quiet:
+        show_summary(summary)  # a few lines for people, on a terminal only (stderr)
     sys.stdout.buffer.write(orjson.dumps(summary.to_json()) + b"\n")
     sys.stdout.flush()
 

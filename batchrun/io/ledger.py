@@ -8,10 +8,14 @@ the rows completed since the last commit. A commit:
 2. advances the watermark past every committed row;
 3. records offsets, watermark and the committed rows above it in one SQLite transaction.
 
-Opening a ledger locks the run state, checks the fingerprint, finishes an interrupted
-`--retry-errors`, and cuts the outputs back to the last commit. With `restart`, it only takes
-the lock and measures what it will discard; `begin` discards it, still under that lock, once
-the caller knows the run can start (the endpoint is ready).
+Opening a ledger locks the run state, checks the fingerprint (the job fields that change
+results), checks that the committed part of the input is unchanged on content
+(`batchrun.io.coverage`; appended rows, new files after the committed ones and a raised
+`limit` extend the run), finishes an interrupted `--retry-errors`, and cuts the outputs back to
+the last commit. With `restart`, it only takes the lock and measures what it will discard;
+`begin` discards it, still under that lock, once the caller knows the run can start (the
+endpoint is ready). Each commit also advances the input's covers (what the next open checks)
+in its own transaction.
 
 A commit that cannot be written (disk full, I/O error at any step) is rolled back whole: the
 state stays at the last good commit, the outputs are cut back to it, and `OutputWriteError`
@@ -31,6 +35,7 @@ import logging
 import shutil
 import sqlite3
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,8 +44,19 @@ from typing import Any
 import orjson
 
 from batchrun.errors import OutputWriteError, RunStateError
+from batchrun.io.coverage import Coverage
 from batchrun.io.readers import InputReader, Position, Row
-from batchrun.io.state import Committed, RunState, clear, fingerprint_files, lock, unlock
+from batchrun.io.state import (
+    Committed,
+    CoverUpdate,
+    FileCover,
+    RunState,
+    clear,
+    describe_changes,
+    fingerprint_files,
+    lock,
+    unlock,
+)
 from batchrun.io.writers import (
     JsonlWriter,
     ParquetWriter,
@@ -67,13 +83,19 @@ rows (a merge of smaller, timed commits is merged again until it holds half that
 
 
 def job_fingerprint(job: Job, reader: InputReader) -> dict[str, Any]:
-    """The run fingerprint: input files (path, size, mtime, head+tail hash) and job fields."""
-    return {
-        "input": job.input.path,
-        "files": fingerprint_files(reader.files, reader.relpaths),
-        "job": job.fingerprint_fields(),
-        "output_format": job.output.output_format,
-    }
+    """The run fingerprint: the input path and the job fields that change results.
+
+    The input files are checked on content instead (`batchrun.io.coverage`), and `limit` is
+    left out: a raised or removed limit extends the run, a lowered one is checked against what
+    is committed. `reader` is unused; it stays for callers.
+    """
+    fields = job.fingerprint_fields()
+    fields.pop("limit", None)
+    return {"input": job.input.path, "job": fields, "output_format": job.output.output_format}
+
+
+def _seq_of(entry: tuple[int, Position]) -> int:
+    return entry[0]
 
 
 class Ledger:
@@ -103,6 +125,10 @@ class Ledger:
         self.commit_rows = out.commit_rows
         self.commit_seconds = out.commit_seconds
         self._fingerprint = job_fingerprint(job, reader)
+        self._reader = reader
+        self._coverage: Coverage | None = None
+        self._top = -1
+        """The highest committed row (-1: none)."""
         self.discarded: str | None = None
         """What `--restart` discarded (set by `begin`)."""
         self.failed: OutputWriteError | None = None
@@ -163,6 +189,7 @@ class Ledger:
             self.state_dir, fingerprint=self._fingerprint, output=str(self.output), lock_fd=lock_fd
         )
         try:
+            self._check_input()
             self._recover()
             c = self.state.committed
             self.results: ResultWriter = (
@@ -241,7 +268,13 @@ class Ledger:
     def anchor(self) -> tuple[int, Position | None]:
         """(seq, position) a reader can start from; rows below the watermark are then skipped."""
         c = self.committed
-        return c.anchor_seq, c.anchor_pos
+        pos = c.anchor_pos
+        covered = self._coverage.count if self._coverage is not None else 0
+        if pos is not None and pos[0] >= covered:
+            # No committed row in that file: files after the covered ones may have come or
+            # gone since, so start at the first file after them (the watermark's row).
+            pos = (covered, 0, 0, 1) if covered < len(self._reader.files) else pos
+        return c.anchor_seq, pos
 
     @property
     def results_count(self) -> int:
@@ -397,10 +430,16 @@ class Ledger:
             swap_size=None,
             **offsets,
         )
+        top = max(self._completed) if self._completed else -1
+        covers = self._advance_covers(top) if top > self._top else []
         try:
-            self.state.commit(new, retry_settled=self._retry_settled)
+            self.state.commit(new, retry_settled=self._retry_settled, covers=covers)
         except sqlite3.Error as e:
             raise self._fail("cannot record the commit in the run state", self._db_path, e) from e
+        if top > self._top:
+            self._top = top
+            if self._coverage is not None:
+                self._coverage.apply(covers)
         for _ in range(passed):
             tracked.popleft()
         self._completed = []
@@ -410,6 +449,18 @@ class Ledger:
         if isinstance(results, ParquetWriter):
             self._compact(results)
         return watermark != c.watermark
+
+    def _advance_covers(self, top: int) -> list[CoverUpdate]:
+        """The input covers once row `top` (tracked, the highest completed) is committed."""
+        coverage = self._coverage
+        tracked = self._tracked
+        if coverage is None:
+            return []
+        i = bisect_left(tracked, top, key=_seq_of)
+        if i >= len(tracked) or tracked[i][0] != top:
+            return []
+        after = tracked[i + 1][1] if i + 1 < len(tracked) else None
+        return coverage.advance(tracked[i][1], after)
 
     def _compact(self, results: ParquetWriter) -> None:
         """Merge small Parquet parts: new part, then the state lists it, then old ones go."""
@@ -586,6 +637,65 @@ class Ledger:
         self.retry_path.unlink(missing_ok=True)
 
     # -- opening -----------------------------------------------------------------------------
+    def _check_input(self) -> None:
+        """Refuse an input whose committed part changed, or a limit below what is committed;
+        note the files found unchanged under a new mtime or size."""
+        state = self.state
+        c = state.committed
+        self._top = max(c.watermark - 1, max(c.done_above, default=-1))
+        covers = state.covers()
+        if not covers and self._top >= 0:
+            covers = self._adopt_legacy()
+        coverage = Coverage(self._reader, covers)
+        self._coverage = coverage
+        output = str(self.output)
+        limit = self._reader.limit
+        if limit is not None and limit <= self._top:
+            raise RunStateError(
+                f"{output}: limit {limit} is below the {self._top + 1} rows already committed; "
+                "raise or remove --limit, or run with --restart to start over (discards the "
+                "results so far)"
+            )
+        refresh = coverage.check(state.block_hashes, output)
+        try:
+            state.update_covers(refresh)
+        except sqlite3.Error as e:  # only the next resume's shortcut is lost
+            log.info("%s: input file times not recorded (%s)", self.state_dir, e)
+        coverage.apply(refresh)
+        try:
+            state.forget_ids_above(self._top)
+        except sqlite3.Error as e:
+            raise _write_failure(self._db_path, "cannot update the id index", e) from e
+
+    def _adopt_legacy(self) -> list[FileCover]:
+        """Covers for a state made before content checks: its fingerprint listed the files
+        (size, head and tail hash); if they still match, cover them whole from now on."""
+        stored = self.state.stored_fingerprint or {}
+        files = stored.get("files")
+        if not isinstance(files, list):
+            return []
+        reader = self._reader
+        now = {"files": fingerprint_files(reader.files, reader.relpaths)}
+        changes = describe_changes({"files": files}, now)
+        if changes:
+            raise RunStateError(
+                f"{self.output}: the run state was made for a different input: "
+                + "; ".join(changes)
+                + ". Run again with --restart to start over (discards the results so far)."
+            )
+        coverage = Coverage(reader, [])
+        count = min(len(files), len(reader.files))
+        if count == 0:
+            return []
+        last = reader.files[count - 1]
+        updates = coverage.advance((count - 1, 0, last.stat().st_size, 1), None)
+        coverage.close()
+        try:
+            self.state.update_covers(updates)
+        except sqlite3.Error as e:
+            raise _write_failure(self._db_path, "cannot record the input's hashes", e) from e
+        return [u.cover for u in updates]
+
     def _recover(self) -> None:
         c = self.state.committed
         if c.swap_size is not None:
@@ -654,7 +764,13 @@ class Ledger:
             if self._retry is not None:
                 self._retry.close()
         finally:
+            if self._coverage is not None:
+                self._coverage.close()
             self.state.close()
+
+
+def _write_failure(path: Path, what: str, error: BaseException) -> OutputWriteError:
+    return OutputWriteError(f"{path}: {what}: {error}; free space and run again", path=str(path))
 
 
 def _nonempty(path: Path) -> bool:

@@ -7,7 +7,12 @@ One SQLite database in WAL mode (`state.sqlite`, `synchronous=FULL`) holds:
   output offsets (JSONL bytes / Parquet part count, errors-file bytes), and counters;
 - `done`: the committed rows above the watermark (few: bounded by the dispatch window);
 - `ids`: the on-disk index of `id_field` values (first position wins), for `duplicate_id`;
-- `retry_done`: rows of the errors file settled by an interrupted `--retry-errors`.
+- `retry_done`: rows of the errors file settled by an interrupted `--retry-errors`;
+- `input_blocks`, and `cover.<file index>` keys in `meta`: for each input file holding
+  committed rows, the committed byte extent, the size and mtime when it was last hashed, the
+  hash of each whole 64 KiB block of the extent and of its partial last block (see
+  `batchrun.io.coverage`), written in the commit's transaction (a commit rewrites the `meta`
+  entry; a block row only when a block fills, so the write-ahead log grows no faster).
 
 Beside it, `last_run.json` keeps the last run's summary (for `batchrun plan` and `status`).
 This module is the only code that knows the directory's layout: reports read it through
@@ -42,6 +47,8 @@ from batchrun.io.writers import write_atomic
 
 __all__ = [
     "Committed",
+    "CoverUpdate",
+    "FileCover",
     "RunState",
     "StateView",
     "clear",
@@ -58,6 +65,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS done (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retry_done (seq INTEGER PRIMARY KEY, ok INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS input_blocks (
+    idx INTEGER NOT NULL, block INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (idx, block)
+) WITHOUT ROWID;
 """
 _HASH_SPAN = 64 * 1024
 _LOOKUP_CHUNK = 500  # ids per SELECT ... IN (...), well under SQLite's variable limit
@@ -67,6 +77,10 @@ STATE_SUFFIX = ".batchrun"
 _DB = "state.sqlite"
 _LOCK = "lock"
 _LAST_RUN = "last_run.json"
+_COVER = "cover."
+_INDEXED_TOP = "indexed_top"
+"""`meta` key: the highest row in the id index (written with its entries)."""
+"""`meta` key prefix of an input file's cover (then its index)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +139,36 @@ class Committed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FileCover:
+    """The committed part of one input file, as the run state records it.
+
+    Attributes:
+        index: the file's place in the input's sorted file list.
+        path: its path relative to the input's root (as in glob row ids).
+        size / mtime_ns: what `stat` said when it was last hashed or checked; a resume whose
+            `stat` says the same skips the hash.
+        extent: bytes [0, extent) hold every committed row of the file (and are hashed).
+        tail: the hash of the extent's partial last block (b"" when it ends on a block).
+    """
+
+    index: int
+    path: str
+    size: int
+    mtime_ns: int
+    extent: int
+    tail: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoverUpdate:
+    """A file's new cover and the hashes of its whole blocks from `first_block` on."""
+
+    cover: FileCover
+    first_block: int
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StateView:
     """A read-only look at a run state (`RunState.peek`).
 
@@ -150,6 +194,10 @@ class RunState:
         self._in_tx = False
         self.committed = self._load()
         self.created = not bool(self._get("fingerprint"))
+        self.stored_fingerprint: dict[str, Any] | None = None
+        """The fingerprint the state was made with (set by `open`)."""
+        indexed = self._get(_INDEXED_TOP)
+        self._indexed_top = int(indexed) if indexed is not None else None
 
     @classmethod
     def open(
@@ -193,6 +241,7 @@ class RunState:
             unlock(lock_fd)
             raise
         stored = state._get("fingerprint")
+        state.stored_fingerprint = stored
         if fingerprint is None:
             return state
         if stored is None:
@@ -311,7 +360,9 @@ class RunState:
         holding the same id (a duplicate), else None.
 
         Indexing is idempotent: the first position of each id depends on the input alone, so
-        entries made for rows that were never committed stay true after a crash. One insert per
+        entries made for rows that were never committed stay true after a crash, as long as
+        the input beyond its committed part is as it was (else see `forget_ids_above`). One
+        insert per
         chunk of rows, and a lookup only when the insert met ids already indexed (a duplicate,
         or rows indexed by an interrupted run), keeps the index off the per-row hot path. The
         index is written in the transaction of the next commit.
@@ -322,8 +373,14 @@ class RunState:
         dumps = orjson.dumps
         keys = [dumps(value, default=str) for value, _ in rows]
         firsts: dict[bytes, int] = {}
+        if not rows:
+            return []
         try:
             self._begin()
+            top = rows[-1][1]
+            if self._indexed_top is None or top > self._indexed_top:
+                self._set_many({_INDEXED_TOP: top})
+                self._indexed_top = top
             inserted = self._db.executemany(
                 "INSERT OR IGNORE INTO ids (id, seq) VALUES (?, ?)",
                 zip(keys, [seq for _, seq in rows], strict=True),
@@ -344,8 +401,32 @@ class RunState:
             for key, (_, seq) in zip(keys, rows, strict=True)
         ]
 
+    def forget_ids_above(self, top: int) -> None:
+        """Drop the id index entries of rows after `top` (the highest committed row): the input
+        after the committed part may have changed since an interrupted run indexed them. Costs
+        a scan of the index only when such entries exist.
+
+        Raises:
+            sqlite3.Error: the transaction failed and was rolled back.
+        """
+        if self._indexed_top is None or self._indexed_top <= top:
+            return
+        try:
+            self._begin()
+            self._db.execute("DELETE FROM ids WHERE seq > ?", (top,))
+            self._set_many({_INDEXED_TOP: top})
+            self._commit_tx()
+        except sqlite3.Error:
+            self._abort()
+            raise
+        self._indexed_top = top
+
     def commit(
-        self, committed: Committed, *, retry_settled: Iterable[tuple[int, bool]] = ()
+        self,
+        committed: Committed,
+        *,
+        retry_settled: Iterable[tuple[int, bool]] = (),
+        covers: Sequence[CoverUpdate] = (),
     ) -> None:
         """Record one commit in one transaction (the outputs were fsynced before); only then
         does `committed` become `self.committed`.
@@ -353,6 +434,7 @@ class RunState:
         Args:
             committed: the new committed offsets, watermark, rows above it, anchor, counters.
             retry_settled: (seq, succeeded) for errors-file rows settled by `--retry-errors`.
+            covers: input files whose committed extent moved, with their new block hashes.
 
         Raises:
             sqlite3.Error: the transaction failed and was rolled back; `self.committed` is
@@ -369,12 +451,70 @@ class RunState:
                 "INSERT OR REPLACE INTO retry_done (seq, ok) VALUES (?, ?)",
                 ((s, int(ok)) for s, ok in retry_settled),
             )
+            self._write_covers(covers)
             self._set_many(committed.meta())
             self._commit_tx()
         except sqlite3.Error:
             self._abort()
             raise
         self.committed = committed
+
+    def covers(self) -> list[FileCover]:
+        """The recorded input files holding committed rows, in input order."""
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE key LIKE ?", (_COVER + "%",)
+        ).fetchall()
+        covers = []
+        for key, value in rows:
+            path, size, mtime_ns, extent, tail = orjson.loads(value)
+            covers.append(
+                FileCover(
+                    index=int(key[len(_COVER) :]),
+                    path=str(path),
+                    size=int(size),
+                    mtime_ns=int(mtime_ns),
+                    extent=int(extent),
+                    tail=bytes.fromhex(tail),
+                )
+            )
+        return sorted(covers, key=lambda c: c.index)
+
+    def block_hashes(self, index: int) -> list[bytes]:
+        """The block hashes of input file `index`, block 0 first."""
+        rows = self._db.execute(
+            "SELECT hash FROM input_blocks WHERE idx = ? ORDER BY block", (index,)
+        ).fetchall()
+        return [bytes(h) for (h,) in rows]
+
+    def update_covers(self, covers: Sequence[CoverUpdate]) -> None:
+        """Record covers outside a commit (a resume that found a file touched but unchanged
+        notes its new mtime, so the next resume skips the hash again).
+
+        Raises:
+            sqlite3.Error: the transaction failed and was rolled back.
+        """
+        if not covers:
+            return
+        try:
+            self._begin()
+            self._write_covers(covers)
+            self._commit_tx()
+        except sqlite3.Error:
+            self._abort()
+            raise
+
+    def _write_covers(self, covers: Sequence[CoverUpdate]) -> None:
+        db = self._db
+        for update in covers:
+            c = update.cover
+            self._set_many(
+                {f"{_COVER}{c.index}": [c.path, c.size, c.mtime_ns, c.extent, c.tail.hex()]}
+            )
+            if update.hashes:
+                db.executemany(
+                    "INSERT OR REPLACE INTO input_blocks (idx, block, hash) VALUES (?, ?, ?)",
+                    ((c.index, update.first_block + k, h) for k, h in enumerate(update.hashes)),
+                )
 
     def retry_settled(self) -> dict[int, bool]:
         """Errors-file rows settled by an interrupted `--retry-errors` (seq -> succeeded)."""
@@ -492,7 +632,9 @@ def clear(directory: Path) -> None:
 
 
 def fingerprint_files(files: list[Path], relpaths: list[str]) -> list[dict[str, Any]]:
-    """Path, size, mtime and a hash of the head and tail of each input file."""
+    """Path, size, mtime and a hash of the head and tail of each input file: how states made
+    before content checks (`batchrun.io.coverage`) fingerprinted the input; such a state is
+    compared with it once, then gets covers."""
     out = []
     for path, rel in zip(files, relpaths, strict=True):
         st = path.stat()
@@ -511,8 +653,11 @@ def fingerprint_files(files: list[Path], relpaths: list[str]) -> list[dict[str, 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two fingerprints; empty when they match."""
     changes: list[str] = []
-    old_files = {f["path"]: f for f in old.get("files", [])}
-    new_files = {f["path"]: f for f in new.get("files", [])}
+    # Input files are checked on content by `batchrun.io.coverage`; a fingerprint lists them
+    # only in states made before that, and both sides must list them to be compared here.
+    both = "files" in old and "files" in new
+    old_files = {f["path"]: f for f in old.get("files", [])} if both else {}
+    new_files = {f["path"]: f for f in new.get("files", [])} if both else {}
     for path in sorted(old_files.keys() - new_files.keys()):
         changes.append(f"input file {path} is gone")
     for path in sorted(new_files.keys() - old_files.keys()):
@@ -523,12 +668,11 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             changes.append(f"input file {path} changed size ({a['size']} -> {b['size']} bytes)")
         elif a["hash"] != b["hash"]:
             changes.append(f"input file {path} changed content")
-        elif a["mtime_ns"] != b["mtime_ns"]:
-            changes.append(f"input file {path} was modified (mtime changed)")
     if old.get("input") != new.get("input"):
         changes.append(f"input path changed ({old.get('input')!r} -> {new.get('input')!r})")
     old_job, new_job = old.get("job", {}), new.get("job", {})
-    for key in sorted(set(old_job) | set(new_job)):
+    # `limit` only says how far to read: a raised one extends the run (see the ledger)
+    for key in sorted((set(old_job) | set(new_job)) - {"limit"}):
         if old_job.get(key) != new_job.get(key):
             changes.append(f"job {key} changed ({old_job.get(key)!r} -> {new_job.get(key)!r})")
     return changes

@@ -17,7 +17,10 @@ chat ``content`` are ``"echo: " + text``; see `expected_generated_text`, `expect
 exactly-once test can assert that only the rows in flight were sent twice.
 
 Knobs (`Knobs`) are set at start and changed at runtime. Faults are checked in this order:
-``hold_after`` (held until the test releases them), latency, drop the connection, hang,
+``hold_after`` (held until the test releases them), ``require_token`` (a 401 ``Invalid API
+key`` for every request without that bearer token), ``outage_after`` (after N requests the
+server stops listening and drops every connection for ``outage_s`` seconds, then listens
+again on the same port), latency, drop the connection, hang,
 429 + ``Retry-After``, ``fail_status`` (500 by default),
 a 4xx for inputs containing ``reject_match``, a 200 that is not JSON, an answer quoting the
 request's Authorization header (``echo_auth``), a huge 200 (``big_response_bytes``, streamed,
@@ -110,6 +113,9 @@ class Knobs:
     big_response_match: str = ""  # only inputs containing this ("" = every data request)
     big_response_chunked: bool = False  # sent chunked, without a Content-Length
     hold_after: int = -1  # requests after the Nth wait unanswered until it is -1 (or raised)
+    require_token: str = ""  # a 401 for every data request without "Bearer <require_token>"
+    outage_after: int = -1  # after the Nth request: refuse connections for outage_s, once
+    outage_s: float = 3.0
 
     def update(self, values: dict[str, Any]) -> None:
         """Set knobs from a dict; an unknown name or a wrong type raises ValueError."""
@@ -196,6 +202,10 @@ class _Server:
 
     def __init__(self, knobs: Knobs) -> None:
         self.knobs = knobs
+        self.runner: web.AppRunner | None = None  # set once serving (for outage_after)
+        self.address: tuple[str, int] = ("127.0.0.1", 0)
+        self.outages = 0  # outages that ended (the server listens again)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.stats = _Stats()
         self._rng = random.Random(knobs.seed)
         self.app = web.Application(client_max_size=64 * 1024**2)
@@ -233,6 +243,18 @@ class _Server:
             self.stats.statuses["held"] += 1  # every request that was held, released or not
             while 0 <= k.hold_after < number:
                 await asyncio.sleep(0.005)
+        if k.require_token and request.headers.get("Authorization") != f"Bearer {k.require_token}":
+            raise _Fault(_error(401, "Invalid API key"))
+        if 0 <= k.outage_after < number and self.runner is not None:
+            k.outage_after = -1
+            self.stats.statuses["outage"] += 1
+            task = asyncio.get_running_loop().create_task(self._outage(k.outage_s))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            raise _Fault(None)
         if k.latency_ms or k.jitter_ms:
             await asyncio.sleep((k.latency_ms + self._rng.random() * k.jitter_ms) / 1000.0)
         if self._take("drop_first", "drop_rate"):
@@ -319,6 +341,22 @@ class _Server:
             return web.Response(body=orjson.dumps(payload), content_type=_JSON)
         finally:
             st.in_flight -= 1
+
+    async def _outage(self, seconds: float) -> None:
+        """Stop listening, drop every connection, and listen again on the same port later."""
+        runner = self.runner
+        assert runner is not None
+        for site in list(runner.sites):
+            await site.stop()
+        server = runner.server
+        for conn in list(server.connections if server is not None else ()):
+            transport = conn.transport
+            if transport is not None:
+                transport.abort()
+        await asyncio.sleep(seconds)  # the outage itself (the server's, not a test's wait)
+        host, port = self.address
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+        self.outages += 1
 
     # --- routes -------------------------------------------------------------------------
 
@@ -518,6 +556,8 @@ class EndpointApp:
             try:
                 self._runner = loop.run_until_complete(_start_runner(self._server.app, 0))
                 self.port = _bound_port(self._runner)
+                self._server.runner = self._runner
+                self._server.address = ("127.0.0.1", self.port)
             except BaseException as e:  # handed to the starting thread
                 errors.append(e)
                 ready.set()
@@ -558,6 +598,11 @@ class EndpointApp:
     def stats(self, *, inputs: bool = False, arrivals: bool = False) -> dict[str, Any]:
         """Counters as `GET /_stats` returns them."""
         return self._server.stats.to_json(inputs=inputs, arrivals=arrivals)
+
+    @property
+    def outages(self) -> int:
+        """Outages (`outage_after`) that ended: the server listens again."""
+        return self._server.outages
 
     def received(self) -> dict[str, int]:
         """Data requests seen per input text."""
@@ -744,6 +789,8 @@ def main(argv: list[str] | None = None) -> None:
     async def serve() -> None:
         runner = await _start_runner(server.app, ns.port, ns.host)
         port = _bound_port(runner)
+        server.runner = runner
+        server.address = (ns.host, port)
         if ns.port_file:
             _write_port_file(ns.port_file, port)
         stop = asyncio.Event()
