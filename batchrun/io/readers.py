@@ -212,6 +212,8 @@ class InputReader:
         row_in_file, offset, line_no = pos[1], pos[2], pos[3]
         loads = orjson.loads
         gzipped = _is_gzip(path)
+        id_field = self.id_field
+        plain_ids = not self.is_glob  # a row's id is its seq, or its id_field value
         with _open_binary(path) as f:
             try:
                 if offset:
@@ -221,7 +223,7 @@ class InputReader:
                     offset += len(line)
                     here = line_no
                     line_no += 1
-                    if not line.strip():
+                    if line.isspace():  # a blank line (the file's lines are never empty)
                         continue
                     p = (file_index, row_in_file, start, here)
                     row_in_file += 1
@@ -231,6 +233,12 @@ class InputReader:
                         yield Row(seq, self._position_id(seq, p), None, p, f"not JSON: {e}")
                         seq += 1
                         continue
+                    if plain_ids and type(record) is dict:  # the usual row, without a call
+                        row_id = seq if id_field is None else record.get(id_field)
+                        if row_id is not None:
+                            yield Row(seq, row_id, record, p)
+                            seq += 1
+                            continue
                     yield self._make_row(seq, record, p)
                     seq += 1
             except _GZIP_DAMAGE as e:
