@@ -64,9 +64,6 @@ __all__ = ["RunControl", "RunSummary", "arun_job", "exit_code_for", "run_job"]
 
 log = logging.getLogger(__name__)
 
-_ID_CHUNK = 256
-"""Rows looked up in the on-disk id index at a time (one insert and one select each)."""
-
 
 class RunControl:
     """Stops a run from outside: signal handlers, a budget watcher, a caller.
@@ -467,8 +464,8 @@ class _Run:
                         self._write(self.ledger.finish_retry)
             if not self.stopping:
                 seq, pos = self.ledger.anchor
-                rows = self.reader.rows(start_seq=seq, start=pos)
-                await self._dispatch(target, self._new_rows(rows), track=True)
+                chunks = self.reader.chunks(start_seq=seq, start=pos)
+                await self._dispatch(target, self._new_rows(chunks), track=True)
             target.mark_idle()  # from the last result on, billed time is idle
             if self.write_error is None:
                 self._write(self.ledger.commit)
@@ -515,24 +512,21 @@ class _Run:
             self.summary.retries += pool.stats.retries
             source.close()
 
-    def _new_rows(self, rows: Iterable[Row]) -> Iterable[_Chunk]:
-        """Rows not yet committed, a chunk at a time, each chunk with the earlier rows holding
-        its rows' ids (duplicates); see `_Chunk`.
+    def _new_rows(self, chunks: Iterable[list[Row]]) -> Iterable[_Chunk]:
+        """The rows of `chunks` (the reader's) not yet committed, each chunk with the earlier
+        rows holding its rows' ids (duplicates); see `_Chunk`.
 
         With `id_field`, each chunk goes through the on-disk id index at once.
         """
         earlier = self.ledger.committed  # what earlier runs committed: read once
         watermark, done = earlier.watermark, earlier.done_above
-        chunk: list[Row] = []
-        for row in rows:
+        for chunk in chunks:
             if self.stopping:
                 return
-            if row.seq >= watermark and row.seq not in done:
-                chunk.append(row)
-                if len(chunk) >= _ID_CHUNK:
-                    yield self._with_firsts(chunk)
-                    chunk = []
-        if chunk:
+            if chunk[0].seq < watermark or done:  # a resume's first chunks: drop what is done
+                chunk = [r for r in chunk if r.seq >= watermark and r.seq not in done]
+                if not chunk:
+                    continue
             yield self._with_firsts(chunk)
 
     def _with_firsts(self, rows: list[Row]) -> _Chunk:
