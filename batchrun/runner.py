@@ -31,9 +31,9 @@ import dataclasses
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,7 +51,7 @@ from batchrun.errors import (
 from batchrun.io.errors_file import NOT_RETRIED, tally_errors
 from batchrun.io.ledger import Ledger
 from batchrun.io.preflight import check_output_location
-from batchrun.io.readers import InputReader, Position, Row, open_input
+from batchrun.io.readers import InputReader, Row, open_input
 from batchrun.io.runs import RunEntry, RunIndex
 from batchrun.io.state import RunState
 from batchrun.job import Job
@@ -63,9 +63,6 @@ from batchrun.targets import StopReason, Target, open_target
 __all__ = ["RunControl", "RunSummary", "arun_job", "exit_code_for", "run_job"]
 
 log = logging.getLogger(__name__)
-
-_ID_CHUNK = 256
-"""Rows looked up in the on-disk id index at a time (one insert and one select each)."""
 
 
 class RunControl:
@@ -368,30 +365,14 @@ _Chunk = tuple[list[Row], list[int | None] | None]
 """Rows read, and for each the earlier row holding its id (a duplicate), or None: no duplicate."""
 
 
-def _rows_of(chunks: Iterable[_Chunk]) -> Iterator[tuple[Row, int | None]]:
-    """Each row of `chunks` with its duplicate's row (or None); no Python frame per row."""
-    return chain.from_iterable(
-        zip(rows, firsts if firsts is not None else repeat(None), strict=False)
-        for rows, firsts in chunks
-    )
-
-
 def _describe_rows(key: Any) -> str:
     """A request's rows for a log line: ``row id 'a'`` or ``rows id 'a', 'b' (+3)``."""
-    handles: list[_Handle] = key
-    if len(handles) == 1:
-        return f"row id {handles[0].id!r}"
-    shown = ", ".join(repr(h.id) for h in handles[:3])
-    more = f" (+{len(handles) - 3})" if len(handles) > 3 else ""
+    rows: list[Row] = key
+    if len(rows) == 1:
+        return f"row id {rows[0].id!r}"
+    shown = ", ".join(repr(row.id) for row in rows[:3])
+    more = f" (+{len(rows) - 3})" if len(rows) > 3 else ""
     return f"rows id {shown}{more}"
-
-
-@dataclass(slots=True)
-class _Handle:
-    seq: int
-    id: Any
-    keep: dict[str, Any] | None
-    pos: Position
 
 
 class _Run:
@@ -483,8 +464,8 @@ class _Run:
                         self._write(self.ledger.finish_retry)
             if not self.stopping:
                 seq, pos = self.ledger.anchor
-                rows = self.reader.rows(start_seq=seq, start=pos)
-                await self._dispatch(target, self._new_rows(rows), track=True)
+                chunks = self.reader.chunks(start_seq=seq, start=pos)
+                await self._dispatch(target, self._new_rows(chunks), track=True)
             target.mark_idle()  # from the last result on, billed time is idle
             if self.write_error is None:
                 self._write(self.ledger.commit)
@@ -533,24 +514,21 @@ class _Run:
             self.summary.retries += pool.stats.retries
             source.close()
 
-    def _new_rows(self, rows: Iterable[Row]) -> Iterable[_Chunk]:
-        """Rows not yet committed, a chunk at a time, each chunk with the earlier rows holding
-        its rows' ids (duplicates); see `_Chunk`.
+    def _new_rows(self, chunks: Iterable[list[Row]]) -> Iterable[_Chunk]:
+        """The rows of `chunks` (the reader's) not yet committed, each chunk with the earlier
+        rows holding its rows' ids (duplicates); see `_Chunk`.
 
         With `id_field`, each chunk goes through the on-disk id index at once.
         """
         earlier = self.ledger.committed  # what earlier runs committed: read once
         watermark, done = earlier.watermark, earlier.done_above
-        chunk: list[Row] = []
-        for row in rows:
+        for chunk in chunks:
             if self.stopping:
                 return
-            if row.seq >= watermark and row.seq not in done:
-                chunk.append(row)
-                if len(chunk) >= _ID_CHUNK:
-                    yield self._with_firsts(chunk)
-                    chunk = []
-        if chunk:
+            if chunk[0].seq < watermark or done:  # a resume's first chunks: drop what is done
+                chunk = [r for r in chunk if r.seq >= watermark and r.seq not in done]
+                if not chunk:
+                    continue
             yield self._with_firsts(chunk)
 
     def _with_firsts(self, rows: list[Row]) -> _Chunk:
@@ -582,60 +560,71 @@ class _Run:
     def _requests(
         self, chunks: Iterable[_Chunk], *, track: bool
     ) -> Generator[Request | None, None, None]:
-        """Requests for `rows`; bad rows and duplicates settle here without being sent.
+        """Requests for the rows of `chunks`; bad rows and duplicates settle here unsent.
 
-        With `track`, every row read is noted in the ledger (for the watermark), and while the
-        window of rows above the watermark is full this yields None: the pool's worker then
-        waits (`_window_moved`) before it pulls again.
+        With `track`, each chunk is noted in the ledger (for the watermark) before its rows are
+        sent, and while the window of rows above the watermark is full this yields None: the
+        pool's worker then waits (`_window_moved`) before it pulls again. A request's key is
+        its list of rows.
         """
         ledger = self.ledger
         codec = self.codec
         render = codec.render
         encode = codec.encode_rendered
+        encode_one = codec.encode_row if self.job.run.batch_size == 1 else None
         batch_size = self.job.run.batch_size
-        keep = self.keep
-        tracking = ledger.track
         limit = self.window
-        handles: list[_Handle] = []
+        batch: list[Row] = []
         items: list[Any] = []
-        full = track and ledger.window >= limit  # as of the last row tracked
-        for row, first in _rows_of(chunks):
-            if self.stopping:
-                break
-            if track:
-                if full and ledger.window >= limit:
-                    if handles:
-                        yield Request(handles, encode(items), len(handles))
-                        handles, items = [], []
-                    while ledger.window >= limit and not self.stopping:
-                        yield None
+        for chunk, chunk_firsts in chunks:
+            start = 0
+            while start < len(chunk) and not self.stopping:
+                rows, firsts = chunk, chunk_firsts
+                if track:
+                    room = limit - ledger.window
+                    if room <= 0:
+                        if batch:
+                            yield Request(batch, encode(items), len(batch))
+                            batch, items = [], []
+                        while ledger.window >= limit and not self.stopping:
+                            yield None
+                        continue
+                    if start or room < len(chunk):  # the window has room for part of it
+                        rows = chunk[start : start + room]
+                        firsts = chunk_firsts[start : start + room] if chunk_firsts else None
+                    ledger.track_rows(rows)
+                start += len(rows)
+                for row, first in zip(
+                    rows, firsts if firsts is not None else repeat(None), strict=False
+                ):
                     if self.stopping:
                         break
-                full = tracking(row.seq, row.pos) >= limit
-            record = row.record
-            if record is None:
-                self._bad_row(row, "bad_input", row.error or "unusable row")
-                continue
-            if first is not None:
-                self._bad_row(
-                    row,
-                    "duplicate_id",
-                    f"id {row.id!r} already at row {first} (the first one wins)",
-                )
-                continue
-            try:
-                item = render(record)
-            except RowInputError as e:
-                self._bad_row(row, "bad_input", str(e))
-                continue
-            kept = {k: record.get(k) for k in keep} if keep else None
-            handles.append(_Handle(row.seq, row.id, kept, row.pos))
-            items.append(item)
-            if len(handles) >= batch_size:
-                yield Request(handles, encode(items), len(handles))
-                handles, items = [], []
-        if handles and not self.stopping:
-            yield Request(handles, encode(items), len(handles))
+                    record = row.record
+                    if record is None:
+                        self._bad_row(row, "bad_input", row.error or "unusable row")
+                        continue
+                    if first is not None:
+                        self._bad_row(
+                            row,
+                            "duplicate_id",
+                            f"id {row.id!r} already at row {first} (the first one wins)",
+                        )
+                        continue
+                    try:
+                        if encode_one is not None:  # the usual case: one call a row
+                            yield Request([row], encode_one(record), 1)
+                            continue
+                        item = render(record)
+                    except RowInputError as e:
+                        self._bad_row(row, "bad_input", str(e))
+                        continue
+                    batch.append(row)
+                    items.append(item)
+                    if len(batch) >= batch_size:
+                        yield Request(batch, encode(items), len(batch))
+                        batch, items = [], []
+        if batch and not self.stopping:
+            yield Request(batch, encode(items), len(batch))
 
     async def _window_moved(self) -> None:
         """Wait until a commit moves the watermark (or the run stops)."""
@@ -660,38 +649,47 @@ class _Run:
 
     def _on_outcome(self, outcome: Outcome) -> None:
         ledger = self.ledger
-        handles: list[_Handle] = outcome.request.key
+        rows: list[Row] = outcome.request.key
         attempts = outcome.attempts
+        due = False
         if outcome.results is not None:
-            latency = round(outcome.latency_ms, 1)
+            latency = int(outcome.latency_ms * 10.0 + 0.5) / 10.0  # round(, 1), for x >= 0
             add = ledger.add_result
-            for h, fields in zip(handles, outcome.results, strict=True):
-                if h.keep:
-                    add(h.seq, {"id": h.id, **h.keep, **fields, "attempts": attempts,
-                                "latency_ms": latency})  # fmt: skip
+            keep = self.keep
+            for row, fields in zip(rows, outcome.results, strict=True):
+                if keep:
+                    record = row.record or {}
+                    kept = {k: record.get(k) for k in keep}
+                    due = add(row.seq, {"id": row.id, **kept, **fields, "attempts": attempts,
+                                        "latency_ms": latency})  # fmt: skip
                 else:
-                    add(h.seq, {"id": h.id, **fields, "attempts": attempts, "latency_ms": latency})
-            self.summary.succeeded += len(handles)
+                    due = add(
+                        row.seq,
+                        {"id": row.id, **fields, "attempts": attempts, "latency_ms": latency},
+                    )
+            self.summary.succeeded += len(rows)
         else:
             error = outcome.error
             status = error.status if error is not None else "error"
             message = str(error) if error is not None else "unknown error"
-            for h in handles:
+            for row in rows:
                 ledger.add_error(
-                    h.seq,
+                    row.seq,
                     {
-                        "id": h.id,
+                        "id": row.id,
                         "status": status,
                         "error": message,
                         "attempts": attempts,
-                        "source": self.reader.where(h.pos),
-                        "row": h.seq,
+                        "source": self.reader.where(row.pos),
+                        "row": row.seq,
                     },
                 )
-            self.summary.failed += len(handles)
+            self.summary.failed += len(rows)
+            due = ledger.due()
         if self._bar_tick is not None:
-            self._bar_tick(len(handles))
-        if self.write_error is None and ledger.due() and self._write(ledger.commit):
+            self._bar_tick(len(rows))
+        # A commit by row count here; one by time comes from `_commit_timer`.
+        if due and self.write_error is None and self._write(ledger.commit):
             self.moved.set()
 
     def _maybe_commit(self) -> None:
@@ -744,7 +742,9 @@ class _Run:
         self.moved.set()
 
     async def _commit_timer(self) -> None:
-        period = max(0.05, self.ledger.commit_seconds / 2)
+        period = max(
+            0.05, self.ledger.commit_seconds / 4
+        )  # a commit by time is late by this at most
         while True:
             await asyncio.sleep(period)
             self._maybe_commit()

@@ -37,7 +37,7 @@ import sqlite3
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ import orjson
 
 from batchrun.errors import OutputWriteError, RunStateError
 from batchrun.io.coverage import Coverage
-from batchrun.io.readers import InputReader, Position
+from batchrun.io.readers import InputReader, Position, Row
 from batchrun.io.state import (
     Committed,
     CoverUpdate,
@@ -314,18 +314,27 @@ class Ledger:
         tracked.append((seq, pos))
         return len(tracked)
 
+    def track_rows(self, rows: Iterable[Row]) -> int:
+        """`track` for rows read in seq order, at once (the runner tracks a chunk at a time)."""
+        tracked = self._tracked
+        tracked.extend([(row.seq, row.pos) for row in rows])
+        return len(tracked)
+
     @property
     def window(self) -> int:
         """Rows read but not yet passed by the watermark (what the dispatch window bounds)."""
         return len(self._tracked)
 
-    def add_result(self, seq: int, row: dict[str, Any]) -> None:
-        """Buffer a result row for `seq`."""
+    def add_result(self, seq: int, row: dict[str, Any]) -> bool:
+        """Buffer a result row for `seq`; whether enough rows gathered for a commit (`due`
+        without its clock: the caller's timer commits by time)."""
         self.results.write(row)
         if self._retry is None:
-            self._completed.append(seq)
-        else:
-            self._retry_settled.append((seq, True))
+            completed = self._completed
+            completed.append(seq)
+            return len(completed) >= self.commit_rows
+        self._retry_settled.append((seq, True))
+        return len(self._retry_settled) >= self.commit_rows
 
     def add_error(self, seq: int, row: dict[str, Any]) -> None:
         """Buffer an errors-file row for `seq`."""

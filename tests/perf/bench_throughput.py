@@ -12,9 +12,13 @@ One run, the same server and the same rows for every client:
   the first ``--seed-requests`` rows, run to the end;
 - ``cli`` (the CPU-per-row case): the ``batchrun run`` command in its own process on
   ``--cli-rows`` rows with ``id_field``, C = 64, against the lean bare aiohttp loop (orjson in
-  and out) in this script, alternating ``--cli-repeat`` times per latency; the CLI's CPU (user +
-  sys of its process, from ``getrusage(RUSAGE_CHILDREN)``) and wall time less those of a run of
-  0 rows (``--limit 0``: start-up), divided by rows; medians of the repeats.
+  and out), alternating ``--cli-repeat`` times per latency. Both run in processes of their own
+  (the bare loop as ``bench_throughput.py --bare-child URL N``), so both pay the same process
+  costs (a fresh heap, imports, the event loop's own syscalls); each one's CPU (user + sys, from
+  ``getrusage(RUSAGE_CHILDREN)``) and wall time less those of a 1-row run of the same program
+  (start-up: imports, the job, the run state, the session, the first connection), divided by
+  the remaining rows; medians of the repeats. The bare loop in this script's own process (warm,
+  after a warm-up) is printed beside it, as before.
 
 For each latency (0 ms and 50 ms) and concurrency C (64 and 256) it prints requests/s, client
 CPU µs per request (process CPU time / requests: the server runs in another process), and
@@ -244,6 +248,8 @@ class CliCase:
     cli_rps: float
     bare_cpu_us: float
     bare_rps: float
+    inproc_cpu_us: float
+    inproc_rps: float
     runs: list[tuple[float, float, float, float]]  # (cli cpu µs, cli rows/s, bare µs, bare/s)
 
     @property
@@ -278,44 +284,66 @@ def write_cli_job(workdir: Path, url: str, rows: int, concurrency: int) -> Path:
     return job
 
 
+def _timed(cmd: list[str], **kw: Any) -> tuple[float, float, bytes]:
+    """Run `cmd` to the end: (CPU s of the child, wall s, stdout)."""
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, timeout=900, **kw)
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+    return cpu, wall, proc.stdout
+
+
 def run_cli(job: Path, *extra: str) -> tuple[float, float, dict[str, Any]]:
     """`batchrun run JOB --restart` in its own process: (CPU s, wall s, summary)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHRUN_", "HF_"))}
     env["BATCHRUN_HOME"] = str(job.parent / "home")
     cmd = [sys.executable, "-m", "batchrun", "run", str(job), "--restart", *extra]
-    cpu0, t0 = _children_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, env=env, cwd=job.parent, timeout=900)
-    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
-    if proc.returncode != 0:
-        raise RuntimeError(f"batchrun run exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
-    return cpu, wall, orjson.loads(proc.stdout)
+    cpu, wall, out = _timed(cmd, env=env, cwd=job.parent)
+    return cpu, wall, orjson.loads(out)
+
+
+def run_bare_child(url: str, rows: int) -> tuple[float, float]:
+    """The lean bare loop on `rows` rows in a process of its own: (CPU s, wall s)."""
+    cpu, wall, out = _timed([sys.executable, __file__, "--bare-child", url, str(rows)])
+    assert int(out) == rows, out
+    return cpu, wall
 
 
 def measure_cli(url: str, latency: float, rows: int, repeat: int, workdir: Path) -> CliCase:
     """The CLI case at one latency (the server is configured already)."""
     job = write_cli_job(workdir, url, rows, 64)
-    startup = [run_cli(job, "--limit", "0", "--output", "empty.jsonl") for _ in range(repeat)]
-    startup_cpu = statistics.median(c for c, _, _ in startup)
-    startup_wall = statistics.median(w for _, w, _ in startup)
     texts = [f"row {i}: the quick brown fox jumps over the lazy dog" for i in range(rows)]
     asyncio.run(run_aiohttp(url, texts[:WARMUP], 64, 60.0))
-    runs = []
+    # start-up: a 1-row run of each program (a 0-row run of batchrun has nothing to do and
+    # never opens its pool, so it would leave the session and first connection in "per row")
+    startup = [run_cli(job, "--limit", "1", "--output", "one.jsonl") for _ in range(repeat)]
+    startup_cpu = statistics.median(c for c, _, _ in startup)
+    startup_wall = statistics.median(w for _, w, _ in startup)
+    bare_start = [run_bare_child(url, 1) for _ in range(repeat)]
+    bare_start_cpu = statistics.median(c for c, _ in bare_start)
+    bare_start_wall = statistics.median(w for _, w in bare_start)
+    n = rows - 1
+    runs, inproc = [], []
     for _ in range(repeat):
         cpu, wall, summary = run_cli(job)
         assert summary["succeeded"] == rows, summary
-        bare = measure("bare", run_aiohttp, url, texts, 64, 600.0, latency, warmup=False)
-        assert bare.done == rows
+        bare_cpu, bare_wall = run_bare_child(url, rows)
+        warm = measure("bare", run_aiohttp, url, texts, 64, 600.0, latency, warmup=False)
+        assert warm.done == rows
+        inproc.append((warm.cpu_us, warm.rps))
         runs.append(
             (
-                (cpu - startup_cpu) / rows * 1e6,
-                rows / max(wall - startup_wall, 1e-9),
-                bare.cpu_us,
-                bare.rps,
+                (cpu - startup_cpu) / n * 1e6,
+                n / max(wall - startup_wall, 1e-9),
+                (bare_cpu - bare_start_cpu) / n * 1e6,
+                n / max(bare_wall - bare_start_wall, 1e-9),
             )
         )
         print(
             f"  {latency:g} ms cli: {runs[-1][0]:.0f} µs/row {runs[-1][1]:,.0f} rows/s; "
-            f"bare: {runs[-1][2]:.0f} µs/req {runs[-1][3]:,.0f} req/s",
+            f"bare: {runs[-1][2]:.0f} µs/req {runs[-1][3]:,.0f} req/s; "
+            f"bare in this process: {warm.cpu_us:.0f} µs/req {warm.rps:,.0f} req/s",
             file=sys.stderr,
         )
     return CliCase(
@@ -327,6 +355,8 @@ def measure_cli(url: str, latency: float, rows: int, repeat: int, workdir: Path)
         cli_rps=statistics.median(r[1] for r in runs),
         bare_cpu_us=statistics.median(r[2] for r in runs),
         bare_rps=statistics.median(r[3] for r in runs),
+        inproc_cpu_us=statistics.median(c for c, _ in inproc),
+        inproc_rps=statistics.median(r for _, r in inproc),
         runs=runs,
     )
 
@@ -334,14 +364,15 @@ def measure_cli(url: str, latency: float, rows: int, repeat: int, workdir: Path)
 def cli_table(cases: list[CliCase]) -> str:
     lines = [
         "| latency | rows | start-up CPU / wall | CLI CPU µs/row | bare CPU µs/req | × bare "
-        "| CLI rows/s | bare req/s | × bare |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CLI rows/s | bare req/s | × bare | bare in-process µs/req, req/s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in cases:
         lines.append(
             f"| {c.latency_ms:g} ms | {c.rows:,} | {c.startup_cpu_s:.2f} s / {c.startup_wall_s:.2f} s "
             f"| {c.cli_cpu_us:.0f} | {c.bare_cpu_us:.0f} | {c.cpu_ratio:.2f} "
-            f"| {c.cli_rps:,.0f} | {c.bare_rps:,.0f} | {c.rps_ratio:.2f} |"
+            f"| {c.cli_rps:,.0f} | {c.bare_rps:,.0f} | {c.rps_ratio:.2f} "
+            f"| {c.inproc_cpu_us:.0f}, {c.inproc_rps:,.0f} |"
         )
     out = ["\n".join(lines), ""]
     for c in cases:
@@ -463,7 +494,16 @@ def _ok(passed: bool) -> str:
     return "(goal met)" if passed else "(GOAL MISSED)"
 
 
+def bare_child(url: str, rows: int) -> None:
+    """`--bare-child URL N`: the lean bare loop on N rows, then the rows done on stdout."""
+    texts = [f"row {i}: the quick brown fox jumps over the lazy dog" for i in range(rows)]
+    print(asyncio.run(run_aiohttp(url, texts, 64, 600.0)))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--bare-child"]:
+        bare_child(sys.argv[2], int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=4000, help="per client and setting")
     parser.add_argument("--seconds", type=float, default=8.0, help="time bound per client")
