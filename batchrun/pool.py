@@ -118,11 +118,14 @@ class Request:
         key: opaque to the pool (the caller's row handles), handed back in the `Outcome`.
         body: the encoded body (`RequestCodec.encode`).
         n: how many rows it carries.
+        route: a path of its own, joined to the endpoint's base URL (`request_url`) instead of
+            the codec's (an OpenAI batch line's ``url``); None: the codec's path.
     """
 
     key: Any
     body: bytes
     n: int = 1
+    route: str | None = None
 
 
 @dataclass(slots=True)
@@ -518,6 +521,8 @@ class Pool:
                 "concurrency, max_attempts and max_response_bytes must be >= 1, request_timeout > 0"
             )
         self.url = request_url(url, codec.path)
+        self.base_url = url
+        self._route_urls: dict[str, str] = {}
         self.codec = codec
         self.concurrency = concurrency
         self.request_timeout = request_timeout
@@ -1073,8 +1078,9 @@ class Pool:
         session = self._session
         assert session is not None
         self._shared.stats.attempts += 1
+        url = self.url if request.route is None else self._route_url(request.route)
         try:
-            async with session.post(self.url, data=request.body) as response:
+            async with session.post(url, data=request.body) as response:
                 length = response.content_length
                 if (
                     length is not None
@@ -1085,9 +1091,10 @@ class Pool:
                 else:
                     body = await self._read(response, length)
                 status = response.status
+                headers = response.headers
                 if status >= 300:
                     raise status_error(
-                        status, body, response.headers.get("Retry-After"), secrets=self._secrets
+                        status, body, headers.get("Retry-After"), secrets=self._secrets
                     )
         except aiohttp.ClientError as e:
             text = f"{type(e).__name__}: {e}".rstrip(": ")
@@ -1100,9 +1107,16 @@ class Pool:
                 f"no answer within request_timeout = {self.request_timeout:g}s"
             ) from e
         try:
-            return self.codec.decode_body(body, request.n)
+            return self.codec.decode_answer(body, request.n, headers)
         except BadResponseError as e:
             raise self._scrubbed(e, body, request.n) from None
+
+    def _route_url(self, route: str) -> str:
+        """The URL of a request's own route (a request with `Request.route`)."""
+        url = self._route_urls.get(route)
+        if url is None:
+            url = self._route_urls[route] = request_url(self.base_url, route)
+        return url
 
     async def _read(self, response: aiohttp.ClientResponse, length: int | None) -> bytes:
         """The answer's body (of Content-Length `length`, if it says), never more than

@@ -413,6 +413,7 @@ class _Run:
         self.control = control
         self.keep = list(job.output.keep_fields)
         self.check_ids = job.input.id_field is not None
+        self.reshape = codec.reshapes  # rows written in the codec's own shape (OpenAI batch)
         per_request = job.run.concurrency * job.run.batch_size
         self.window = max(4 * ledger.commit_rows, 16 * per_request)
         self.moved = asyncio.Event()
@@ -590,6 +591,7 @@ class _Run:
         codec = self.codec
         render = codec.render
         encode = codec.encode_rendered
+        route = codec.route_of
         batch_size = self.job.run.batch_size
         keep = self.keep
         tracking = ledger.track
@@ -603,7 +605,7 @@ class _Run:
             if track:
                 if full and ledger.window >= limit:
                     if handles:
-                        yield Request(handles, encode(items), len(handles))
+                        yield Request(handles, encode(items), len(handles), route(items))
                         handles, items = [], []
                     while ledger.window >= limit and not self.stopping:
                         yield None
@@ -630,10 +632,10 @@ class _Run:
             handles.append(_Handle(row.seq, row.id, kept, row.pos))
             items.append(item)
             if len(handles) >= batch_size:
-                yield Request(handles, encode(items), len(handles))
+                yield Request(handles, encode(items), len(handles), route(items))
                 handles, items = [], []
         if handles and not self.stopping:
-            yield Request(handles, encode(items), len(handles))
+            yield Request(handles, encode(items), len(handles), route(items))
 
     async def _window_moved(self) -> None:
         """Wait until a commit moves the watermark (or the run stops)."""
@@ -641,17 +643,15 @@ class _Run:
         await self.moved.wait()
 
     def _bad_row(self, row: Row, status: str, message: str) -> None:
-        self.ledger.add_error(
-            row.seq,
-            {
-                "id": row.id,
-                "status": status,
-                "error": message,
-                "attempts": 0,
-                "source": self.reader.where(row.pos),
-                "row": row.seq,
-            },
-        )
+        error = {
+            "id": row.id,
+            "status": status,
+            "error": message,
+            "attempts": 0,
+            "source": self.reader.where(row.pos),
+            "row": row.seq,
+        }
+        self.ledger.add_error(row.seq, self.codec.error_row(error) if self.reshape else error)
         self.summary.failed += 1
         self._tick(1)
         self._maybe_commit()
@@ -663,6 +663,8 @@ class _Run:
         if outcome.results is not None:
             latency = round(outcome.latency_ms, 1)
             add = ledger.add_result
+            if self.reshape:  # an output of its own shape (an OpenAI batch output file)
+                add = self._add_reshaped
             for h, fields in zip(handles, outcome.results, strict=True):
                 if h.keep:
                     add(h.seq, {"id": h.id, **h.keep, **fields, "attempts": attempts,
@@ -675,22 +677,23 @@ class _Run:
             status = error.status if error is not None else "error"
             message = str(error) if error is not None else "unknown error"
             for h in handles:
-                ledger.add_error(
-                    h.seq,
-                    {
-                        "id": h.id,
-                        "status": status,
-                        "error": message,
-                        "attempts": attempts,
-                        "source": self.reader.where(h.pos),
-                        "row": h.seq,
-                    },
-                )
+                row = {
+                    "id": h.id,
+                    "status": status,
+                    "error": message,
+                    "attempts": attempts,
+                    "source": self.reader.where(h.pos),
+                    "row": h.seq,
+                }
+                ledger.add_error(h.seq, self.codec.error_row(row) if self.reshape else row)
             self.summary.failed += len(handles)
         if self._bar_tick is not None:
             self._bar_tick(len(handles))
         if self.write_error is None and ledger.due() and self._write(ledger.commit):
             self.moved.set()
+
+    def _add_reshaped(self, seq: int, row: dict[str, Any]) -> None:
+        self.ledger.add_result(seq, self.codec.result_row(row))
 
     def _maybe_commit(self) -> None:
         if self.write_error is None and self.ledger.due() and self._write(self.ledger.commit):

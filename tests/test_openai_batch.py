@@ -1,0 +1,227 @@
+"""OpenAI batch files in and out (`request_format = "openai-batch"`), against the test endpoint
+app and the local service's echo model; the completions request format; finish_reason kept."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from batchrun.cli import main
+from batchrun.job import load_job
+from batchrun.openai_batch import ROUTES, batch_request_id
+from batchrun.runner import run_job
+from tests.conftest import LocalService
+from tests.support.endpoint_app import EndpointApp, expected_generated_text
+from tests.support.run import read_jsonl, write_job, write_jsonl
+from tests.test_local_helpers import api, create_running
+
+_BATCH_ID = re.compile(r"batch_req_[0-9a-f]{24}")
+
+
+def _line(i: int, *, model: bool = False, word: str = "hello") -> dict[str, Any]:
+    route = ROUTES[i % 3]
+    text = f"{word} {i}"
+    if route == "/v1/chat/completions":
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "max_tokens": 8}
+    elif route == "/v1/completions":
+        body = {"prompt": text, "max_tokens": 8}
+    else:
+        body = {"input": text}
+    if model:
+        body["model"] = "mine"
+    return {"custom_id": f"c{i}", "method": "POST", "url": route, "body": body}
+
+
+def _job(tmp_path: Path, url: str, **endpoint: Any) -> Path:
+    """A job with only an [endpoint], an [output] and a model: the input is --openai-batch's."""
+    return write_job(
+        tmp_path / "job.toml",
+        {
+            "endpoint": {"url": url, **endpoint},
+            "output": {"path": str(tmp_path / "out.jsonl")},
+            "run": {"model": "filled", "concurrency": 4, "max_attempts": 2, "backoff_max": 0.05},
+        },
+    )
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
+    result = CliRunner().invoke(main, ["run", "--quiet", *args], env=env)
+    out = result.stdout.strip()
+    return result.exit_code, orjson.loads(out) if out.startswith("{") else {}, result.stderr
+
+
+def _check_output_line(line: dict[str, Any], *, echo: bool) -> dict[str, Any]:
+    """One output line in the layout OpenAI documents for a batch output file; its body."""
+    assert list(line) == ["id", "custom_id", "response", "error", "batchrun"]
+    assert _BATCH_ID.fullmatch(line["id"]) and line["id"] == batch_request_id(line["custom_id"])
+    assert line["error"] is None
+    response = line["response"]
+    assert list(response) == ["status_code", "request_id", "body"]
+    assert response["status_code"] == 200
+    assert isinstance(response["request_id"], str) and response["request_id"]
+    assert line["batchrun"]["status"] == "ok" and line["batchrun"]["attempts"] >= 1
+    i = int(line["custom_id"][1:])
+    body = response["body"]
+    expected = expected_generated_text(f"hello {i}") if not echo else f"echo: hello {i}"
+    route = ROUTES[i % 3]
+    if route == "/v1/chat/completions":
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["content"] == expected
+        assert body["choices"][0]["finish_reason"] == "stop"
+    elif route == "/v1/completions":
+        assert body["object"] == "text_completion"
+        assert body["choices"][0]["text"] == expected
+    else:
+        assert body["object"] == "list"
+        vector = body["data"][0]["embedding"]
+        assert vector and all(isinstance(x, float) for x in vector)
+    assert isinstance(body["usage"], dict)
+    return body
+
+
+def test_three_routes_against_the_test_endpoint(tmp_path: Path, endpoint_app: EndpointApp) -> None:
+    lines = [_line(i, model=i % 2 == 0) for i in range(12)]
+    lines.append({"custom_id": "c12", "method": "POST", "url": "/v1/responses", "body": {}})
+    lines.append(_line(0))  # custom_id c0 again
+    lines.append({**_line(14), "method": "GET"})
+    write_jsonl(tmp_path / "in.jsonl", lines)
+    job = _job(tmp_path, endpoint_app.url + "/v1")  # an OpenAI base URL: no second /v1
+    code, summary, err = _cli(str(job), "--openai-batch", str(tmp_path / "in.jsonl"))
+    assert code == 3, err
+    assert summary["succeeded"] == 12 and summary["failed"] == 3
+    assert endpoint_app.stats()["routes"] == {route: 4 for route in ROUTES}
+
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(line["custom_id"] for line in out) == [
+        f"c{i}" for i in sorted(range(12), key=str)
+    ]
+    request_ids = set()
+    for line in out:
+        body = _check_output_line(line, echo=False)
+        i = int(line["custom_id"][1:])
+        assert body["model"] == ("mine" if i % 2 == 0 else "filled")  # the app echoes it
+        request_ids.add(line["response"]["request_id"])
+    assert all(rid.startswith("req-") for rid in request_ids) and len(request_ids) == 12
+
+    errors = {e["custom_id"]: e for e in read_jsonl(tmp_path / "out.errors.jsonl")}
+    assert sorted(errors) == ["c0", "c12", "c14"]
+    for e in errors.values():
+        assert list(e) == ["id", "custom_id", "response", "error", "batchrun"]
+        assert e["response"] is None and e["id"] == batch_request_id(e["custom_id"])
+        assert e["batchrun"]["attempts"] == 0 and isinstance(e["batchrun"]["row"], int)
+    assert errors["c12"]["error"]["code"] == "bad_input"
+    assert errors["c12"]["error"]["message"].startswith("in.jsonl:13: url must be one of")
+    assert errors["c14"]["error"]["message"].startswith("in.jsonl:15: method must be POST")
+    assert errors["c0"]["error"]["code"] == "duplicate_id"
+    assert summary["errors_by_status"]["bad_input"]["count"] == 2
+    assert summary["errors_by_status"]["duplicate_id"]["count"] == 1
+
+    shown = CliRunner().invoke(main, ["errors", str(tmp_path / "out.jsonl"), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert orjson.loads(shown.stdout)["by_status"]["bad_input"]["count"] == 2
+
+
+def test_resume_and_retry_errors(tmp_path: Path, endpoint_app: EndpointApp) -> None:
+    lines = [_line(i, word="bad" if i in (4, 8) else "hello") for i in range(12)]
+    write_jsonl(tmp_path / "in.jsonl", lines)
+    job = _job(tmp_path, endpoint_app.url)
+    batch = ("--openai-batch", str(tmp_path / "in.jsonl"))
+    endpoint_app.configure(reject_match="bad", reject_status=400)
+    code, summary, err = _cli(str(job), *batch, "--limit", "6")
+    assert code == 3 and summary["succeeded"] == 5 and summary["failed"] == 1, err
+    code, summary, err = _cli(str(job), *batch)  # resume: only the 6 rows never sent
+    assert code == 3 and summary["skipped_done"] == 6 and summary["rows"] == 6, err
+    assert endpoint_app.stats()["requests"] == 12
+    errors = read_jsonl(tmp_path / "out.errors.jsonl")
+    assert sorted(e["custom_id"] for e in errors) == ["c4", "c8"]
+    for e in errors:
+        assert e["error"]["code"] == "http_400" and "input rejected" in e["error"]["message"]
+        assert e["response"]["status_code"] == 400
+        assert "input rejected" in e["response"]["body"]["error"]["message"]
+
+    endpoint_app.configure(reject_match="")
+    code, summary, err = _cli(str(job), *batch, "--retry-errors")
+    assert code == 0 and summary["retried_errors"] == 2, err
+    assert endpoint_app.stats()["requests"] == 14
+    assert read_jsonl(tmp_path / "out.errors.jsonl") == []
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(line["custom_id"] for line in out) == sorted(f"c{i}" for i in range(12))
+    code, summary, err = _cli(str(job), *batch)
+    assert code == 0 and summary["rows"] == 0 and endpoint_app.stats()["requests"] == 14, err
+
+
+@pytest.mark.parametrize(
+    ("first", "said"),
+    [
+        ({"method": "POST", "url": "/v1/completions", "body": {}}, "no custom_id"),
+        ({"custom_id": "a", "url": "/v1/completions"}, "body must be a JSON object"),
+        ({"custom_id": "a", "method": "PUT", "url": "/v1/completions", "body": {}}, "method"),
+        ({"custom_id": "a", "url": "/v1/responses", "body": {}}, "url must be one of"),
+    ],
+)
+def test_a_bad_first_line_is_exit_2_before_anything_is_sent(
+    tmp_path: Path, endpoint_app: EndpointApp, first: dict[str, Any], said: str
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [first, _line(1)])
+    job = _job(tmp_path, endpoint_app.url)
+    code, _, err = _cli(str(job), "--openai-batch", str(tmp_path / "in.jsonl"))
+    assert code == 2
+    assert "in.jsonl: line 1: " in err and said in err
+    assert endpoint_app.stats()["requests"] == 0
+
+
+def test_parquet_output_is_exit_2(tmp_path: Path, endpoint_app: EndpointApp) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [_line(0)])
+    job = _job(tmp_path, endpoint_app.url)
+    args = ("--openai-batch", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.parquet"))
+    code, _, err = _cli(str(job), *args)
+    assert code == 2 and 'format = "openai-batch" is JSONL' in err
+
+
+def test_three_routes_against_the_local_echo_model(
+    tmp_path: Path, local_service: LocalService
+) -> None:
+    with api(local_service) as client:
+        url = str(create_running(client, "obatch")["status"]["url"])
+    write_jsonl(tmp_path / "in.jsonl", [_line(i) for i in range(9)])
+    job = _job(tmp_path, url, token_env="ECHO_TOKEN")
+    env = {"ECHO_TOKEN": local_service.token}
+    code, summary, err = _cli(str(job), "--openai-batch", str(tmp_path / "in.jsonl"), env=env)
+    assert code == 0 and summary["succeeded"] == 9, err
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert len(out) == 9
+    for line in out:
+        body = _check_output_line(line, echo=True)
+        assert body["model"] == "filled"
+
+
+def test_completions_format_and_finish_reason(tmp_path: Path, endpoint_app: EndpointApp) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "q": f"question {i}"} for i in range(6)])
+    sections: dict[str, dict[str, Any]] = {
+        "endpoint": {"url": endpoint_app.url},
+        "input": {"path": str(tmp_path / "in.jsonl"), "template": "Q: {q}", "id_field": "id"},
+        "output": {"path": str(tmp_path / "c.jsonl")},
+        "run": {"request_format": "completions", "parameters": {"max_new_tokens": 4}},
+    }
+    summary = run_job(load_job(write_job(tmp_path / "c.toml", sections)), progress=False)
+    assert summary.exit_code == 0 and summary.succeeded == 6
+    for row in read_jsonl(tmp_path / "c.jsonl"):
+        i = int(row["id"][1:])
+        assert row["text"] == expected_generated_text(f"Q: question {i}")
+        assert row["finish_reason"] == "length"
+        assert row["usage"]["prompt_tokens"] == 3
+    assert endpoint_app.stats()["routes"] == {"/v1/completions": 6}
+
+    sections["run"] = {"request_format": "chat"}
+    sections["output"] = {"path": str(tmp_path / "chat.jsonl")}
+    sections["input"] = {"path": str(tmp_path / "in.jsonl"), "field": "q"}
+    summary = run_job(load_job(write_job(tmp_path / "chat.toml", sections)), progress=False)
+    assert summary.exit_code == 0
+    rows = read_jsonl(tmp_path / "chat.jsonl")
+    assert [r["finish_reason"] for r in rows] == ["stop"] * 6
+    assert list(rows[0]) == ["id", "content", "finish_reason", "usage", "attempts", "latency_ms"]
