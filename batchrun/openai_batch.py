@@ -5,7 +5,7 @@ Input: one request per JSONL line, as OpenAI's Batch API defines it::
     {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
 
 ``custom_id`` is the row id (``[input] id_field`` is ``custom_id``; a duplicate goes to the
-errors file as ``duplicate_id``), the line's ``url`` (one of `ROUTES`) is joined to the
+errors file as ``duplicate_id``), the line's ``url`` (one of `BATCH_ROUTES`) is joined to the
 endpoint's base URL (`batchrun.codecs.request_url`: a base ending in ``/v1`` gets no second
 one), ``body`` is posted as is, with ``model`` filled from ``[run] model`` when it has none. The
 first line is checked before anything is sent (`InputError`, exit 2); a later bad line is a
@@ -40,9 +40,9 @@ from batchrun.errors import BadResponseError, InputError, RowInputError
 from batchrun.job import Job
 from batchrun.net import excerpt
 
-__all__ = ["OpenAIBatchCodec", "ROUTES", "batch_request_id"]
+__all__ = ["BATCH_ROUTES", "OpenAIBatchCodec", "batch_request_id"]
 
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+BATCH_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 """The routes a line may name: those the servers batchrun targets all serve."""
 
 
@@ -72,14 +72,16 @@ class OpenAIBatchCodec(RequestCodec):
         """``(route, body)`` of a line, `body` with ``model`` filled in.
 
         Raises:
-            RowInputError: not a POST to one of `ROUTES` with an object ``body``.
+            RowInputError: not a POST to one of `BATCH_ROUTES` with an object ``body``.
         """
         method = record.get("method", "POST")
         if method != "POST":
             raise RowInputError(f"method must be POST, got {_short(method)}")
         route = record.get("url")
-        if route not in ROUTES:
-            raise RowInputError(f"url must be one of {', '.join(ROUTES)}, got {_short(route)}")
+        if route not in BATCH_ROUTES:
+            raise RowInputError(
+                f"url must be one of {', '.join(BATCH_ROUTES)}, got {_short(route)}"
+            )
         body = record.get("body")
         if not isinstance(body, dict):
             raise RowInputError(f"body must be a JSON object, got {_short(body)}")

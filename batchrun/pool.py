@@ -553,6 +553,7 @@ class Pool:
         self.verdict: Verdict | None = None
         self.lost: list[Request] = []
         self._health = RouteHealth(self.breaker_window)
+        self._routes: dict[str, RouteHealth] = {}  # the breakers of requests' own routes
         self._trouble = True  # a suspicion or hold may need clearing on the next success
         self._held: list[tuple[str, Outcome]] = []
         self._release_due = False
@@ -603,6 +604,7 @@ class Pool:
         self.verdict = None
         self.lost = []
         self._health = RouteHealth(self.breaker_window)
+        self._routes = {}
         self._trouble = True
         self._held = []
         self._release_due = False
@@ -694,11 +696,13 @@ class Pool:
 
     # --- stopping on its own: endpoint-wide failures, outages, stalls ----------------------
 
-    def _trip(self, failure: str, message: str, requests: int) -> None:
-        """Stop the pool at once with a verdict; what it holds back stays unreported."""
+    def _trip(self, failure: str, message: str, requests: int, url: str | None = None) -> None:
+        """Stop the pool at once with a verdict (`url`: the route that failed, else the pool's
+        URL); what it holds back stays unreported."""
         if self.verdict is not None:
             return
-        self.verdict = Verdict(failure=failure, url=self.url, message=message, requests=requests)
+        url = url or self.url
+        self.verdict = Verdict(failure=failure, url=url, message=message, requests=requests)
         log.info("stopping dispatch: %s", self.verdict.line())
         self.stop(grace=0)
 
@@ -743,15 +747,25 @@ class Pool:
                 )
                 return
 
-    def _suspect(self, error: InferenceError) -> str | None:
+    def _suspect(self, error: InferenceError, request: Request) -> str | None:
         """The class under which a final failure is held back (None: report it now)."""
         failure = endpoint_wide_class(error)
         if failure is None:
             return None
-        health = self._health
-        if failure == "unreachable" and health.served:
+        if failure == "unreachable" and self._health.served:
             return None
-        return failure if health.suspected(failure) else None
+        return failure if self._health_of(request).suspected(failure) else None
+
+    def _health_of(self, request: Request) -> RouteHealth:
+        """The breaker of `request`'s route: a request with a route of its own
+        (`Request.route`) is counted on that route's; `_health` is the pool's URL's, and knows
+        whether the endpoint has served at all."""
+        if request.route is None:
+            return self._health
+        health = self._routes.get(request.route)
+        if health is None:
+            health = self._routes[request.route] = RouteHealth(self.breaker_window)
+        return health
 
     async def _release(
         self,
@@ -762,11 +776,10 @@ class Pool:
     ) -> None:
         """Report the held-back failures no longer suspected (`everything`: all of them)."""
         self._release_due = False
-        health = self._health
         keep: list[tuple[str, Outcome]] = []
         out: list[Outcome] = []
         for failure, outcome in self._held:
-            if everything or not health.suspected(failure):
+            if everything or not self._health_of(outcome.request).suspected(failure):
                 out.append(outcome)
             else:
                 keep.append((failure, outcome))
@@ -785,10 +798,12 @@ class Pool:
             finally:
                 slot.reporting = False
 
-    def _cleared(self) -> None:
-        """A request succeeded while something was suspected or held."""
+    def _cleared(self, request: Request) -> None:
+        """A request succeeded while something was suspected or held (or on its own route)."""
         self._trouble = False
         self._health.ok()
+        if request.route is not None:
+            self._health_of(request).ok()
         shared = self._shared
         shared.hits.clear()
         if shared.outage_since is not None:
@@ -886,8 +901,8 @@ class Pool:
                 except InferenceError as error:
                     outcome = await self._retry(request, error, start)
                 else:
-                    if self._trouble:
-                        self._cleared()
+                    if self._trouble or request.route is not None:
+                        self._cleared(request)
                     outcome = Outcome(request, results, None, 1, (clock() - start) * 1000.0)
             except _End:
                 return
@@ -909,7 +924,7 @@ class Pool:
             elif self.verdict is not None:
                 continue  # stopped endpoint-wide: the rows stay pending
             else:
-                failure = self._suspect(outcome.error)
+                failure = self._suspect(outcome.error, request)
                 if failure is not None:  # maybe the endpoint's: held until it is known
                     self._held.append((failure, outcome))
                     stats.withheld += 1
@@ -962,8 +977,8 @@ class Pool:
         except InferenceError as error:
             self._failed(tries, error, request)
             raise
-        if self._trouble:
-            self._cleared()
+        if self._trouble or request.route is not None:
+            self._cleared(request)
         return results
 
     def _failed(self, tries: _Tries, error: InferenceError, request: Request) -> None:
@@ -974,16 +989,17 @@ class Pool:
             tries.outage_counted = 0
             tries.epoch = shared.epoch
         self._trouble = True
-        health = self._health
+        health = self._health_of(request)
         failure = endpoint_wide_class(error)
-        if failure == "unreachable" and health.served:
+        if failure == "unreachable" and self._health.served:
             failure = None  # once it has served, no connection is an outage
         if health.failed(id(request), failure):
-            self._trip(failure or "error", str(error), health.distinct(failure or ""))
+            url = None if request.route is None else self._route_url(request.route)
+            self._trip(failure or "error", str(error), health.distinct(failure or ""), url)
             return
         if self._held:
             self._release_due = True
-        trouble = trouble_of(error, served=health.served)
+        trouble = trouble_of(error, served=self._health.served)
         if trouble is Trouble.OUTAGE:
             self._outage_hit(request, error)
             if shared.outage_since is not None:

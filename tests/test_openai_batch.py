@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from batchrun.cli import main
 from batchrun.job import load_job
-from batchrun.openai_batch import ROUTES, batch_request_id
+from batchrun.openai_batch import BATCH_ROUTES, batch_request_id
 from batchrun.runner import run_job
 from tests.conftest import LocalService
 from tests.support.endpoint_app import EndpointApp, expected_generated_text
@@ -24,7 +24,7 @@ _BATCH_ID = re.compile(r"batch_req_[0-9a-f]{24}")
 
 
 def _line(i: int, *, model: bool = False, word: str = "hello") -> dict[str, Any]:
-    route = ROUTES[i % 3]
+    route = BATCH_ROUTES[i % 3]
     text = f"{word} {i}"
     if route == "/v1/chat/completions":
         body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "max_tokens": 8}
@@ -68,7 +68,7 @@ def _check_output_line(line: dict[str, Any], *, echo: bool) -> dict[str, Any]:
     i = int(line["custom_id"][1:])
     body = response["body"]
     expected = expected_generated_text(f"hello {i}") if not echo else f"echo: hello {i}"
-    route = ROUTES[i % 3]
+    route = BATCH_ROUTES[i % 3]
     if route == "/v1/chat/completions":
         assert body["object"] == "chat.completion"
         assert body["choices"][0]["message"]["content"] == expected
@@ -94,7 +94,7 @@ def test_three_routes_against_the_test_endpoint(tmp_path: Path, endpoint_app: En
     code, summary, err = _cli(str(job), "--openai-batch", str(tmp_path / "in.jsonl"))
     assert code == 3, err
     assert summary["succeeded"] == 12 and summary["failed"] == 3
-    assert endpoint_app.stats()["routes"] == {route: 4 for route in ROUTES}
+    assert endpoint_app.stats()["routes"] == {route: 4 for route in BATCH_ROUTES}
 
     out = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(line["custom_id"] for line in out) == [
@@ -173,6 +173,23 @@ def test_a_bad_first_line_is_exit_2_before_anything_is_sent(
     assert code == 2
     assert "in.jsonl: line 1: " in err and said in err
     assert endpoint_app.stats()["requests"] == 0
+
+
+def test_a_route_the_endpoint_does_not_serve_trips_its_own_breaker(
+    tmp_path: Path, endpoint_app: EndpointApp
+) -> None:
+    # every embeddings line gets a 404 (as from a server without /v1/embeddings); chat and
+    # completions succeed around them, yet the embeddings route is judged on its own
+    write_jsonl(
+        tmp_path / "in.jsonl", [_line(i, word="nope" if i % 3 == 2 else "hello") for i in range(30)]
+    )
+    endpoint_app.configure(reject_match="nope", reject_status=404)
+    job = _job(tmp_path, endpoint_app.url)
+    code, summary, err = _cli(str(job), "--openai-batch", str(tmp_path / "in.jsonl"))
+    assert code == 5, err
+    assert f"{endpoint_app.url}/v1/embeddings" in summary["error"]
+    assert read_jsonl(tmp_path / "out.errors.jsonl") == []  # its rows stay pending
+    assert summary["pending"] >= 10
 
 
 def test_parquet_output_is_exit_2(tmp_path: Path, endpoint_app: EndpointApp) -> None:
