@@ -3,10 +3,16 @@ app and the local service's echo model; the completions request format; finish_r
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -18,6 +24,7 @@ from batchrun.runner import run_job
 from tests.conftest import LocalService
 from tests.support.endpoint_app import EndpointApp, expected_generated_text
 from tests.support.run import read_jsonl, write_job, write_jsonl
+from tests.support.waiting import wait_for
 from tests.test_local_helpers import api, create_running
 
 _BATCH_ID = re.compile(r"batch_req_[0-9a-f]{24}")
@@ -242,3 +249,114 @@ def test_completions_format_and_finish_reason(tmp_path: Path, endpoint_app: Endp
     rows = read_jsonl(tmp_path / "chat.jsonl")
     assert [r["finish_reason"] for r in rows] == ["stop"] * 6
     assert list(rows[0]) == ["id", "content", "finish_reason", "usage", "attempts", "latency_ms"]
+
+
+# --- a server nobody here wrote: `transformers serve` with a tiny random GPT-2 -----------------
+
+
+_SERVE_TINY_GPT2 = """
+import sys
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+root = Path(sys.argv[1])
+words = ["the", "a", "cat", "dog", "hello", "world", "batch", "run", "user", "assistant", ":"]
+vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
+vocab.update({w: i + 4 for i, w in enumerate(words)})
+tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+tok.pre_tokenizer = pre_tokenizers.Whitespace()
+fast = PreTrainedTokenizerFast(
+    tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
+    eos_token="[EOS]",
+)
+fast.chat_template = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+torch.manual_seed(0)
+config = GPT2Config(
+    vocab_size=len(vocab), n_positions=128, n_embd=16, n_layer=1, n_head=2, bos_token_id=2,
+    eos_token_id=3, pad_token_id=0,
+)
+GPT2LMHeadModel(config).save_pretrained(root)
+fast.save_pretrained(root)
+
+from transformers.cli.transformers import main
+
+sys.argv = ["transformers", "serve", str(root), "--host", "127.0.0.1", "--port", sys.argv[2]]
+main()
+"""
+"""Builds a randomly initialised 1-layer GPT-2 with a word-level tokenizer and a chat template
+in argv[1] (nothing is downloaded), then runs `transformers serve` on it on port argv[2]: one
+process, so torch is imported once."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1.0, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.models
+def test_transformers_serve_with_a_tiny_random_gpt2(tmp_path: Path) -> None:
+    for module in ("torch", "transformers", "tokenizers", "fastapi", "uvicorn", "openai"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (transformers serve: transformers[serving])")
+    model = tmp_path / "tiny-gpt2"
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with (tmp_path / "serve.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_TINY_GPT2, str(model), str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(url) or server.poll() is not None, 90, "transformers serve")
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+        lines = [_line(i) for i in range(6) if BATCH_ROUTES[i % 3] != "/v1/embeddings"]
+        write_jsonl(tmp_path / "in.jsonl", lines)
+        job = write_job(
+            tmp_path / "job.toml",
+            {
+                "endpoint": {"url": url},
+                "output": {"path": str(tmp_path / "out.jsonl")},
+                "run": {"model": str(model), "concurrency": 2, "request_timeout": 60},
+            },
+        )
+        code, summary, err = _cli(str(job), "--openai-batch", str(tmp_path / "in.jsonl"))
+        assert code == 0 and summary["succeeded"] == 4, err
+        for line in read_jsonl(tmp_path / "out.jsonl"):
+            assert list(line) == ["id", "custom_id", "response", "error", "batchrun"]
+            assert line["id"] == batch_request_id(line["custom_id"]) and line["error"] is None
+            response = line["response"]
+            assert response["status_code"] == 200
+            body = response["body"]
+            assert response["request_id"] == body["id"]  # its x-request-id header
+            choice = body["choices"][0]
+            if body["object"] == "chat.completion":
+                assert isinstance(choice["message"]["content"], str)
+            else:
+                assert body["object"] == "text_completion" and isinstance(choice["text"], str)
+            assert choice["finish_reason"] in ("length", "stop")
+            assert body["usage"]["completion_tokens"] <= 8
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
