@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from batchrun.cli import main
-from batchrun.job import load_job
+from batchrun.errors import JobError
+from batchrun.job import Job, load_job
 from batchrun.openai_batch import BATCH_ROUTES, batch_request_id
 from batchrun.runner import run_job
 from tests.conftest import LocalService
@@ -197,6 +198,55 @@ def test_a_route_the_endpoint_does_not_serve_trips_its_own_breaker(
     assert f"{endpoint_app.url}/v1/embeddings" in summary["error"]
     assert read_jsonl(tmp_path / "out.errors.jsonl") == []  # its rows stay pending
     assert summary["pending"] >= 10
+
+
+@pytest.mark.parametrize(
+    ("sections", "said"),
+    [
+        ({"input": {"path": "in.csv"}}, "reads a .jsonl input"),
+        ({"input": {"path": "in.jsonl", "id_field": "id"}}, "drop [input] id_field"),
+        ({"input": {"path": "in.jsonl", "field": "body"}}, "drop [input] field and template"),
+        ({"run": {"request_format": "chat"}}, 'needs [run] request_format = "openai-batch"'),
+    ],
+)
+def test_job_keys_that_do_not_go_with_openai_batch(
+    sections: dict[str, dict[str, Any]], said: str
+) -> None:
+    data: dict[str, dict[str, Any]] = {
+        "endpoint": {"url": "http://127.0.0.1:1"},
+        "input": {"path": "in.jsonl"},
+        "output": {"path": "out.jsonl", "format": "openai-batch"},
+        "run": {"request_format": "openai-batch"},
+    }
+    for name, values in sections.items():
+        data[name] = {**data[name], **values}
+    with pytest.raises(JobError, match=re.escape(said)):
+        Job.from_dict(data, source="job.toml")
+
+
+def test_openai_batch_job_defaults() -> None:
+    job = Job.from_dict(
+        {
+            "endpoint": {"url": "http://127.0.0.1:1"},
+            "input": {"path": "in.jsonl"},
+            "output": {"path": "out.jsonl"},
+            "run": {"request_format": "openai-batch"},
+        }
+    )
+    assert job.input.id_field == "custom_id" and job.output_shape == "openai-batch"
+
+
+def test_batchrun_shaped_output_of_an_openai_batch_file(
+    tmp_path: Path, endpoint_app: EndpointApp
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [_line(i) for i in range(3)])
+    job = _job(tmp_path, endpoint_app.url)
+    args = ("--openai-batch", str(tmp_path / "in.jsonl"), "--set", "output.format=batchrun")
+    code, _, err = _cli(str(job), *args)
+    assert code == 0, err
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(r["id"] for r in rows) == ["c0", "c1", "c2"]
+    assert list(rows[0]) == ["id", "status_code", "request_id", "body", "attempts", "latency_ms"]
 
 
 def test_parquet_output_is_exit_2(tmp_path: Path, endpoint_app: EndpointApp) -> None:
