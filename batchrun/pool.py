@@ -18,7 +18,8 @@ first attempt is a plain ``await``; only when it fails does the request enter th
   logger (the CLI's ``-q`` silences it).
 
 Failures that are the endpoint's rather than a row's (`batchrun.health`): every attempt feeds
-the route's `RouteHealth`; when it trips (two distinct requests failing the same endpoint-wide
+the route's `RouteHealth` (a request with a route of its own, `Request.route`, feeds that
+route's, and a verdict names that route's URL); when it trips (two distinct requests failing the same endpoint-wide
 way before any success, or the last ``breaker_window`` all failing the same way after one), the
 pool stops at once and sets `Pool.verdict`. Final failures of a class under suspicion are held
 back, not reported, until the suspicion clears (then they are reported) or the breaker trips
