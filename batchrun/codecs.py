@@ -5,12 +5,14 @@ One `RequestCodec` per `[run] request_format`, built from the job by `codec_for`
 | format | request | result fields |
 | --- | --- | --- |
 | ``inputs`` | ``POST {url}`` ``{"inputs": text or [texts], "parameters": {...}}`` | by task, below |
-| ``chat`` | ``POST {url}/v1/chat/completions`` (OpenAI; ``max_new_tokens`` → ``max_tokens``) | ``content``, ``usage`` |
+| ``chat`` | ``POST {url}/v1/chat/completions`` (OpenAI; ``max_new_tokens`` → ``max_tokens``) | ``content``, ``finish_reason``, ``usage`` |
+| ``completions`` | ``POST {url}/v1/completions`` ``{"prompt", "model", ...}`` (parameters as chat) | ``text``, ``finish_reason``, ``usage`` |
 | ``embeddings`` | ``POST {url}/v1/embeddings`` ``{"input": text or [texts], "model"}`` | ``embedding`` |
 | ``raw`` | ``POST {url}`` with the row's field as the body (dict/list as JSON, str as is) | ``response`` |
+| ``openai-batch`` | each line's ``url`` (``POST {url}{line.url}``) with its ``body`` (`batchrun.openai_batch`) | ``status_code``, ``request_id``, ``body`` |
 
 With ``inputs``, the task names the answer's field: text-generation (and text2text-generation)
-``generated_text``, summarization ``summary_text``, translation ``translation_text``,
+``generated_text`` (and ``finish_reason`` when TGI's ``details`` carry it), summarization ``summary_text``, translation ``translation_text``,
 text-classification ``labels`` (a list of ``{"label", "score"}``), feature-extraction (and
 sentence-similarity, sentence-embeddings) ``embedding``, any other task ``response`` (the
 answer as is). An answer of an unexpected shape is a `BadResponseError` (status
@@ -23,7 +25,7 @@ client must never be the bottleneck.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +38,7 @@ from batchrun.ratelimit import TokenUsage
 
 __all__ = [
     "ChatCodec",
+    "CompletionsCodec",
     "EmbeddingsCodec",
     "InputsCodec",
     "RawCodec",
@@ -67,11 +70,14 @@ class RequestCodec:
         path: appended to the endpoint URL (see `request_url`).
         result_fields: the fields each decoded row holds.
         content_type: the request body's content type.
+        reshapes: True when `result_row` / `error_row` change the rows (the runner calls them
+            only then).
     """
 
     path: str = ""
     result_fields: tuple[str, ...] = ("response",)
     content_type: str = "application/json"
+    reshapes: bool = False
 
     def __init__(self, job: Job) -> None:
         self.field = job.input.field
@@ -121,6 +127,18 @@ class RequestCodec:
             RowInputError: as `render`.
         """
         return self.encode_rendered((self.render(record),))
+
+    def route_of(self, items: Sequence[Any]) -> str | None:
+        """The path this request goes to when it is not `path` (a per-row route), else None."""
+        return None
+
+    def result_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A results-file row as written (`reshapes`: the output has a shape of its own)."""
+        return row
+
+    def error_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """An errors-file row as written (see `result_row`)."""
+        return row
 
     def check_first_row(self, record: dict[str, Any]) -> None:
         """Check that the input's first row has what the job reads, before anything is sent.
@@ -183,6 +201,16 @@ class RequestCodec:
         ``usage``, or the sum of TGI's ``details.generated_tokens``."""
         return _usage_of(payload)
 
+    def decode_answer(
+        self, body: bytes, n: int, headers: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """Per-row result fields from a 200 answer and its headers (default: the body alone).
+
+        Raises:
+            BadResponseError: see `decode_body`.
+        """
+        return self.decode_body(body, n)
+
 
 class InputsCodec(RequestCodec):
     """Hugging Face's default container (and TGI's ``/generate``): ``{"inputs", "parameters"}``."""
@@ -233,7 +261,7 @@ class InputsCodec(RequestCodec):
                 return super().decode_body(body, n)  # says what is wrong
             if type(payload) is list and len(payload) == 1 and type(payload[0]) is dict:
                 text = payload[0].get(key)
-                if type(text) is str:
+                if type(text) is str and "details" not in payload[0]:
                     return [{key: text}]
             return self._decode_text(payload, n, key)
         return super().decode_body(body, n)
@@ -259,7 +287,11 @@ class InputsCodec(RequestCodec):
                 item = item[0]
             if not isinstance(item, dict) or not isinstance(item.get(key), str):
                 raise _bad_shape(payload, f'a list of {n} {{"{key}": "..."}}')
-            out.append({key: item[key]})
+            details = item.get("details")
+            if isinstance(details, dict) and "finish_reason" in details:  # TGI, details=true
+                out.append({key: item[key], "finish_reason": details["finish_reason"]})
+            else:
+                out.append({key: item[key]})
         return out
 
     @staticmethod
@@ -305,7 +337,7 @@ class ChatCodec(RequestCodec):
     ``messages`` column."""
 
     path = "/v1/chat/completions"
-    result_fields = ("content", "usage")
+    result_fields = ("content", "finish_reason", "usage")
 
     def __init__(self, job: Job) -> None:
         super().__init__(job)
@@ -349,7 +381,50 @@ class ChatCodec(RequestCodec):
         if content is not None and not isinstance(content, str):
             raise _bad_shape(payload, "a string message content")
         usage = payload.get("usage")
-        return [{"content": content, "usage": usage if isinstance(usage, dict) else None}]
+        return [
+            {
+                "content": content,
+                "finish_reason": payload["choices"][0].get("finish_reason"),
+                "usage": usage if isinstance(usage, dict) else None,
+            }
+        ]
+
+
+class CompletionsCodec(ChatCodec):
+    """OpenAI completions (vLLM, TGI, ``transformers serve``, ...): the text as ``prompt``,
+    ``parameters`` mapped as `ChatCodec` maps them (``max_new_tokens`` → ``max_tokens``)."""
+
+    path = "/v1/completions"
+    result_fields = ("text", "finish_reason", "usage")
+
+    def render(self, record: dict[str, Any]) -> Any:
+        text = RequestCodec.render(self, record)
+        return text if isinstance(text, str) else str(text)
+
+    def encode_rendered(self, items: Sequence[Any]) -> bytes:
+        body: dict[str, Any] = {"prompt": items[0]}
+        if self.model:
+            body["model"] = self.model
+        if self.extra:
+            body.update(self.extra)
+        return orjson.dumps(body)
+
+    def decode(self, payload: Any, n: int) -> list[dict[str, Any]]:
+        try:
+            choice = payload["choices"][0]
+            text = choice["text"]
+        except (KeyError, IndexError, TypeError):
+            raise _bad_shape(payload, '{"choices": [{"text": ...}]}') from None
+        if not isinstance(text, str):
+            raise _bad_shape(payload, "a string choices[0].text")
+        usage = payload.get("usage")
+        return [
+            {
+                "text": text,
+                "finish_reason": choice.get("finish_reason") if isinstance(choice, dict) else None,
+                "usage": usage if isinstance(usage, dict) else None,
+            }
+        ]
 
 
 class EmbeddingsCodec(RequestCodec):
@@ -404,6 +479,7 @@ class RawCodec(RequestCodec):
 _CODECS: dict[str, type[RequestCodec]] = {
     "inputs": InputsCodec,
     "chat": ChatCodec,
+    "completions": CompletionsCodec,
     "embeddings": EmbeddingsCodec,
     "raw": RawCodec,
 }
@@ -416,13 +492,18 @@ def codec_for(job: Job) -> RequestCodec:
         JobError: a combination batchrun cannot send (e.g. batch_size > 1 with chat or raw).
     """
     fmt = job.run.request_format
+    if fmt == "openai-batch":
+        from batchrun.openai_batch import OpenAIBatchCodec  # it builds on this module
+
+        return OpenAIBatchCodec(job)
     try:
         cls = _CODECS[fmt]
     except KeyError:
         raise JobError(
-            f"{job.source}: [run] request_format must be one of {', '.join(_CODECS)}, got {fmt!r}"
+            f"{job.source}: [run] request_format must be one of {', '.join(_CODECS)}, "
+            f"openai-batch, got {fmt!r}"
         ) from None
-    if job.run.batch_size > 1 and fmt in ("chat", "raw"):
+    if job.run.batch_size > 1 and fmt in ("chat", "completions", "raw"):
         raise JobError(
             f'{job.source}: [run] batch_size > 1 does not work with request_format "{fmt}"'
         )

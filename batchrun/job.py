@@ -44,7 +44,8 @@ __all__ = [
 
 Provider = Literal["url", "hf", "local"]
 OnExit = Literal["pause", "scale-to-zero", "delete", "restore", "keep"]
-RequestFormat = Literal["inputs", "chat", "embeddings", "raw"]
+RequestFormat = Literal["inputs", "chat", "completions", "embeddings", "raw", "openai-batch"]
+OutputShape = Literal["batchrun", "openai-batch"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
 
 
@@ -187,6 +188,7 @@ class OutputSpec:
     keep_fields: list[str] = field(default_factory=list)
     commit_rows: int = 1000
     commit_seconds: float = 1.0
+    format: OutputShape | None = None  # None: "openai-batch" for that request format, else ours
 
     @property
     def output_format(self) -> Literal["jsonl", "parquet"]:
@@ -293,6 +295,8 @@ class Job:
             endpoint = dataclasses.replace(endpoint, provider="url")
         inp: InputSpec = built["input"]
         out: OutputSpec = built["output"]
+        if built["run"].request_format == "openai-batch" and inp.id_field is None:
+            inp = dataclasses.replace(inp, id_field="custom_id")  # OpenAI's id of a line
         if base_dir is not None:
             inp = dataclasses.replace(inp, path=_resolve(inp.path, base_dir))
             out = dataclasses.replace(out, path=_resolve(out.path, base_dir))
@@ -371,7 +375,8 @@ class Job:
                 f"{src}: [output] path must end in .jsonl or .parquet, got {self.output.path!r}"
             )
         run = self.run
-        if run.batch_size > 1 and run.request_format in ("chat", "raw"):
+        self._check_openai_batch()
+        if run.batch_size > 1 and run.request_format in ("chat", "completions", "raw"):
             raise JobError(
                 f'{src}: [run] batch_size > 1 works with request_format "inputs" or "embeddings", '
                 f'not "{run.request_format}"'
@@ -384,6 +389,42 @@ class Job:
                 raise JobError(
                     f"{src}: [{section}] {key} is nested more than {_MAX_NESTING} levels deep"
                 )
+
+    def _check_openai_batch(self) -> None:
+        src, fmt, shape = self.source, self.run.request_format, self.output.format
+        if shape == "openai-batch" and fmt != "openai-batch":
+            raise JobError(
+                f'{src}: [output] format = "openai-batch" needs [run] request_format = '
+                f'"openai-batch", got "{fmt}"'
+            )
+        if fmt != "openai-batch":
+            return
+        if self.input.input_format != "jsonl":
+            raise JobError(f'{src}: [run] request_format = "openai-batch" reads a .jsonl input')
+        if self.output_shape == "openai-batch" and self.output.output_format == "parquet":
+            raise JobError(
+                f'{src}: [output] format = "openai-batch" is JSONL: [output] path must end in '
+                f".jsonl, got {self.output.path!r}"
+            )
+        if self.input.id_field not in (None, "custom_id"):
+            raise JobError(
+                f'{src}: [run] request_format = "openai-batch" takes the id from custom_id: '
+                f"drop [input] id_field = {self.input.id_field!r}"
+            )
+        if self.input.field is not None or self.input.template is not None:
+            raise JobError(
+                f'{src}: [run] request_format = "openai-batch" sends each line\'s body: '
+                "drop [input] field and template"
+            )
+        if self.run.batch_size > 1:
+            raise JobError(f'{src}: [run] batch_size > 1 does not work with "openai-batch"')
+
+    @property
+    def output_shape(self) -> OutputShape:
+        """`[output] format`, else "openai-batch" for that request format, else "batchrun"."""
+        if self.output.format is not None:
+            return self.output.format
+        return "openai-batch" if self.run.request_format == "openai-batch" else "batchrun"
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What changes results (not concurrency, budget or timeouts): part of the run fingerprint."""
@@ -399,6 +440,7 @@ class Job:
             "system": self.input.system,
             "keep_fields": self.output.keep_fields,
             "limit": self.run.limit,
+            **({"output_format": self.output.format} if self.output.format else {}),
         }
 
 

@@ -18,7 +18,8 @@ first attempt is a plain ``await``; only when it fails does the request enter th
   logger (the CLI's ``-q`` silences it).
 
 Failures that are the endpoint's rather than a row's (`batchrun.health`): every attempt feeds
-the route's `RouteHealth`; when it trips (two distinct requests failing the same endpoint-wide
+the route's `RouteHealth` (a request with a route of its own, `Request.route`, feeds that
+route's, and a verdict names that route's URL); when it trips (two distinct requests failing the same endpoint-wide
 way before any success, or the last ``breaker_window`` all failing the same way after one), the
 pool stops at once and sets `Pool.verdict`. Final failures of a class under suspicion are held
 back, not reported, until the suspicion clears (then they are reported) or the breaker trips
@@ -121,11 +122,14 @@ class Request:
         key: opaque to the pool (the caller's row handles), handed back in the `Outcome`.
         body: the encoded body (`RequestCodec.encode`).
         n: how many rows it carries.
+        route: a path of its own, joined to the endpoint's base URL (`request_url`) instead of
+            the codec's (an OpenAI batch line's ``url``); None: the codec's path.
     """
 
     key: Any
     body: bytes
     n: int = 1
+    route: str | None = None
 
 
 @dataclass(slots=True)
@@ -529,6 +533,8 @@ class Pool:
                 "concurrency, max_attempts and max_response_bytes must be >= 1, request_timeout > 0"
             )
         self.url = request_url(url, codec.path)
+        self.base_url = url
+        self._route_urls: dict[str, str] = {}
         self.codec = codec
         self.concurrency = concurrency
         self.request_timeout = request_timeout
@@ -564,6 +570,7 @@ class Pool:
         self.verdict: Verdict | None = None
         self.lost: list[Request] = []
         self._health = RouteHealth(self.breaker_window)
+        self._routes: dict[str, RouteHealth] = {}  # the breakers of requests' own routes
         self._trouble = True  # a suspicion or hold may need clearing on the next success
         self._held: list[tuple[str, Outcome]] = []
         self._release_due = False
@@ -614,6 +621,7 @@ class Pool:
         self.verdict = None
         self.lost = []
         self._health = RouteHealth(self.breaker_window)
+        self._routes = {}
         self._trouble = True
         self._held = []
         self._release_due = False
@@ -705,11 +713,13 @@ class Pool:
 
     # --- stopping on its own: endpoint-wide failures, outages, stalls ----------------------
 
-    def _trip(self, failure: str, message: str, requests: int) -> None:
-        """Stop the pool at once with a verdict; what it holds back stays unreported."""
+    def _trip(self, failure: str, message: str, requests: int, url: str | None = None) -> None:
+        """Stop the pool at once with a verdict (`url`: the route that failed, else the pool's
+        URL); what it holds back stays unreported."""
         if self.verdict is not None:
             return
-        self.verdict = Verdict(failure=failure, url=self.url, message=message, requests=requests)
+        url = url or self.url
+        self.verdict = Verdict(failure=failure, url=url, message=message, requests=requests)
         log.info("stopping dispatch: %s", self.verdict.line())
         self.stop(grace=0)
 
@@ -754,15 +764,25 @@ class Pool:
                 )
                 return
 
-    def _suspect(self, error: InferenceError) -> str | None:
+    def _suspect(self, error: InferenceError, request: Request) -> str | None:
         """The class under which a final failure is held back (None: report it now)."""
         failure = endpoint_wide_class(error)
         if failure is None:
             return None
-        health = self._health
-        if failure == "unreachable" and health.served:
+        if failure == "unreachable" and self._health.served:
             return None
-        return failure if health.suspected(failure) else None
+        return failure if self._health_of(request).suspected(failure) else None
+
+    def _health_of(self, request: Request) -> RouteHealth:
+        """The breaker of `request`'s route: a request with a route of its own
+        (`Request.route`) is counted on that route's; `_health` is the pool's URL's, and knows
+        whether the endpoint has served at all."""
+        if request.route is None:
+            return self._health
+        health = self._routes.get(request.route)
+        if health is None:
+            health = self._routes[request.route] = RouteHealth(self.breaker_window)
+        return health
 
     async def _release(
         self,
@@ -773,11 +793,10 @@ class Pool:
     ) -> None:
         """Report the held-back failures no longer suspected (`everything`: all of them)."""
         self._release_due = False
-        health = self._health
         keep: list[tuple[str, Outcome]] = []
         out: list[Outcome] = []
         for failure, outcome in self._held:
-            if everything or not health.suspected(failure):
+            if everything or not self._health_of(outcome.request).suspected(failure):
                 out.append(outcome)
             else:
                 keep.append((failure, outcome))
@@ -796,10 +815,12 @@ class Pool:
             finally:
                 slot.reporting = False
 
-    def _cleared(self) -> None:
-        """A request succeeded while something was suspected or held."""
+    def _cleared(self, request: Request) -> None:
+        """A request succeeded while something was suspected or held (or on its own route)."""
         self._trouble = False
         self._health.ok()
+        if request.route is not None:
+            self._health_of(request).ok()
         shared = self._shared
         shared.hits.clear()
         if shared.outage_since is not None:
@@ -902,8 +923,8 @@ class Pool:
                 except InferenceError as error:
                     outcome = await self._retry(request, error, start)
                 else:
-                    if self._trouble:
-                        self._cleared()
+                    if self._trouble or request.route is not None:
+                        self._cleared(request)
                     outcome = Outcome(request, results, None, 1, (clock() - start) * 1000.0)
             except _End:
                 return
@@ -925,7 +946,7 @@ class Pool:
             elif self.verdict is not None:
                 continue  # stopped endpoint-wide: the rows stay pending
             else:
-                failure = self._suspect(outcome.error)
+                failure = self._suspect(outcome.error, request)
                 if failure is not None:  # maybe the endpoint's: held until it is known
                     self._held.append((failure, outcome))
                     stats.withheld += 1
@@ -978,8 +999,8 @@ class Pool:
         except InferenceError as error:
             self._failed(tries, error, request)
             raise
-        if self._trouble:
-            self._cleared()
+        if self._trouble or request.route is not None:
+            self._cleared(request)
         return results
 
     def _failed(self, tries: _Tries, error: InferenceError, request: Request) -> None:
@@ -990,16 +1011,17 @@ class Pool:
             tries.outage_counted = 0
             tries.epoch = shared.epoch
         self._trouble = True
-        health = self._health
+        health = self._health_of(request)
         failure = endpoint_wide_class(error)
-        if failure == "unreachable" and health.served:
+        if failure == "unreachable" and self._health.served:
             failure = None  # once it has served, no connection is an outage
         if health.failed(id(request), failure):
-            self._trip(failure or "error", str(error), health.distinct(failure or ""))
+            url = None if request.route is None else self._route_url(request.route)
+            self._trip(failure or "error", str(error), health.distinct(failure or ""), url)
             return
         if self._held:
             self._release_due = True
-        trouble = trouble_of(error, served=health.served)
+        trouble = trouble_of(error, served=self._health.served)
         if trouble is Trouble.OUTAGE:
             self._outage_hit(request, error)
             if shared.outage_since is not None:
@@ -1125,8 +1147,9 @@ class Pool:
         assert session is not None
         self._shared.stats.attempts += 1
         charge = self._charges.pop(id(request), None) if self._charges else None
+        url = self.url if request.route is None else self._route_url(request.route)
         try:
-            async with session.post(self.url, data=request.body) as response:
+            async with session.post(url, data=request.body) as response:
                 length = response.content_length
                 if (
                     length is not None
@@ -1137,9 +1160,10 @@ class Pool:
                 else:
                     body = await self._read(response, length)
                 status = response.status
+                headers = response.headers
                 if status >= 300:
                     raise status_error(
-                        status, body, response.headers.get("Retry-After"), secrets=self._secrets
+                        status, body, headers.get("Retry-After"), secrets=self._secrets
                     )
         except aiohttp.ClientError as e:
             text = f"{type(e).__name__}: {e}".rstrip(": ")
@@ -1154,9 +1178,16 @@ class Pool:
         if charge is not None:
             self._settle(charge, body)
         try:
-            return self.codec.decode_body(body, request.n)
+            return self.codec.decode_answer(body, request.n, headers)
         except BadResponseError as e:
             raise self._scrubbed(e, body, request.n) from None
+
+    def _route_url(self, route: str) -> str:
+        """The URL of a request's own route (a request with `Request.route`)."""
+        url = self._route_urls.get(route)
+        if url is None:
+            url = self._route_urls[route] = request_url(self.base_url, route)
+        return url
 
     async def _read(self, response: aiohttp.ClientResponse, length: int | None) -> bytes:
         """The answer's body (of Content-Length `length`, if it says), never more than

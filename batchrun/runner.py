@@ -394,6 +394,7 @@ class _Run:
         self.control = control
         self.keep = list(job.output.keep_fields)
         self.check_ids = job.input.id_field is not None
+        self.reshape = codec.reshapes  # rows written in the codec's own shape (OpenAI batch)
         per_request = job.run.concurrency * job.run.batch_size
         self.window = max(4 * ledger.commit_rows, 16 * per_request)
         self.moved = asyncio.Event()
@@ -571,7 +572,10 @@ class _Run:
         codec = self.codec
         render = codec.render
         encode = codec.encode_rendered
-        encode_one = codec.encode_row if self.job.run.batch_size == 1 else None
+        route = codec.route_of
+        # one call a row for the usual request; not for a format whose rows pick their route
+        single = self.job.run.batch_size == 1 and type(codec).route_of is RequestCodec.route_of
+        encode_one = codec.encode_row if single else None
         batch_size = self.job.run.batch_size
         limit = self.window
         batch: list[Row] = []
@@ -584,7 +588,7 @@ class _Run:
                     room = limit - ledger.window
                     if room <= 0:
                         if batch:
-                            yield Request(batch, encode(items), len(batch))
+                            yield Request(batch, encode(items), len(batch), route(items))
                             batch, items = [], []
                         while ledger.window >= limit and not self.stopping:
                             yield None
@@ -621,10 +625,10 @@ class _Run:
                     batch.append(row)
                     items.append(item)
                     if len(batch) >= batch_size:
-                        yield Request(batch, encode(items), len(batch))
+                        yield Request(batch, encode(items), len(batch), route(items))
                         batch, items = [], []
         if batch and not self.stopping:
-            yield Request(batch, encode(items), len(batch))
+            yield Request(batch, encode(items), len(batch), route(items))
 
     async def _window_moved(self) -> None:
         """Wait until a commit moves the watermark (or the run stops)."""
@@ -632,17 +636,15 @@ class _Run:
         await self.moved.wait()
 
     def _bad_row(self, row: Row, status: str, message: str) -> None:
-        self.ledger.add_error(
-            row.seq,
-            {
-                "id": row.id,
-                "status": status,
-                "error": message,
-                "attempts": 0,
-                "source": self.reader.where(row.pos),
-                "row": row.seq,
-            },
-        )
+        error = {
+            "id": row.id,
+            "status": status,
+            "error": message,
+            "attempts": 0,
+            "source": self.reader.where(row.pos),
+            "row": row.seq,
+        }
+        self.ledger.add_error(row.seq, self.codec.error_row(error) if self.reshape else error)
         self.summary.failed += 1
         self._tick(1)
         self._maybe_commit()
@@ -656,6 +658,8 @@ class _Run:
             latency = int(outcome.latency_ms * 10.0 + 0.5) / 10.0  # round(, 1), for x >= 0
             add = ledger.add_result
             keep = self.keep
+            if self.reshape:  # an output of its own shape (an OpenAI batch output file)
+                add = self._add_reshaped
             for row, fields in zip(rows, outcome.results, strict=True):
                 if keep:
                     record = row.record or {}
@@ -673,17 +677,15 @@ class _Run:
             status = error.status if error is not None else "error"
             message = str(error) if error is not None else "unknown error"
             for row in rows:
-                ledger.add_error(
-                    row.seq,
-                    {
-                        "id": row.id,
-                        "status": status,
-                        "error": message,
-                        "attempts": attempts,
-                        "source": self.reader.where(row.pos),
-                        "row": row.seq,
-                    },
-                )
+                fields = {
+                    "id": row.id,
+                    "status": status,
+                    "error": message,
+                    "attempts": attempts,
+                    "source": self.reader.where(row.pos),
+                    "row": row.seq,
+                }
+                ledger.add_error(row.seq, self.codec.error_row(fields) if self.reshape else fields)
             self.summary.failed += len(rows)
             due = ledger.due()
         if self._bar_tick is not None:
@@ -691,6 +693,9 @@ class _Run:
         # A commit by row count here; one by time comes from `_commit_timer`.
         if due and self.write_error is None and self._write(ledger.commit):
             self.moved.set()
+
+    def _add_reshaped(self, seq: int, row: dict[str, Any]) -> bool:
+        return self.ledger.add_result(seq, self.codec.result_row(row))
 
     def _maybe_commit(self) -> None:
         if self.write_error is None and self.ledger.due() and self._write(self.ledger.commit):

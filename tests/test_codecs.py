@@ -219,13 +219,48 @@ def test_decode_embedding_shapes() -> None:
 def test_decode_chat() -> None:
     codec = codec_for(make_job(request_format="chat"))
     usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    answer = {"choices": [{"message": {"role": "assistant", "content": "hi"}}], "usage": usage}
-    assert codec.decode(answer, 1) == [{"content": "hi", "usage": usage}]
+    choice = {"message": {"role": "assistant", "content": "hi"}, "finish_reason": "length"}
+    answer = {"choices": [choice], "usage": usage}
+    assert codec.decode(answer, 1) == [{"content": "hi", "finish_reason": "length", "usage": usage}]
     assert codec.decode({"choices": [{"message": {"content": "x"}}]}, 1) == [
-        {"content": "x", "usage": None}
+        {"content": "x", "finish_reason": None, "usage": None}
     ]
     with pytest.raises(BadResponseError, match="choices"):
         codec.decode({"choices": []}, 1)
+
+
+def test_completions_body_and_answer() -> None:
+    codec = codec_for(
+        make_job(
+            request_format="completions",
+            model="m",
+            parameters={"max_new_tokens": 5, "temperature": 0.0},
+            inp={"template": "Q: {q}"},
+        )
+    )
+    item = codec.render({"q": "why"})
+    assert orjson.loads(codec.encode_rendered([item])) == {
+        "prompt": "Q: why",
+        "model": "m",
+        "max_tokens": 5,
+        "temperature": 0.0,
+    }
+    usage = {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}
+    answer = {"choices": [{"text": "because", "finish_reason": "stop"}], "usage": usage}
+    assert codec.decode(answer, 1) == [{"text": "because", "finish_reason": "stop", "usage": usage}]
+    with pytest.raises(BadResponseError, match="choices"):
+        codec.decode({"choices": [{"message": {}}]}, 1)
+
+
+def test_tgi_details_finish_reason_is_kept() -> None:
+    codec = codec_for(make_job())
+    with_details = b'[{"generated_text": "a", "details": {"finish_reason": "eos_token"}}]'
+    assert codec.decode_body(with_details, 1) == [
+        {"generated_text": "a", "finish_reason": "eos_token"}
+    ]
+    tgi = b'{"generated_text": "b", "details": {"finish_reason": "length", "tokens": []}}'
+    assert codec.decode_body(tgi, 1) == [{"generated_text": "b", "finish_reason": "length"}]
+    assert codec.decode_body(b'[{"generated_text": "c"}]', 1) == [{"generated_text": "c"}]
 
 
 def test_decode_openai_embeddings_in_index_order() -> None:

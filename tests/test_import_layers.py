@@ -30,6 +30,7 @@ RANKS = {
     "batchrun.pool": 3,
     "batchrun.endpoints": 3,
     "batchrun.codecs": 2,
+    "batchrun.openai_batch": 2,
     "batchrun.io": 2,
     "batchrun.budget": 2,
     "batchrun.net": 2,

@@ -100,6 +100,16 @@ class _RunCommand(click.Command):
     is_flag=True,
     help="An existing endpoint that differs from the job's creation keys: update it, then run.",
 )
+@click.option(
+    "--openai-batch",
+    "openai_batch",
+    metavar="FILE.jsonl",
+    help=(
+        "Send an OpenAI batch input file: it becomes the job's [input] (path = FILE, custom_id "
+        'as the id) with [run] request_format = "openai-batch", so the job needs only an '
+        "[endpoint] and an [output] (or --output); the output is OpenAI's batch output file."
+    ),
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
 def run(
     job_file: Path,
@@ -111,6 +121,7 @@ def run(
     output: str | None,
     assignments: tuple[str, ...],
     update_endpoint: bool,
+    openai_batch: str | None,
     quiet: bool,
 ) -> None:
     """Run JOB_FILE: send every uncommitted input row once; resume by default.
@@ -128,6 +139,9 @@ def run(
         overrides.setdefault("output", {})["path"] = output
     if update_endpoint:
         overrides.setdefault("endpoint", {})["update"] = True
+    if openai_batch is not None:
+        overrides.setdefault("input", {}).update(path=openai_batch, format="jsonl")
+        overrides.setdefault("run", {})["request_format"] = "openai-batch"
     job = load_job(job_file, **overrides)
     if restart and not yes:
         _confirm_restart(job)

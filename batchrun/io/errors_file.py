@@ -8,6 +8,10 @@ or a crash's torn line is never read.
 
 The file is usually small, so one pass with orjson is cheap; nothing is kept per row beyond
 the first `head` rows of each status.
+
+An OpenAI batch errors file (`batchrun.openai_batch`) holds these fields under ``"batchrun"``,
+the message under ``"error"``'s ``message`` and the id as ``custom_id``: `own_fields` reads both
+layouts the same way.
 """
 
 from __future__ import annotations
@@ -18,12 +22,24 @@ from typing import Any
 
 import orjson
 
-__all__ = ["NOT_RETRIED", "StatusTally", "Tally", "tally_errors"]
+__all__ = ["NOT_RETRIED", "StatusTally", "Tally", "own_fields", "tally_errors"]
 
 NOT_RETRIED = frozenset({"bad_input", "duplicate_id"})
 """Errors-file statuses `--retry-errors` leaves alone: sending them again cannot help."""
 
 _SAMPLE_KEYS = ("id", "row", "source", "attempts", "error")
+
+
+def own_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """batchrun's fields of an errors-file (or results) row: the row itself, or for an OpenAI
+    batch line its ``"batchrun"`` fields with ``id`` (the ``custom_id``) and ``error`` (the
+    message)."""
+    own = row.get("batchrun")
+    if not isinstance(own, dict):
+        return row
+    error = row.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return {"id": row.get("custom_id"), "error": message, **own}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -107,6 +123,7 @@ def tally_errors(
             if not isinstance(row, dict):
                 tally.unreadable += 1
                 continue
+            row = own_fields(row)
             name = str(row.get("status") or "error")
             if status is not None and name != status:
                 continue

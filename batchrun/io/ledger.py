@@ -45,6 +45,7 @@ import orjson
 
 from batchrun.errors import OutputWriteError, RunStateError
 from batchrun.io.coverage import Coverage
+from batchrun.io.errors_file import own_fields
 from batchrun.io.readers import InputReader, Position, Row
 from batchrun.io.state import (
     Committed,
@@ -532,7 +533,7 @@ class Ledger:
                 read += len(line)
                 if read > limit:
                     break
-                yield orjson.loads(line)
+                yield own_fields(orjson.loads(line))
 
     def start_retry(self) -> None:
         """Switch to retry mode: failures go to the side file until `finish_retry`.
@@ -612,7 +613,7 @@ class Ledger:
                     read += len(line)
                     if read > c.errors_offset:
                         break
-                    seq = orjson.loads(line).get("row")
+                    seq = own_fields(orjson.loads(line)).get("row")
                     if seq in settled:
                         continue
                     kept.append(line)

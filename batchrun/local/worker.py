@@ -8,8 +8,8 @@ seen). When stdin closes (the service died, however it died) the worker exits at
 workers never outlive their service.
 
 Routes: `POST /` (the default container's `{"inputs", "parameters"}`, per task; a list of
-inputs gives a list of per-input outputs), `POST /generate` (TGI), `POST /v1/chat/completions`
-and `POST /v1/embeddings` (OpenAI shapes, with `usage`), `POST /embed` (TEI), `GET /health`,
+inputs gives a list of per-input outputs), `POST /generate` (TGI), `POST /v1/chat/completions`,
+`POST /v1/completions` and `POST /v1/embeddings` (OpenAI shapes, with `usage`), `POST /embed` (TEI), `GET /health`,
 `GET /info`. Errors are `{"error", "error_type"}`.
 
 While no model is loaded (scaled to zero, or still loading) a data request answers 503 and
@@ -448,6 +448,30 @@ class WorkerApp:
             },
         }
 
+    async def completions(self, request: web.Request) -> Any:
+        """OpenAI ``/v1/completions``: one string ``prompt``, ``choices[0].text``."""
+        data = await self._body(request)
+        prompt = data.get("prompt")
+        if not isinstance(prompt, str):
+            raise _BadInput("'prompt' must be a string")
+        params: dict[str, Any] = {}
+        if isinstance(data.get("max_tokens"), int):
+            params["max_new_tokens"] = data["max_tokens"]
+        text = (await self._call("generate", [prompt], params))[0]
+        prompt_words, completion = _words(prompt), _words(text)
+        return {
+            "id": f"cmpl-{self.served}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": data.get("model") or self.repository,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": completion,
+                "total_tokens": prompt_words + completion,
+            },
+        }
+
     async def embeddings(self, request: web.Request) -> Any:
         data = await self._body(request)
         texts, _ = _texts(data.get("input"), "input")
@@ -503,6 +527,7 @@ class WorkerApp:
         app.router.add_post("/", self._route(self.root))
         app.router.add_post("/generate", self._route(self.generate))
         app.router.add_post("/v1/chat/completions", self._route(self.chat))
+        app.router.add_post("/v1/completions", self._route(self.completions))
         app.router.add_post("/v1/embeddings", self._route(self.embeddings))
         app.router.add_post("/embed", self._route(self.embed))
         app.router.add_get("/health", self.health)

@@ -6,7 +6,9 @@ It speaks the data-plane routes batchrun sends to (DESIGN.md, "Data plane"):
   the answer's shape follows the ``task`` knob (text-generation, text-classification,
   feature-extraction); a list of inputs gets a list of answers.
 - ``POST /generate``: TGI, ``{"generated_text", "details"}``.
-- ``POST /v1/chat/completions`` and ``POST /v1/embeddings``: the OpenAI shapes, with ``usage``.
+- ``POST /v1/chat/completions``, ``POST /v1/completions`` (``text`` is ``"echo: " + prompt``)
+  and ``POST /v1/embeddings``: the OpenAI shapes, with ``usage``; every answer carries an
+  ``x-request-id`` header (``req-<n>``).
 - ``GET /health``, ``GET /info``.
 - ``POST /_control`` (JSON knobs, plus ``"reset": true`` to zero the counters) and
   ``GET /_stats`` (``?inputs=1`` adds the per-input counts, ``?arrivals=1`` the arrival times,
@@ -221,6 +223,7 @@ class _Server:
         self.app.router.add_post("/", self._default_container)
         self.app.router.add_post("/generate", self._generate)
         self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/embeddings", self._embeddings)
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/info", self._info)
@@ -352,7 +355,11 @@ class _Server:
             st.statuses["200"] += 1
             for t in texts:
                 st.answered[t] += 1
-            return web.Response(body=orjson.dumps(payload), content_type=_JSON)
+            return web.Response(
+                body=orjson.dumps(payload),
+                content_type=_JSON,
+                headers={"x-request-id": f"req-{number}"},
+            )
         finally:
             st.in_flight -= 1
 
@@ -410,6 +417,9 @@ class _Server:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "/v1/chat/completions", _answer_chat)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "/v1/completions", _answer_completions)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "/v1/embeddings", _answer_embeddings)
@@ -484,6 +494,8 @@ def _texts(route: str, body: Any) -> list[str]:
             if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
                 return [str(messages[-1].get("content"))]
             return []
+        if route == "/v1/completions":
+            return [str(body.get("prompt"))]
         value = body.get("input") if route == "/v1/embeddings" else body.get("inputs")
         if isinstance(value, str):
             return [value]
@@ -530,6 +542,25 @@ def _answer_chat(body: Any) -> Any:
                 "finish_reason": "stop",
             }
         ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _answer_completions(body: Any) -> Any:
+    if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+        raise _BadRequest('expected {"prompt": "..."}')
+    text = expected_generated_text(body["prompt"])
+    prompt_tokens, completion_tokens = len(body["prompt"].split()), len(text.split())
+    return {
+        "id": "cmpl-test",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model") or "vllm",
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
