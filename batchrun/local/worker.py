@@ -21,7 +21,9 @@ worker is never what limits a benchmark.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
@@ -125,6 +127,75 @@ class MicroBatcher:
                 pos += len(chunk)
 
 
+class CapacityGate:
+    """The echo model's capacity model in one worker (see `EchoFaults`): slots, a queue, 429s.
+
+    `enter` takes a slot (waiting in FIFO order when all `max_batch` are taken), sleeps the
+    service time for the batch it joined and gives the slot on; it answers False, at once,
+    when the queue is already full. Counters (and their high-water marks) show in `/info`.
+    """
+
+    def __init__(self, faults: EchoFaults) -> None:
+        assert faults.max_batch is not None
+        self.faults = faults
+        self.max_batch = faults.max_batch
+        self.max_queue = faults.max_queue
+        self.in_service = 0
+        self.in_service_max = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.queued_max = 0
+        self.served = 0
+        self.rejected = 0
+
+    async def serve(self) -> bool:
+        """Hold the request for its service time; False when it is refused (queue full)."""
+        if self.in_service >= self.max_batch or self.waiters:
+            if self.max_queue is not None and len(self.waiters) >= self.max_queue:
+                self.rejected += 1
+                return False
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiters.append(fut)
+            self.queued_max = max(self.queued_max, len(self.waiters))
+            try:
+                await fut  # the slot is handed over by `_release` (in_service already counted)
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release()
+                else:
+                    with contextlib.suppress(ValueError):
+                        self.waiters.remove(fut)
+                raise
+        else:
+            self.in_service += 1
+        try:
+            self.in_service_max = max(self.in_service_max, self.in_service)
+            await asyncio.sleep(self.faults.service_s(self.in_service))
+            self.served += 1
+        finally:
+            self._release()
+        return True
+
+    def _release(self) -> None:
+        self.in_service -= 1
+        while self.waiters and self.in_service < self.max_batch:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                self.in_service += 1
+                fut.set_result(None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+            "in_service": self.in_service,
+            "in_service_max": self.in_service_max,
+            "queued": len(self.waiters),
+            "queued_max": self.queued_max,
+            "served": self.served,
+            "rejected": self.rejected,
+        }
+
+
 def _texts(value: Any, what: str) -> tuple[list[str], bool]:
     """(texts, single) from a str or a list of str."""
     if isinstance(value, str):
@@ -158,6 +229,8 @@ class WorkerApp:
         self.draws = self.faults.any_draw
         self.latency = self.faults.latency_s
         self.crash_after = self.faults.crash_after
+        self.capacity = CapacityGate(self.faults) if self.faults.max_batch else None
+        self.pid = str(os.getpid())
         self.backend: Backend | None = None
         self.loading = False
         self.unload_after_load = False
@@ -295,6 +368,13 @@ class WorkerApp:
                 await asyncio.sleep(24 * 3600)
         if self.latency:
             await asyncio.sleep(self.latency)
+        if self.capacity is not None and not await self.capacity.serve():
+            return _error(
+                429,
+                "the endpoint is overloaded: its queue is full (BATCHRUN_ECHO_MAX_QUEUE)",
+                "overloaded",
+                **{"Retry-After": "1"},
+            )
         return None
 
     async def _wake(self, request: web.Request) -> web.Response | None:
@@ -350,27 +430,34 @@ class WorkerApp:
 
     def _route(self, fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
-            refused = await self.admit(request)
-            if refused is not None:
-                return refused
-            try:
-                result = await fn(request)
-            except _BadInput as e:
-                return _error(400, str(e), "validation")
-            except _Unloaded:
-                self.start_load()  # as Hugging Face does: a request wakes the endpoint
-                return _error(
-                    503,
-                    "the endpoint scaled to zero while this request waited; it is starting again",
-                    "unavailable",
-                    **{"Retry-After": "1"},
-                )
-            except Exception as e:
-                logger.exception("request failed")
-                return _error(500, f"{type(e).__name__}: {e}", "model")
-            return web.Response(body=orjson.dumps(result), content_type=_JSON)
+            response = await self._answer(fn, request)
+            response.headers["X-Batchrun-Replica"] = self.pid  # which replica answered
+            return response
 
         return handler
+
+    async def _answer(
+        self, fn: Callable[[web.Request], Awaitable[Any]], request: web.Request
+    ) -> web.Response:
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        try:
+            result = await fn(request)
+        except _BadInput as e:
+            return _error(400, str(e), "validation")
+        except _Unloaded:
+            self.start_load()  # as Hugging Face does: a request wakes the endpoint
+            return _error(
+                503,
+                "the endpoint scaled to zero while this request waited; it is starting again",
+                "unavailable",
+                **{"Retry-After": "1"},
+            )
+        except Exception as e:
+            logger.exception("request failed")
+            return _error(500, f"{type(e).__name__}: {e}", "model")
+        return web.Response(body=orjson.dumps(result), content_type=_JSON)
 
     # -- routes ------------------------------------------------------------------------
 
@@ -490,6 +577,8 @@ class WorkerApp:
                     "dimension": backend.dimension if backend else None,
                     "max_batch_size": backend.max_batch if backend else None,
                     "requests": self.served,
+                    "pid": os.getpid(),
+                    "capacity": self.capacity.stats() if self.capacity else None,
                     "batches": batchers,
                     "version": __version__,
                     "router": "batchrun-local",
