@@ -12,6 +12,14 @@ inputs gives a list of per-input outputs), `POST /generate` (TGI), `POST /v1/cha
 and `POST /v1/embeddings` (OpenAI shapes, with `usage`), `POST /embed` (TEI), `GET /health`,
 `GET /info`. Errors are `{"error", "error_type"}`.
 
+An endpoint runs one worker per replica; all of them bind the endpoint's port with
+`SO_REUSEPORT`, so the kernel spreads new *connections* among them. A client keeps its
+connections alive, so each worker closes a connection (`Connection: close` on the answer)
+once it is `RECYCLE_S` seconds old or has carried `RECYCLE_REQUESTS` requests: the client's
+next connection may land on another replica, so a new replica gets requests within seconds.
+`{"cmd": "drain"}` removes a replica: it stops accepting, finishes the requests in flight,
+closes its connections and exits (event `drained`).
+
 While no model is loaded (scaled to zero, or still loading) a data request answers 503 and
 wakes the model; with `X-Scale-Up-Timeout: <seconds>` it is held until the model is ready.
 The request path is kept tiny (orjson, no per-request allocations beyond the body) so the
@@ -29,6 +37,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +62,9 @@ __all__ = ["WorkerApp", "main"]
 logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
+RECYCLE_S = 2.0  # a kept-alive connection is closed after its first answer past this age
+RECYCLE_REQUESTS = 1000  # ... or after this many answers
+DRAIN_TIMEOUT_S = 60.0  # a draining replica gives its requests in flight this long
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -231,6 +243,12 @@ class WorkerApp:
         self.crash_after = self.faults.crash_after
         self.capacity = CapacityGate(self.faults) if self.faults.max_batch else None
         self.pid = str(os.getpid())
+        self.connections: weakref.WeakKeyDictionary[Any, list[float]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.draining = False
+        self.drain_task: asyncio.Task[None] | None = None
+        self.runner: web.AppRunner | None = None
         self.backend: Backend | None = None
         self.loading = False
         self.unload_after_load = False
@@ -317,6 +335,8 @@ class WorkerApp:
                 self.start_load()
             elif cmd.get("cmd") == "unload":
                 self.unload("requested")
+            elif cmd.get("cmd") == "drain" and not self.draining:
+                self.drain_task = loop.create_task(self.drain())
             elif cmd.get("cmd") == "stop":
                 os._exit(0)
 
@@ -432,9 +452,35 @@ class WorkerApp:
         async def handler(request: web.Request) -> web.StreamResponse:
             response = await self._answer(fn, request)
             response.headers["X-Batchrun-Replica"] = self.pid  # which replica answered
+            if self.draining or self._recycle(request):
+                response.force_close()
             return response
 
         return handler
+
+    def _recycle(self, request: web.Request) -> bool:
+        """True when this answer should close its kept-alive connection (see the module doc)."""
+        transport = request.transport
+        if transport is None:
+            return False
+        now = time.monotonic()
+        try:
+            seen = self.connections.get(transport)
+            if seen is None:
+                self.connections[transport] = [now, 1.0]
+                return False
+        except TypeError:  # a transport without weak references (some event loops)
+            return self.served % RECYCLE_REQUESTS == 0
+        seen[1] += 1
+        return now - seen[0] >= RECYCLE_S or seen[1] >= RECYCLE_REQUESTS
+
+    async def drain(self) -> None:
+        """Leave the endpoint: stop accepting, finish what is in flight, then exit."""
+        self.draining = True
+        if self.runner is not None:
+            await self.runner.cleanup()  # the answers in flight go out with Connection: close
+        self.emit("drained")
+        os._exit(0)
 
     async def _answer(
         self, fn: Callable[[web.Request], Awaitable[Any]], request: web.Request
@@ -604,14 +650,21 @@ class WorkerApp:
 
 async def _serve(config: dict[str, Any], rest: bytes) -> None:
     worker = WorkerApp(config)
-    runner = web.AppRunner(worker.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        worker.app(), access_log=None, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT_S
+    )
     await runner.setup()
+    worker.runner = runner
     port = int(config.get("port") or 0)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the endpoint's other replicas
     try:
         sock.bind(("127.0.0.1", port))
-    except OSError:
+    except OSError as e:
+        if config.get("replica", 0):  # a replica must share its endpoint's port
+            worker.emit("failed", message=f"cannot bind the endpoint's port {port}: {e}")
+            os._exit(2)
         sock.bind(("127.0.0.1", 0))  # the old port was taken meanwhile: take a new one
     site = web.SockSite(runner, sock, backlog=1024)
     await site.start()
