@@ -339,6 +339,29 @@ def _set_torch_threads(env: dict[str, str]) -> None:
     torch.set_num_threads(threads)
 
 
+RECYCLE_S = 2.0
+
+
+def recycle_s(env: dict[str, str]) -> float:
+    """`BATCHRUN_RECYCLE_S` from `model.env`: the age (seconds) after which a worker closes a
+    kept-alive connection so the client's next one may reach another replica (default 2;
+    0 never closes one, for measuring what recycling costs).
+
+    Raises:
+        EndpointFailedError: not a number, or negative.
+    """
+    raw = env.get("BATCHRUN_RECYCLE_S")
+    if raw is None or raw == "":
+        return RECYCLE_S
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise EndpointFailedError(f"model.env BATCHRUN_RECYCLE_S={raw!r} is not a number") from e
+    if value < 0:
+        raise EndpointFailedError(f"model.env BATCHRUN_RECYCLE_S={raw!r} is out of range")
+    return value
+
+
 def load_backend(
     repository: str, task: str, env: dict[str, str], models_dir: Path | None = None
 ) -> Backend:
@@ -347,6 +370,7 @@ def load_backend(
     Raises:
         EndpointFailedError: the model is not available locally or cannot be loaded.
     """
+    recycle_s(env)  # a bad value fails the endpoint here, with its message
     max_batch = 32
     if env.get("BATCHRUN_MAX_BATCH"):
         try:

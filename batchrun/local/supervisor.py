@@ -282,11 +282,14 @@ class Supervisor:
 
     @staticmethod
     def _only_replicas_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """True when the workers would run the same: only the replica count (or other scaling
+        settings the local service does not act on) changed."""
+
         def rest(cfg: dict[str, Any]) -> dict[str, Any]:
             out = copy.deepcopy(cfg)
             scaling = out["compute"]["scaling"]
-            scaling.pop("maxReplica", None)
-            scaling["minReplica"] = min(int(scaling.get("minReplica") or 0), 1)
+            idle = scaling.get("scaleToZeroTimeout") if scaling.get("minReplica") == 0 else None
+            out["compute"]["scaling"] = {"scaleToZeroTimeout": idle}
             return out
 
         return rest(old) == rest(new)
@@ -309,7 +312,9 @@ class Supervisor:
                 "endpoint %s/%s: %d -> %d replicas", rec.namespace, rec.name, len(group), wanted
             )
             # the ones still loading go first, then the newest
-            victims = sorted(group, key=lambda h: (h.loaded, group.index(h)))[: len(group) - wanted]
+            victims = sorted(group, key=lambda h: (h.loaded, -group.index(h)))[
+                : len(group) - wanted
+            ]
             for handle in victims:
                 await self._drain(rec.key, handle)
 
@@ -329,7 +334,9 @@ class Supervisor:
         try:
             await asyncio.wait_for(handle.proc.wait(), _DRAIN_TIMEOUT)
         except TimeoutError:
-            logger.warning("worker %d did not drain in %gs: stopping it", handle.pid, _DRAIN_TIMEOUT)
+            logger.warning(
+                "worker %d did not drain in %gs: stopping it", handle.pid, _DRAIN_TIMEOUT
+            )
         await handle.stop()
         self.draining.discard(handle)
 

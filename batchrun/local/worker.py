@@ -15,8 +15,10 @@ and `POST /v1/embeddings` (OpenAI shapes, with `usage`), `POST /embed` (TEI), `G
 An endpoint runs one worker per replica; all of them bind the endpoint's port with
 `SO_REUSEPORT`, so the kernel spreads new *connections* among them. A client keeps its
 connections alive, so each worker closes a connection (`Connection: close` on the answer)
-once it is `RECYCLE_S` seconds old or has carried `RECYCLE_REQUESTS` requests: the client's
-next connection may land on another replica, so a new replica gets requests within seconds.
+once it is `BATCHRUN_RECYCLE_S` seconds old (`model.env`, default 2) or has carried
+`RECYCLE_REQUESTS` requests: the client's next connection may land on another replica, so a
+new replica gets requests within seconds. (Chosen over a balancing proxy in front, which
+would add a hop and its CPU to every request: see tests/perf/bench_local_capacity.py.)
 `{"cmd": "drain"}` removes a replica: it stops accepting, finishes the requests in flight,
 closes its connections and exits (event `drained`).
 
@@ -55,6 +57,7 @@ from batchrun.local.backends import (
     Backend,
     EchoFaults,
     load_backend,
+    recycle_s,
 )
 
 __all__ = ["WorkerApp", "main"]
@@ -62,8 +65,7 @@ __all__ = ["WorkerApp", "main"]
 logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
-RECYCLE_S = 2.0  # a kept-alive connection is closed after its first answer past this age
-RECYCLE_REQUESTS = 1000  # ... or after this many answers
+RECYCLE_REQUESTS = 1000  # a kept-alive connection is closed after this many answers
 DRAIN_TIMEOUT_S = 60.0  # a draining replica gives its requests in flight this long
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -243,9 +245,11 @@ class WorkerApp:
         self.crash_after = self.faults.crash_after
         self.capacity = CapacityGate(self.faults) if self.faults.max_batch else None
         self.pid = str(os.getpid())
-        self.connections: weakref.WeakKeyDictionary[Any, list[float]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.connections: weakref.WeakKeyDictionary[Any, list[float]] = weakref.WeakKeyDictionary()
+        try:
+            self.recycle_s = recycle_s(self.env)
+        except BatchrunError:
+            self.recycle_s = 0.0  # load_backend reports the bad value as the failure
         self.draining = False
         self.drain_task: asyncio.Task[None] | None = None
         self.runner: web.AppRunner | None = None
@@ -461,7 +465,7 @@ class WorkerApp:
     def _recycle(self, request: web.Request) -> bool:
         """True when this answer should close its kept-alive connection (see the module doc)."""
         transport = request.transport
-        if transport is None:
+        if transport is None or not self.recycle_s:
             return False
         now = time.monotonic()
         try:
@@ -472,7 +476,7 @@ class WorkerApp:
         except TypeError:  # a transport without weak references (some event loops)
             return self.served % RECYCLE_REQUESTS == 0
         seen[1] += 1
-        return now - seen[0] >= RECYCLE_S or seen[1] >= RECYCLE_REQUESTS
+        return now - seen[0] >= self.recycle_s or seen[1] >= RECYCLE_REQUESTS
 
     async def drain(self) -> None:
         """Leave the endpoint: stop accepting, finish what is in flight, then exit."""
