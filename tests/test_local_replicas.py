@@ -73,7 +73,7 @@ def test_two_replicas_are_two_worker_processes_on_one_url(svc: LocalService) -> 
         wait_for(lambda: _status(c, "two")["readyReplica"] == 2, 20, "2 ready replicas")
         status = _status(c, "two")
         assert (status["state"], status["targetReplica"]) == ("running", 2)
-        pids = _replicas_answering(svc, url, 40)
+        pids = _replicas_answering(svc, url, 20)
         assert len(pids) == 2, pids
         assert {int(p) for p in pids} <= set(svc.worker_pids())
         c.delete(f"/endpoint/{NS}/two")
@@ -132,11 +132,11 @@ def test_the_cost_meter_bills_every_replica(svc: LocalService) -> None:
     now = [0.0]
     meter = CostMeter(price_per_hour=3.6, quantum_s=60.0, clock=lambda: now[0])
     meter.observe(one.state_text, target_replica=one.target_replica, ready_replica=1)
-    now[0] = 600.0
-    assert meter.reading().cost_usd == pytest.approx(0.6)  # 10 minutes of one replica
+    # billed by started one-minute quanta: 10 of one replica, then 10 of two
+    assert meter.reading(at=599.0).cost_usd == pytest.approx(0.6)
+    now[0] = 601.0  # in the 11th quantum (quanta are (k·q, (k+1)·q])
     meter.observe(two.state_text, target_replica=two.target_replica, ready_replica=2)
-    now[0] = 1200.0
-    assert meter.reading().cost_usd == pytest.approx(0.6 + 2 * 0.6)  # then two replicas
+    assert meter.reading(at=1199.0).cost_usd == pytest.approx(0.6 + 2 * 0.6)
 
 
 async def _burst(url: str, token: str, n: int) -> list[httpx.Response]:
@@ -195,3 +195,37 @@ def test_requests_in_service_are_batched_up_to_max_batch(svc: LocalService) -> N
         assert cap["queued_max"] >= 1
         assert (cap["served"], cap["rejected"]) == (20, 0)
         c.delete(f"/endpoint/{NS}/batched")
+
+
+async def _in_flight_then_scale_down(svc: LocalService, c: httpx.Client, url: str) -> list[str]:
+    """12 slow requests, each on its own connection; scale 2 -> 1 once all are in service."""
+    headers = {"Authorization": f"Bearer {svc.token}"}
+
+    async def one(i: int) -> httpx.Response:
+        async with httpx.AsyncClient(headers=headers, timeout=30, trust_env=False) as d:
+            return await d.post(url, json={"inputs": f"slow {i}"})
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(12)]
+    in_service: dict[int, int] = {}  # the last count each replica's /info showed
+
+    def all_in_service() -> bool:
+        info = _capacity(c, "drained")
+        in_service[info["pid"]] = info["capacity"]["in_service"]
+        return sum(in_service.values()) == 12
+
+    await asyncio.to_thread(wait_for, all_in_service, 10, "the 12 requests in service")
+    await asyncio.to_thread(_scale, c, "drained", 1)
+    answers = await asyncio.gather(*tasks)
+    assert [r.status_code for r in answers] == [200] * 12
+    return [r.headers["X-Batchrun-Replica"] for r in answers]
+
+
+def test_a_removed_replica_finishes_its_requests_in_flight(svc: LocalService) -> None:
+    env = {"BATCHRUN_ECHO_MAX_BATCH": "16", "BATCHRUN_ECHO_BASE_MS": "2000"}
+    with api(svc) as c:
+        url = _create(c, "drained", replicas=2, env=env)["status"]["url"]
+        wait_for(lambda: _status(c, "drained")["readyReplica"] == 2, 20, "2 ready replicas")
+        pids = asyncio.run(_in_flight_then_scale_down(svc, c, url))
+        assert len(set(pids)) == 2  # both replicas had requests in flight, and answered them all
+        wait_for(lambda: _status(c, "drained")["readyReplica"] == 1, 20, "one replica left")
+        c.delete(f"/endpoint/{NS}/drained")
