@@ -229,3 +229,20 @@ def test_a_removed_replica_finishes_its_requests_in_flight(svc: LocalService) ->
         assert len(set(pids)) == 2  # both replicas had requests in flight, and answered them all
         wait_for(lambda: _status(c, "drained")["readyReplica"] == 1, 20, "one replica left")
         c.delete(f"/endpoint/{NS}/drained")
+
+
+def test_a_bad_capacity_or_recycle_value_fails_the_endpoint_naming_it(svc: LocalService) -> None:
+    with api(svc) as c:
+        for name, env in (
+            ("bad-recycle", {"BATCHRUN_RECYCLE_S": "soon"}),
+            ("bad-batch", {"BATCHRUN_ECHO_MAX_BATCH": "-2"}),
+        ):
+            b = body(name, env=env)
+            assert c.post(f"/endpoint/{NS}", json=b).status_code == 200
+            status = wait_state(c, name, "failed")["status"]
+            key = next(iter(env))
+            assert status["message"] == f"model.env {key}={env[key]!r} " + (
+                "is not a number" if name == "bad-recycle" else "is out of range"
+            )
+            assert (status["readyReplica"], status["targetReplica"]) == (0, 0)
+            c.delete(f"/endpoint/{NS}/{name}")
