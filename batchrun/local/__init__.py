@@ -1,7 +1,8 @@
 """The local Inference Endpoints service (`batchrun serve`): the embedded default.
 
 It speaks Hugging Face's Inference Endpoints REST API under `/v2` and runs each endpoint as
-its own worker process on 127.0.0.1 (`batchrun.local.worker`), with the echo model, MiniLM,
+`max(minReplica, 1)` worker processes, its replicas, on one 127.0.0.1 port
+(`batchrun.local.worker`; no load-driven autoscaling), with the echo model, MiniLM,
 or a local transformers model directory (`batchrun.local.backends`). State lives in SQLite in
 the state directory (`batchrun.local.store`); the state machine is `batchrun.local.supervisor`,
 the HTTP API `batchrun.local.app`, and `ensure_service` (`batchrun.local.service`) finds or

@@ -98,7 +98,7 @@ class ControlPlane:
             raise UnprocessableError(f"Invalid body: not valid JSON ({e})", status=422) from e
 
     def _out(self, rec: Any) -> web.Response:
-        return _json(render(rec, user=LOCAL_USER))
+        return _json(render(rec, user=LOCAL_USER, replicas=self.supervisor.replicas(rec)))
 
     # -- handlers ----------------------------------------------------------------------
 
@@ -138,7 +138,10 @@ class ControlPlane:
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
-        items = [render(r, user=LOCAL_USER) for r in self.supervisor.store.list(ns)]
+        items = [
+            render(r, user=LOCAL_USER, replicas=self.supervisor.replicas(r))
+            for r in self.supervisor.store.list(ns)
+        ]
         return _json({"items": items})
 
     async def create(self, request: web.Request) -> web.Response:

@@ -135,6 +135,18 @@ class EchoFaults:
     requests), `BATCHRUN_ECHO_LATENCY_MS`, `BATCHRUN_ECHO_START_DELAY_MS`,
     `BATCHRUN_ECHO_SEED` (default 0) and `BATCHRUN_ECHO_DIM` (embedding size, default 16).
     Draws happen once per admitted request, in arrival order, so a run is repeatable.
+
+    The capacity model (off unless `BATCHRUN_ECHO_MAX_BATCH` is set), per worker, i.e. per
+    replica: at most `BATCHRUN_ECHO_MAX_BATCH` requests are in service at once; a request
+    that starts while `b` requests are in service (itself included) takes
+    `BATCHRUN_ECHO_BASE_MS + BATCHRUN_ECHO_PER_ITEM_MS × b` milliseconds (a GPU's
+    continuous batching, roughly: a bigger batch is slower per step but serves more); the
+    rest wait in a FIFO queue of at most `BATCHRUN_ECHO_MAX_QUEUE` requests (default
+    unbounded), and past it a request is answered 429 with `Retry-After: 1` at once (an
+    overload, not an outage). So at a fixed concurrency C one replica's throughput rises
+    with C up to C = MAX_BATCH (the knee: MAX_BATCH / (base + per_item × MAX_BATCH)
+    requests/s), then stays flat while latency grows with the queue. The batch counts
+    requests, not the inputs in them. `BATCHRUN_ECHO_LATENCY_MS` adds on top.
     """
 
     error_rate: float = 0.0
@@ -144,7 +156,15 @@ class EchoFaults:
     latency_s: float = 0.0
     start_delay_s: float = 0.0
     dimension: int = 16
+    max_batch: int | None = None
+    max_queue: int | None = None
+    base_s: float = 0.0
+    per_item_s: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def service_s(self, batch: int) -> float:
+        """The capacity model's service time of a request started with `batch` in service."""
+        return self.base_s + self.per_item_s * batch
 
     @property
     def any_draw(self) -> bool:
@@ -184,6 +204,9 @@ class EchoFaults:
             return value
 
         crash = number("BATCHRUN_ECHO_CRASH_AFTER", 0)
+        max_batch = int(number("BATCHRUN_ECHO_MAX_BATCH", 0))
+        queue_raw = env.get("BATCHRUN_ECHO_MAX_QUEUE")
+        max_queue = int(number("BATCHRUN_ECHO_MAX_QUEUE", 0)) if queue_raw else None
         return cls(
             error_rate=number("BATCHRUN_ECHO_ERROR_RATE", 0, upper=1),
             rate_limit_rate=number("BATCHRUN_ECHO_RATE_LIMIT_RATE", 0, upper=1),
@@ -192,6 +215,10 @@ class EchoFaults:
             latency_s=number("BATCHRUN_ECHO_LATENCY_MS", 0) / 1000.0,
             start_delay_s=number("BATCHRUN_ECHO_START_DELAY_MS", 0) / 1000.0,
             dimension=max(1, int(number("BATCHRUN_ECHO_DIM", 16))),
+            max_batch=max_batch if max_batch > 0 else None,
+            max_queue=max_queue,
+            base_s=number("BATCHRUN_ECHO_BASE_MS", 0) / 1000.0,
+            per_item_s=number("BATCHRUN_ECHO_PER_ITEM_MS", 0) / 1000.0,
             rng=random.Random(int(number("BATCHRUN_ECHO_SEED", 0))),
         )
 
@@ -312,6 +339,29 @@ def _set_torch_threads(env: dict[str, str]) -> None:
     torch.set_num_threads(threads)
 
 
+RECYCLE_S = 2.0
+
+
+def recycle_s(env: dict[str, str]) -> float:
+    """`BATCHRUN_RECYCLE_S` from `model.env`: the age (seconds) after which a worker closes a
+    kept-alive connection so the client's next one may reach another replica (default 2;
+    0 never closes one, for measuring what recycling costs).
+
+    Raises:
+        EndpointFailedError: not a number, or negative.
+    """
+    raw = env.get("BATCHRUN_RECYCLE_S")
+    if raw is None or raw == "":
+        return RECYCLE_S
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise EndpointFailedError(f"model.env BATCHRUN_RECYCLE_S={raw!r} is not a number") from e
+    if value < 0:
+        raise EndpointFailedError(f"model.env BATCHRUN_RECYCLE_S={raw!r} is out of range")
+    return value
+
+
 def load_backend(
     repository: str, task: str, env: dict[str, str], models_dir: Path | None = None
 ) -> Backend:
@@ -320,6 +370,7 @@ def load_backend(
     Raises:
         EndpointFailedError: the model is not available locally or cannot be loaded.
     """
+    recycle_s(env)  # a bad value fails the endpoint here, with its message
     max_batch = 32
     if env.get("BATCHRUN_MAX_BATCH"):
         try:

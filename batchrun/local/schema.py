@@ -211,8 +211,14 @@ def config_from_update(config: dict[str, Any], body: Any) -> dict[str, Any]:
     return _check(merged)
 
 
-def render(record: EndpointRecord, *, user: str) -> dict[str, Any]:
-    """The endpoint object as the API returns it."""
+def render(
+    record: EndpointRecord, *, user: str, replicas: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The endpoint object as the API returns it.
+
+    `replicas` is (readyReplica, targetReplica) as the supervisor counts its workers; without
+    it, one replica is assumed (ready when running).
+    """
     cfg = record.config
     state = record.state
     url = (
@@ -221,6 +227,9 @@ def render(record: EndpointRecord, *, user: str) -> dict[str, Any]:
         else None
     )
     who = {"id": user, "name": user}
+    if replicas is None:
+        replicas = (1 if state == "running" else 0, 1 if state in _TARGET_STATES else 0)
+    ready, target = replicas
     return {
         "name": record.name,
         "type": cfg["type"],
@@ -239,8 +248,8 @@ def render(record: EndpointRecord, *, user: str) -> dict[str, Any]:
             "createdBy": who,
             "updatedBy": who,
             "private": None,
-            "readyReplica": 1 if state == "running" else 0,
-            "targetReplica": 1 if state in _TARGET_STATES else 0,
+            "readyReplica": ready,
+            "targetReplica": target,
         },
     }
 

@@ -13,12 +13,26 @@ pause ─> paused (worker stopped) ─ resume ─> pending ─> …          └
 ```
 A command carries a sequence number and the worker echoes the last one it saw, so an event
 sent before the latest command cannot undo it.
+
+Replicas: a running endpoint has `max(minReplica, 1)` worker processes, its replicas, all
+serving its one URL (they share the port with `SO_REUSEPORT`; see `batchrun.local.worker`
+for how requests reach every replica). The count comes from `compute.scaling.minReplica`
+only: the local service does no load-driven autoscaling, so `maxReplica` is stored and
+shown but never acted on. `readyReplica` counts the replicas with the model loaded,
+`targetReplica` the replicas the endpoint should have. An `update` that changes only
+`minReplica`/`maxReplica` is applied live: the endpoint stays `running` on the replicas it
+has while new ones load (readyReplica then catches up with targetReplica), and replicas no
+longer wanted are drained (they finish their requests in flight, then exit). Any other
+update restarts every replica (`updating`). Scaled to zero, an endpoint keeps one unloaded
+worker listening on its URL; waking it loads that one and starts the others. A replica that
+exits unasked, or fails to load, fails the whole endpoint (its other replicas are stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import socket
@@ -38,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 _ACTIVE = frozenset({"pending", "initializing", "running", "updating"})
 _STOP_TIMEOUT = 5.0
+_DRAIN_TIMEOUT = 90.0  # past the worker's own DRAIN_TIMEOUT_S
 
 
 def _free_port() -> int:
@@ -59,6 +74,7 @@ class WorkerHandle:
         self.seq = 0
         self.expected_exit = False
         self.loaded = False
+        self.draining = False
         self.listening = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -97,7 +113,7 @@ class WorkerHandle:
 
 
 class Supervisor:
-    """Endpoints, their states and their workers, for one state directory.
+    """Endpoints, their states and their replicas' workers, for one state directory.
 
     Args:
         store: where endpoints live.
@@ -113,8 +129,10 @@ class Supervisor:
         self.token = token
         self.minute = minute
         self.models_dir = models_dir
-        self.workers: dict[tuple[str, str], WorkerHandle] = {}
+        self.workers: dict[tuple[str, str], list[WorkerHandle]] = {}
+        self.draining: set[WorkerHandle] = set()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -134,7 +152,15 @@ class Supervisor:
         return sum(1 for r in self.store.list() if r.state in _ACTIVE)
 
     def worker_pids(self) -> list[int]:
-        return [h.pid for h in self.workers.values() if h.proc.returncode is None]
+        handles = [h for group in self.workers.values() for h in group] + list(self.draining)
+        return [h.pid for h in handles if h.proc.returncode is None]
+
+    def replicas(self, rec: EndpointRecord) -> tuple[int, int]:
+        """(readyReplica, targetReplica) as the API shows them."""
+        group = self.workers.get(rec.key, [])
+        ready = sum(1 for h in group if h.loaded and h.alive)
+        target = _wanted(rec) if rec.state in _ACTIVE else 0
+        return (ready if rec.state in ("running", "updating", "initializing") else 0), target
 
     # -- operations --------------------------------------------------------------------
 
@@ -164,7 +190,14 @@ class Supervisor:
         """Raises: NotFoundError, UnprocessableError."""
         async with self.lock((namespace, name)):
             rec = self.get(namespace, name)
+            old = rec.config
             rec.config = config_from_update(rec.config, body)
+            if rec.state in ("running", "initializing") and self._only_replicas_changed(
+                old, rec.config
+            ):
+                self.store.save(rec)
+                await self._rescale(rec)
+                return rec
             await self._stop_worker(rec.key)
             if rec.state == "paused":
                 self.store.save(rec)  # takes effect at the next resume
@@ -196,10 +229,11 @@ class Supervisor:
                 raise APIClientError(f"Endpoint '{name}' is already running", status=400)
             if rec.state in ("pending", "initializing", "updating"):
                 return rec
-            handle = self.workers.get(rec.key)
-            if rec.state == "scaledToZero" and handle is not None and handle.alive:
-                await handle.command("load")
+            group = self._live(rec.key)
+            if rec.state == "scaledToZero" and len(group) == 1:
+                await group[0].command("load")
                 self._set(rec, "initializing", "Endpoint is initializing")
+                await self._rescale(rec)
                 return rec
             await self._stop_worker(rec.key)
             self._set(rec, "pending", "Endpoint is pending")
@@ -210,10 +244,12 @@ class Supervisor:
         """Raises: NotFoundError."""
         async with self.lock((namespace, name)):
             rec = self.get(namespace, name)
-            handle = self.workers.get(rec.key)
-            if handle is not None and handle.alive:
-                await handle.command("unload")
-                handle.updating = False
+            group = self._live(rec.key)
+            if group:
+                for extra in group[1:]:
+                    await self._drain(rec.key, extra)
+                await group[0].command("unload")
+                group[0].updating = False
                 self._set(rec, "scaledToZero", "Endpoint is scaled to zero")
             else:
                 await self._stop_worker(rec.key)
@@ -235,8 +271,84 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         """Stop every worker; stored states stay as they are, for the next start."""
-        await asyncio.gather(*(h.stop() for h in list(self.workers.values())))
+        handles = [h for group in self.workers.values() for h in group] + list(self.draining)
+        await asyncio.gather(*(h.stop() for h in handles))
         self.workers.clear()
+        self.draining.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- replicas ----------------------------------------------------------------------
+
+    @staticmethod
+    def _only_replicas_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """True when the workers would run the same: only the replica count (or other scaling
+        settings the local service does not act on) changed."""
+
+        def rest(cfg: dict[str, Any]) -> dict[str, Any]:
+            out = copy.deepcopy(cfg)
+            scaling = out["compute"]["scaling"]
+            idle = scaling.get("scaleToZeroTimeout") if scaling.get("minReplica") == 0 else None
+            out["compute"]["scaling"] = {"scaleToZeroTimeout": idle}
+            return out
+
+        return rest(old) == rest(new)
+
+    def _live(self, key: tuple[str, str]) -> list[WorkerHandle]:
+        return [h for h in self.workers.get(key, []) if h.alive]
+
+    async def _rescale(self, rec: EndpointRecord) -> None:
+        """Start or drain replicas until the endpoint has the count its scaling asks for."""
+        group = self._live(rec.key)
+        wanted = _wanted(rec)
+        if len(group) < wanted:
+            logger.info(
+                "endpoint %s/%s: %d -> %d replicas", rec.namespace, rec.name, len(group), wanted
+            )
+            for _ in range(wanted - len(group)):
+                await self._spawn_one(rec, load=True, replica=len(self.workers.get(rec.key, [])))
+        elif len(group) > wanted:
+            logger.info(
+                "endpoint %s/%s: %d -> %d replicas", rec.namespace, rec.name, len(group), wanted
+            )
+            # the ones still loading go first, then the newest
+            victims = sorted(group, key=lambda h: (h.loaded, -group.index(h)))[
+                : len(group) - wanted
+            ]
+            for handle in victims:
+                await self._drain(rec.key, handle)
+
+    async def _drain(self, key: tuple[str, str], handle: WorkerHandle) -> None:
+        group = self.workers.get(key, [])
+        if handle in group:
+            group.remove(handle)
+        handle.expected_exit = True
+        handle.draining = True
+        self.draining.add(handle)
+        await handle.command("drain")
+        task = asyncio.get_running_loop().create_task(self._reap_drained(handle))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reap_drained(self, handle: WorkerHandle) -> None:
+        try:
+            await asyncio.wait_for(handle.proc.wait(), _DRAIN_TIMEOUT)
+        except TimeoutError:
+            logger.warning(
+                "worker %d did not drain in %gs: stopping it", handle.pid, _DRAIN_TIMEOUT
+            )
+        await handle.stop()
+        self.draining.discard(handle)
+
+    def _fail_others(self, handle: WorkerHandle) -> None:
+        """One replica failed: the endpoint failed, stop its other replicas."""
+        others = [h for h in self.workers.get(handle.key, []) if h is not handle]
+        self.workers[handle.key] = [handle] if handle.proc.returncode is None else []
+        for other in others:
+            other.expected_exit = True
+            task = asyncio.get_running_loop().create_task(other.stop())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # -- workers -----------------------------------------------------------------------
 
@@ -248,9 +360,9 @@ class Supervisor:
         self.store.save(rec)
 
     async def _stop_worker(self, key: tuple[str, str]) -> None:
-        handle = self.workers.pop(key, None)
-        if handle is not None:
-            await handle.stop()
+        group = self.workers.pop(key, [])
+        if group:
+            await asyncio.gather(*(h.stop() for h in group))
 
     def _worker_config(self, rec: EndpointRecord, *, load: bool) -> dict[str, Any]:
         cfg = rec.config
@@ -281,9 +393,26 @@ class Supervisor:
         }
 
     async def _spawn(self, rec: EndpointRecord, *, load: bool, updating: bool = False) -> None:
-        if rec.port is None:
-            rec.port = _free_port()
+        """Start the endpoint's replicas (one, unloaded, when `load` is False)."""
+        if rec.port is None or not _port_free(rec.port):
+            rec.port = _free_port()  # a fresh group takes its port back only when it is free
             self.store.save(rec)
+        count = _wanted(rec) if load else 1
+        for replica in range(count):
+            await self._spawn_one(rec, load=load, updating=updating, replica=replica)
+        handle = self.workers[rec.key][0]
+        if not load:
+            # A scaled-to-zero endpoint shows its URL at once: have something answer there first.
+            assert handle.task is not None
+            listening = asyncio.ensure_future(handle.listening.wait())
+            await asyncio.wait(
+                {listening, handle.task}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+            )
+            listening.cancel()
+
+    async def _spawn_one(
+        self, rec: EndpointRecord, *, load: bool, replica: int, updating: bool = False
+    ) -> WorkerHandle:
         env = {k: v for k, v in os.environ.items() if k != "BATCHRUN_SERVE_TOKEN"}
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         proc = await asyncio.create_subprocess_exec(
@@ -295,19 +424,17 @@ class Supervisor:
             env=env,
         )
         assert proc.stdin is not None
-        proc.stdin.write(orjson.dumps(self._worker_config(rec, load=load)) + b"\n")
+        config = self._worker_config(rec, load=load)
+        config["replica"] = replica
+        proc.stdin.write(orjson.dumps(config) + b"\n")
         await proc.stdin.drain()
         handle = WorkerHandle(rec.key, proc, updating=updating)
-        self.workers[rec.key] = handle
+        self.workers.setdefault(rec.key, []).append(handle)
         handle.task = asyncio.get_running_loop().create_task(self._pump(handle))
-        logger.info("endpoint %s/%s: worker pid %d", rec.namespace, rec.name, proc.pid)
-        if not load:
-            # A scaled-to-zero endpoint shows its URL at once: have something answer there first.
-            listening = asyncio.ensure_future(handle.listening.wait())
-            await asyncio.wait(
-                {listening, handle.task}, timeout=30, return_when=asyncio.FIRST_COMPLETED
-            )
-            listening.cancel()
+        logger.info(
+            "endpoint %s/%s: replica %d worker pid %d", rec.namespace, rec.name, replica, proc.pid
+        )
+        return handle
 
     async def _pump(self, handle: WorkerHandle) -> None:
         stdout = handle.proc.stdout
@@ -327,7 +454,7 @@ class Supervisor:
         self._on_exit(handle, code)
 
     def _current(self, handle: WorkerHandle) -> EndpointRecord | None:
-        if self.workers.get(handle.key) is not handle:
+        if handle not in self.workers.get(handle.key, []):
             return None
         return self.store.get(*handle.key)
 
@@ -347,17 +474,21 @@ class Supervisor:
             handle.expected_exit = True
             state = "updateFailed" if handle.updating else "failed"
             self._set(rec, state, str(event.get("message") or "the model failed to load"))
+            self._fail_others(handle)
         elif stale:
             return
         elif kind == "loading":
-            if rec.state not in ("updating", "initializing"):
+            if rec.state not in ("updating", "initializing", "running"):
                 self._set(rec, "initializing", "Endpoint is initializing")
         elif kind == "ready":
             handle.updating = False
             handle.loaded = True
-            self._set(rec, "running", "Endpoint is ready")
+            if rec.state != "running":
+                self._set(rec, "running", "Endpoint is ready")
         elif kind == "unloaded":
             handle.loaded = False
+            if any(h.loaded for h in self._live(rec.key)):
+                return
             if event.get("reason") == "idle":
                 minutes = rec.config["compute"]["scaling"].get("scaleToZeroTimeout")
                 message = f"Endpoint scaled to zero after {minutes} minutes without requests"
@@ -369,7 +500,10 @@ class Supervisor:
         rec = self._current(handle)
         if rec is None:
             return
-        self.workers.pop(handle.key, None)
+        group = self.workers.get(handle.key, [])
+        group.remove(handle)
+        if not group:
+            self.workers.pop(handle.key, None)
         if not handle.expected_exit:
             logger.warning(
                 "endpoint %s/%s: worker %d exited with code %d",
@@ -383,3 +517,19 @@ class Supervisor:
                 "failed",
                 f"The endpoint's worker process exited unexpectedly (exit code {code})",
             )
+            self._fail_others(handle)
+
+
+def _wanted(rec: EndpointRecord) -> int:
+    """The replicas an endpoint runs: `max(minReplica, 1)` (no load-driven autoscaling)."""
+    return max(int(rec.config["compute"]["scaling"].get("minReplica") or 0), 1)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

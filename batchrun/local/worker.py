@@ -12,6 +12,16 @@ inputs gives a list of per-input outputs), `POST /generate` (TGI), `POST /v1/cha
 `POST /v1/completions` and `POST /v1/embeddings` (OpenAI shapes, with `usage`), `POST /embed` (TEI), `GET /health`,
 `GET /info`. Errors are `{"error", "error_type"}`.
 
+An endpoint runs one worker per replica; all of them bind the endpoint's port with
+`SO_REUSEPORT`, so the kernel spreads new *connections* among them. A client keeps its
+connections alive, so each worker closes a connection (`Connection: close` on the answer)
+once it is `BATCHRUN_RECYCLE_S` seconds old (`model.env`, default 2) or has carried
+`RECYCLE_REQUESTS` requests: the client's next connection may land on another replica, so a
+new replica gets requests within seconds. (Chosen over a balancing proxy in front, which
+would add a hop and its CPU to every request: see tests/perf/bench_local_capacity.py.)
+`{"cmd": "drain"}` removes a replica: it stops accepting, finishes the requests in flight,
+closes its connections and exits (event `drained`).
+
 While no model is loaded (scaled to zero, or still loading) a data request answers 503 and
 wakes the model; with `X-Scale-Up-Timeout: <seconds>` it is held until the model is ready.
 The request path is kept tiny (orjson, no per-request allocations beyond the body) so the
@@ -21,12 +31,15 @@ worker is never what limits a benchmark.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +57,7 @@ from batchrun.local.backends import (
     Backend,
     EchoFaults,
     load_backend,
+    recycle_s,
 )
 
 __all__ = ["WorkerApp", "main"]
@@ -51,6 +65,8 @@ __all__ = ["WorkerApp", "main"]
 logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
+RECYCLE_REQUESTS = 1000  # a kept-alive connection is closed after this many answers
+DRAIN_TIMEOUT_S = 60.0  # a draining replica gives its requests in flight this long
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -125,6 +141,75 @@ class MicroBatcher:
                 pos += len(chunk)
 
 
+class CapacityGate:
+    """The echo model's capacity model in one worker (see `EchoFaults`): slots, a queue, 429s.
+
+    `enter` takes a slot (waiting in FIFO order when all `max_batch` are taken), sleeps the
+    service time for the batch it joined and gives the slot on; it answers False, at once,
+    when the queue is already full. Counters (and their high-water marks) show in `/info`.
+    """
+
+    def __init__(self, faults: EchoFaults) -> None:
+        assert faults.max_batch is not None
+        self.faults = faults
+        self.max_batch = faults.max_batch
+        self.max_queue = faults.max_queue
+        self.in_service = 0
+        self.in_service_max = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.queued_max = 0
+        self.served = 0
+        self.rejected = 0
+
+    async def serve(self) -> bool:
+        """Hold the request for its service time; False when it is refused (queue full)."""
+        if self.in_service >= self.max_batch or self.waiters:
+            if self.max_queue is not None and len(self.waiters) >= self.max_queue:
+                self.rejected += 1
+                return False
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiters.append(fut)
+            self.queued_max = max(self.queued_max, len(self.waiters))
+            try:
+                await fut  # the slot is handed over by `_release` (in_service already counted)
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release()
+                else:
+                    with contextlib.suppress(ValueError):
+                        self.waiters.remove(fut)
+                raise
+        else:
+            self.in_service += 1
+        try:
+            self.in_service_max = max(self.in_service_max, self.in_service)
+            await asyncio.sleep(self.faults.service_s(self.in_service))
+            self.served += 1
+        finally:
+            self._release()
+        return True
+
+    def _release(self) -> None:
+        self.in_service -= 1
+        while self.waiters and self.in_service < self.max_batch:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                self.in_service += 1
+                fut.set_result(None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+            "in_service": self.in_service,
+            "in_service_max": self.in_service_max,
+            "queued": len(self.waiters),
+            "queued_max": self.queued_max,
+            "served": self.served,
+            "rejected": self.rejected,
+        }
+
+
 def _texts(value: Any, what: str) -> tuple[list[str], bool]:
     """(texts, single) from a str or a list of str."""
     if isinstance(value, str):
@@ -158,6 +243,16 @@ class WorkerApp:
         self.draws = self.faults.any_draw
         self.latency = self.faults.latency_s
         self.crash_after = self.faults.crash_after
+        self.capacity = CapacityGate(self.faults) if self.faults.max_batch else None
+        self.pid = str(os.getpid())
+        self.connections: weakref.WeakKeyDictionary[Any, list[float]] = weakref.WeakKeyDictionary()
+        try:
+            self.recycle_s = recycle_s(self.env)
+        except BatchrunError:
+            self.recycle_s = 0.0  # load_backend reports the bad value as the failure
+        self.draining = False
+        self.drain_task: asyncio.Task[None] | None = None
+        self.runner: web.AppRunner | None = None
         self.backend: Backend | None = None
         self.loading = False
         self.unload_after_load = False
@@ -244,6 +339,8 @@ class WorkerApp:
                 self.start_load()
             elif cmd.get("cmd") == "unload":
                 self.unload("requested")
+            elif cmd.get("cmd") == "drain" and not self.draining:
+                self.drain_task = loop.create_task(self.drain())
             elif cmd.get("cmd") == "stop":
                 os._exit(0)
 
@@ -295,6 +392,13 @@ class WorkerApp:
                 await asyncio.sleep(24 * 3600)
         if self.latency:
             await asyncio.sleep(self.latency)
+        if self.capacity is not None and not await self.capacity.serve():
+            return _error(
+                429,
+                "the endpoint is overloaded: its queue is full (BATCHRUN_ECHO_MAX_QUEUE)",
+                "overloaded",
+                **{"Retry-After": "1"},
+            )
         return None
 
     async def _wake(self, request: web.Request) -> web.Response | None:
@@ -350,27 +454,60 @@ class WorkerApp:
 
     def _route(self, fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
-            refused = await self.admit(request)
-            if refused is not None:
-                return refused
-            try:
-                result = await fn(request)
-            except _BadInput as e:
-                return _error(400, str(e), "validation")
-            except _Unloaded:
-                self.start_load()  # as Hugging Face does: a request wakes the endpoint
-                return _error(
-                    503,
-                    "the endpoint scaled to zero while this request waited; it is starting again",
-                    "unavailable",
-                    **{"Retry-After": "1"},
-                )
-            except Exception as e:
-                logger.exception("request failed")
-                return _error(500, f"{type(e).__name__}: {e}", "model")
-            return web.Response(body=orjson.dumps(result), content_type=_JSON)
+            response = await self._answer(fn, request)
+            response.headers["X-Batchrun-Replica"] = self.pid  # which replica answered
+            if self.draining or self._recycle(request):
+                response.force_close()
+            return response
 
         return handler
+
+    def _recycle(self, request: web.Request) -> bool:
+        """True when this answer should close its kept-alive connection (see the module doc)."""
+        transport = request.transport
+        if transport is None or not self.recycle_s:
+            return False
+        now = time.monotonic()
+        try:
+            seen = self.connections.get(transport)
+            if seen is None:
+                self.connections[transport] = [now, 1.0]
+                return False
+        except TypeError:  # a transport without weak references (some event loops)
+            return self.served % RECYCLE_REQUESTS == 0
+        seen[1] += 1
+        return now - seen[0] >= self.recycle_s or seen[1] >= RECYCLE_REQUESTS
+
+    async def drain(self) -> None:
+        """Leave the endpoint: stop accepting, finish what is in flight, then exit."""
+        self.draining = True
+        if self.runner is not None:
+            await self.runner.cleanup()  # the answers in flight go out with Connection: close
+        self.emit("drained")
+        os._exit(0)
+
+    async def _answer(
+        self, fn: Callable[[web.Request], Awaitable[Any]], request: web.Request
+    ) -> web.Response:
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        try:
+            result = await fn(request)
+        except _BadInput as e:
+            return _error(400, str(e), "validation")
+        except _Unloaded:
+            self.start_load()  # as Hugging Face does: a request wakes the endpoint
+            return _error(
+                503,
+                "the endpoint scaled to zero while this request waited; it is starting again",
+                "unavailable",
+                **{"Retry-After": "1"},
+            )
+        except Exception as e:
+            logger.exception("request failed")
+            return _error(500, f"{type(e).__name__}: {e}", "model")
+        return web.Response(body=orjson.dumps(result), content_type=_JSON)
 
     # -- routes ------------------------------------------------------------------------
 
@@ -514,6 +651,8 @@ class WorkerApp:
                     "dimension": backend.dimension if backend else None,
                     "max_batch_size": backend.max_batch if backend else None,
                     "requests": self.served,
+                    "pid": os.getpid(),
+                    "capacity": self.capacity.stats() if self.capacity else None,
                     "batches": batchers,
                     "version": __version__,
                     "router": "batchrun-local",
@@ -540,14 +679,21 @@ class WorkerApp:
 
 async def _serve(config: dict[str, Any], rest: bytes) -> None:
     worker = WorkerApp(config)
-    runner = web.AppRunner(worker.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        worker.app(), access_log=None, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT_S
+    )
     await runner.setup()
+    worker.runner = runner
     port = int(config.get("port") or 0)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the endpoint's other replicas
     try:
         sock.bind(("127.0.0.1", port))
-    except OSError:
+    except OSError as e:
+        if config.get("replica", 0):  # a replica must share its endpoint's port
+            worker.emit("failed", message=f"cannot bind the endpoint's port {port}: {e}")
+            os._exit(2)
         sock.bind(("127.0.0.1", 0))  # the old port was taken meanwhile: take a new one
     site = web.SockSite(runner, sock, backlog=1024)
     await site.start()
