@@ -46,6 +46,7 @@ Provider = Literal["url", "hf", "local"]
 OnExit = Literal["pause", "scale-to-zero", "delete", "restore", "keep"]
 RequestFormat = Literal["inputs", "chat", "embeddings", "raw"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
+OutputOrder = Literal["completion", "input"]
 
 
 MAX_JOB_FILE_BYTES = 1024 * 1024
@@ -186,6 +187,7 @@ class OutputSpec:
     keep_fields: list[str] = field(default_factory=list)
     commit_rows: int = 1000
     commit_seconds: float = 1.0
+    order: OutputOrder = "completion"  # "input": rewritten in input order when a run ends
 
     @property
     def output_format(self) -> Literal["jsonl", "parquet"]:

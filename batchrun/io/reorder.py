@@ -1,0 +1,441 @@
+"""`[output] order = "input"`: the results and the errors file rewritten in input order.
+
+Rows finish out of order. With `order = "input"` the ledger sorts each commit's rows by their
+sequence number before it writes them, and notes the results' sequence numbers, in output
+order, in a side file of the run state (`SeqLog`, 8 bytes a row). The outputs are then a series
+of ascending runs (at most one per commit; a run left sorted by an earlier rewrite is one run),
+and a rewrite is a k-way merge of those runs: flat memory (a small buffer per run), one pass.
+
+The errors file needs no side file: each of its rows names its `row`.
+
+The functions here only write temporary files (fsynced); swapping them in, and recording that
+in the run state so a crash at any step is finished by the next open, is the ledger's part.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from batchrun.io.writers import _MERGED_KEY, _conform, write_temp
+
+__all__ = [
+    "Rewritten",
+    "SeqLog",
+    "error_seq",
+    "merge_errors",
+    "merge_jsonl_results",
+    "merge_parquet_results",
+]
+
+_SEQ = 8  # bytes per sequence number in the side file
+_BUFFER_BUDGET = 16 * 1024 * 1024  # read buffers of all runs together
+_OUT_CHUNK = 1 << 20  # bytes (JSONL) gathered before a write
+_ROW_GROUP = 8192  # rows per Parquet row group of the rewritten part
+
+
+class SeqLog:
+    """The results' sequence numbers in output order (int64, native order), append-only.
+
+    Opened with the run state's committed result count, it is cut back to it, like the writers.
+    It is `usable` only when it holds exactly one number per committed result (a run state made
+    before `order = "input"` was set has fewer).
+
+    Args:
+        path: the side file, in the run state directory.
+        committed_rows: the committed results.
+    """
+
+    def __init__(self, path: Path, *, committed_rows: int) -> None:
+        self.path = path
+        self._f = open(path, "ab", buffering=0)  # noqa: SIM115 - held open for the run
+        size = self._f.seek(0, os.SEEK_END)
+        if size > committed_rows * _SEQ:
+            self._f.truncate(committed_rows * _SEQ)
+            os.fsync(self._f.fileno())
+        self.rows = self._f.seek(0, os.SEEK_END) // _SEQ
+        self.usable = self.rows == committed_rows
+        self._buf = array("q")
+
+    def write(self, seqs: Sequence[int]) -> None:
+        """Buffer the sequence numbers of rows written to the results, in their order."""
+        self._buf.extend(seqs)
+
+    def commit(self) -> None:
+        """Write the buffer and fsync (before the run state records the commit).
+
+        Raises:
+            OSError: the write or the fsync failed (the file is cut back).
+        """
+        if not self._buf:
+            return
+        data = self._buf.tobytes()
+        fd = self._f.fileno()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            self.rollback(self.rows)
+            raise
+        self.rows += len(self._buf)
+        self._buf = array("q")
+
+    def rollback(self, rows: int) -> None:
+        """Cut back to `rows` numbers (best effort: else the next open does)."""
+        self._buf = array("q")
+        try:
+            os.ftruncate(self._f.fileno(), rows * _SEQ)
+        except OSError:
+            return
+        self.rows = min(self.rows, rows)
+
+    def close(self) -> None:
+        """Close the file; buffered numbers are dropped."""
+        self._buf = array("q")
+        self._f.close()
+
+
+def error_seq(row: Any) -> int:
+    """The input row an errors-file row stands for (`row`, or `batchrun.row`).
+
+    Raises:
+        ValueError: the row names none.
+    """
+    if isinstance(row, dict):
+        seq = row.get("row")
+        if not isinstance(seq, int):
+            inner = row.get("batchrun")
+            seq = inner.get("row") if isinstance(inner, dict) else None
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            return seq
+    raise ValueError("an errors-file row without its input row number")
+
+
+# -- reading runs ------------------------------------------------------------------------------
+def _seqs(fd: int, start: int, count: int, chunk: int) -> Iterator[int]:
+    """`count` numbers of the side file from number `start`, read `chunk` at a time."""
+    pos = start * _SEQ
+    left = count
+    while left:
+        n = min(chunk, left)
+        data = os.pread(fd, n * _SEQ, pos)
+        if len(data) != n * _SEQ:
+            raise OSError(f"the order side file ends early (at byte {pos + len(data)})")
+        yield from array("q", data)
+        pos += len(data)
+        left -= n
+
+
+def _lines(fd: int, start: int, count: int, chunk: int) -> Iterator[bytes]:
+    """`count` lines of a file from byte `start`, read `chunk` bytes at a time."""
+    pos = start
+    rest = b""
+    left = count
+    while left:
+        data = os.pread(fd, chunk, pos)
+        if not data:
+            raise OSError(f"the output ends early (at byte {pos}, {left} line(s) missing)")
+        pos += len(data)
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines[:left]:
+            yield line + b"\n"
+        left -= min(left, len(lines))
+
+
+def _run_starts(seqs: Iterator[int]) -> list[int]:
+    """The index of the first row of each ascending run."""
+    starts = [0]
+    last = -1
+    for i, seq in enumerate(seqs):
+        if seq < last:
+            starts.append(i)
+        last = seq
+    return starts
+
+
+def _line_offsets(fd: int, rows: list[int], size: int) -> list[int]:
+    """The byte offset of each line number in `rows` (ascending), by counting newlines."""
+    offsets: list[int] = []
+    want = iter(rows)
+    target = next(want, None)
+    line = 0
+    pos = 0
+    while target is not None and pos <= size:
+        if target == line:
+            offsets.append(pos)
+            target = next(want, None)
+            continue
+        data = os.pread(fd, min(_OUT_CHUNK, size - pos), pos)
+        if not data:
+            break
+        newlines = data.count(b"\n")
+        if line + newlines < target:
+            line += newlines
+            pos += len(data)
+            continue
+        at = -1
+        while line < target:
+            at = data.index(b"\n", at + 1)
+            line += 1
+        pos += at + 1
+    if len(offsets) != len(rows):
+        raise OSError("the output holds fewer lines than the run state says")
+    return offsets
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Rewritten:
+    """A temporary file written by a merge: its size, and how many rows it holds."""
+
+    size: int
+    rows: int
+
+
+def _write_seqs(tmp: Path, seqs: Iterator[int]) -> int:
+    """Write the merged order side file; its size."""
+
+    def write(f: BinaryIO) -> None:
+        buf = array("q")
+        for seq in seqs:
+            buf.append(seq)
+            if len(buf) >= 65536:
+                f.write(buf.tobytes())
+                buf = array("q")
+        f.write(buf.tobytes())
+
+    return write_temp(tmp, write, tmp=tmp)
+
+
+def merge_jsonl_results(
+    src: Path, seqlog: Path, *, rows: int, size: int, tmp: Path, seqs_tmp: Path
+) -> tuple[Rewritten, Rewritten]:
+    """Merge the first `rows` lines (`size` bytes) of a JSONL results file into input order.
+
+    Returns:
+        the temporary results file and the temporary side file, both fsynced.
+
+    Raises:
+        OSError: a file cannot be read or written (the temporary files are gone).
+    """
+    with open(seqlog, "rb") as s, open(src, "rb") as r:
+        sfd, rfd = s.fileno(), r.fileno()
+        starts = _run_starts(_seqs(sfd, 0, rows, 65536)) if rows else []
+        bounds = [*starts, rows]
+        offsets = _line_offsets(rfd, starts, size)
+        k = max(1, len(starts))
+        line_chunk = max(4096, _BUFFER_BUDGET // 2 // k)
+        seq_chunk = max(512, _BUFFER_BUDGET // 2 // k // _SEQ)
+        order = array("q")
+
+        def runs() -> list[Iterator[tuple[int, bytes]]]:
+            return [
+                zip(
+                    _seqs(sfd, bounds[i], bounds[i + 1] - bounds[i], seq_chunk),
+                    _lines(rfd, offsets[i], bounds[i + 1] - bounds[i], line_chunk),
+                    strict=True,
+                )
+                for i in range(len(starts))
+            ]
+
+        def write(f: BinaryIO) -> None:
+            out: list[bytes] = []
+            held = 0
+            for seq, line in heapq.merge(*runs()):
+                order.append(seq)
+                out.append(line)
+                held += len(line)
+                if held >= _OUT_CHUNK:
+                    f.write(b"".join(out))
+                    out.clear()
+                    held = 0
+            f.write(b"".join(out))
+
+        written = write_temp(tmp, write, tmp=tmp)
+        if written != size:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"{src}: the rewrite came to {written} bytes, not {size}")
+    try:
+        seqs_size = write_temp(seqs_tmp, [order.tobytes()], tmp=seqs_tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Rewritten(size=written, rows=rows), Rewritten(size=seqs_size, rows=rows)
+
+
+def merge_errors(src: Path, *, size: int, tmp: Path) -> Rewritten:
+    """Merge the first `size` bytes of an errors file into input order (by each row's `row`).
+
+    Raises:
+        OSError: it cannot be read or written.
+        ValueError: a row names no input row.
+    """
+    with open(src, "rb") as r:
+        fd = r.fileno()
+        starts: list[int] = []  # byte offsets
+        counts: list[int] = []
+        last = -1
+        pos = 0
+        for line in _lines(fd, 0, _count_lines(fd, size), _OUT_CHUNK):
+            seq = error_seq(orjson.loads(line))
+            if not starts or seq < last:
+                starts.append(pos)
+                counts.append(0)
+            counts[-1] += 1
+            last = seq
+            pos += len(line)
+        k = max(1, len(starts))
+        chunk = max(4096, _BUFFER_BUDGET // k)
+
+        def run(i: int) -> Iterator[tuple[int, bytes]]:
+            for line in _lines(fd, starts[i], counts[i], chunk):
+                yield error_seq(orjson.loads(line)), line
+
+        def write(f: BinaryIO) -> None:
+            out: list[bytes] = []
+            held = 0
+            for _, line in heapq.merge(*(run(i) for i in range(len(starts)))):
+                out.append(line)
+                held += len(line)
+                if held >= _OUT_CHUNK:
+                    f.write(b"".join(out))
+                    out.clear()
+                    held = 0
+            f.write(b"".join(out))
+
+        written = write_temp(tmp, write, tmp=tmp)
+    return Rewritten(size=written, rows=sum(counts))
+
+
+def _count_lines(fd: int, size: int) -> int:
+    count = 0
+    pos = 0
+    while pos < size:
+        data = os.pread(fd, min(_OUT_CHUNK, size - pos), pos)
+        if not data:
+            break
+        count += data.count(b"\n")
+        pos += len(data)
+    return count
+
+
+# -- Parquet -----------------------------------------------------------------------------------
+class _ArrowRun:
+    """The rows of one run of the live parts (read in order as one table), taken in slices."""
+
+    def __init__(self, parts: list[tuple[Path, int]], start: int, batch_rows: int) -> None:
+        self._batches = self._read(parts, start, batch_rows)
+        self._batch: Any = None
+        self._at = 0
+
+    @staticmethod
+    def _read(parts: list[tuple[Path, int]], start: int, batch_rows: int) -> Iterator[Any]:
+        import pyarrow.parquet as pq
+
+        skip = start
+        for path, count in parts:
+            if skip >= count:
+                skip -= count
+                continue
+            with pq.ParquetFile(path) as part:
+                for batch in part.iter_batches(batch_size=batch_rows, use_threads=False):
+                    if skip >= batch.num_rows:
+                        skip -= batch.num_rows
+                        continue
+                    yield batch.slice(skip) if skip else batch
+                    skip = 0
+
+    def take(self, n: int) -> list[Any]:
+        """The next `n` rows, as record batch slices."""
+        out = []
+        while n:
+            if self._batch is None or self._at >= self._batch.num_rows:
+                self._batch = next(self._batches)
+                self._at = 0
+            m = min(n, self._batch.num_rows - self._at)
+            out.append(self._batch.slice(self._at, m))
+            self._at += m
+            n -= m
+        return out
+
+
+def merge_parquet_results(
+    parts: Sequence[Path], seqlog: Path, *, rows: int, part: Path, seqs_tmp: Path
+) -> tuple[Rewritten, Rewritten]:
+    """Merge the live parts (in order, `rows` rows) into one new part `part` in input order.
+
+    The part is written atomically under its own name (a number the run state does not list
+    yet, so an open before the state lists it deletes it).
+
+    Raises:
+        OSError: a file cannot be read or written.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batchrun.io.writers import write_atomic
+
+    counts = [(p, pq.read_metadata(p).num_rows) for p in parts]
+    if sum(c for _, c in counts) != rows:
+        raise OSError(f"{part.parent}: the parts hold other than the {rows} rows committed")
+    schema = pa.unify_schemas(
+        [pq.read_schema(p) for p in parts], promote_options="permissive"
+    ).with_metadata({_MERGED_KEY: b"1"})
+    with open(seqlog, "rb") as s:
+        sfd = s.fileno()
+        starts = _run_starts(_seqs(sfd, 0, rows, 65536)) if rows else []
+        bounds = [*starts, rows]
+        k = max(1, len(starts))
+        batch_rows = max(64, min(_ROW_GROUP, 1_000_000 // k))
+        seq_chunk = max(512, _BUFFER_BUDGET // 2 // k // _SEQ)
+        sources = [_ArrowRun(counts, bounds[i], batch_rows) for i in range(len(starts))]
+
+        def run(i: int) -> Iterator[tuple[int, int]]:
+            for seq in _seqs(sfd, bounds[i], bounds[i + 1] - bounds[i], seq_chunk):
+                yield seq, i
+
+        merged = heapq.merge(*(run(i) for i in range(len(starts))))
+        order = array("q")
+
+        def flush(out: Any, takes: list[list[int]]) -> None:
+            batches = [b for run, n in takes for b in sources[run].take(n)]
+            tables = [_conform(pa.Table.from_batches([b]), schema) for b in batches]
+            out.write_table(pa.concat_tables(tables), row_group_size=_ROW_GROUP)
+
+        def write(f: BinaryIO) -> None:
+            with pq.ParquetWriter(f, schema, compression="zstd") as out:
+                takes: list[list[int]] = []  # [run, rows] in output order
+                held = 0
+                for seq, run in merged:
+                    order.append(seq)
+                    if takes and takes[-1][0] == run:
+                        takes[-1][1] += 1
+                    else:
+                        takes.append([run, 1])
+                    held += 1
+                    if held >= _ROW_GROUP:
+                        flush(out, takes)
+                        takes, held = [], 0
+                if takes:
+                    flush(out, takes)
+
+        try:
+            size = write_atomic(part, write)
+        except (pa.ArrowException, ValueError) as e:
+            part.unlink(missing_ok=True)
+            raise OSError(f"{part}: cannot merge the parts: {e}") from e
+    try:
+        seqs_size = write_temp(seqs_tmp, [order.tobytes()], tmp=seqs_tmp)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return Rewritten(size=size, rows=rows), Rewritten(size=seqs_size, rows=rows)
