@@ -150,3 +150,18 @@ def test_kill_during_rewrite_then_next_run_finishes(
     state = RunState.directory_for(str(out))
     assert RunState.order_log(state).stat().st_size == 8 * meta["results_count"]
     assert [p.name for p in tmp_path.rglob("*.tmp")] == []
+
+
+def test_retry_errors_then_reorder(tmp_path: Path, app: EndpointApp) -> None:
+    """Rows that `--retry-errors` moves to the results land in their input place."""
+    out, errors = tmp_path / "out/r.jsonl", tmp_path / "out/r.errors.jsonl"
+    _input(tmp_path / "in.jsonl", 0, 32)
+    job = _job(tmp_path, app.url, "out/r.jsonl")
+    assert _run(job).exit_code == 3
+    app.configure(reject_match="bad30")  # bad7 now succeeds
+    summary = run_job(load_job(job), progress=False, retry_errors=True)
+    assert summary.exit_code == 3
+    results, errs = _ids(read_jsonl(out)), _ids(read_jsonl(errors))
+    assert results == sorted(results) and 7 in results and errs == [30]
+    assert sorted(results + errs) == list(range(32))
+    assert committed_meta(out)["ordered"] is True

@@ -55,7 +55,13 @@ import orjson
 from batchrun.errors import OutputWriteError, RunStateError
 from batchrun.io.coverage import Coverage
 from batchrun.io.readers import InputReader, Position
-from batchrun.io.reorder import SeqLog, merge_errors, merge_jsonl_results, merge_parquet_results
+from batchrun.io.reorder import (
+    SeqLog,
+    merge_errors,
+    merge_jsonl_results,
+    merge_parquet_results,
+    spill_path,
+)
 from batchrun.io.state import (
     Committed,
     CoverUpdate,
@@ -883,7 +889,7 @@ class Ledger:
                 self._finish_reorder()
             except sqlite3.Error as e:
                 raise _write_failure(self._db_path, "cannot record the rewrite", e) from e
-        for tmp in self._reorder_temps:
+        for tmp in (*self._reorder_temps, spill_path(self._reorder_temps[2])):
             tmp.unlink(missing_ok=True)
 
     def _refuse_orphan_output(self) -> None:

@@ -14,6 +14,8 @@ in the run state so a crash at any step is finished by the next open, is the led
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import heapq
 import os
 from array import array
@@ -33,6 +35,7 @@ __all__ = [
     "merge_errors",
     "merge_jsonl_results",
     "merge_parquet_results",
+    "spill_path",
 ]
 
 _SEQ = 8  # bytes per sequence number in the side file
@@ -329,43 +332,53 @@ def _count_lines(fd: int, size: int) -> int:
 
 
 # -- Parquet -----------------------------------------------------------------------------------
-class _ArrowRun:
-    """The rows of one run of the live parts (read in order as one table), taken in slices."""
+_SPILL_ROWS = 64  # rows per batch of the spill file: what one run's cursor holds
 
-    def __init__(self, parts: list[tuple[Path, int]], start: int, batch_rows: int) -> None:
-        self._batches = self._read(parts, start, batch_rows)
+
+class _SpillRun:
+    """The rows of one run, read from the spill file one small batch at a time."""
+
+    def __init__(self, spill: Any, starts: array[int], start: int) -> None:
+        self._spill = spill
+        self._starts = starts
+        self._i = bisect.bisect_right(starts, start) - 1
         self._batch: Any = None
-        self._at = 0
-
-    @staticmethod
-    def _read(parts: list[tuple[Path, int]], start: int, batch_rows: int) -> Iterator[Any]:
-        import pyarrow.parquet as pq
-
-        skip = start
-        for path, count in parts:
-            if skip >= count:
-                skip -= count
-                continue
-            with pq.ParquetFile(path) as part:
-                for batch in part.iter_batches(batch_size=batch_rows, use_threads=False):
-                    if skip >= batch.num_rows:
-                        skip -= batch.num_rows
-                        continue
-                    yield batch.slice(skip) if skip else batch
-                    skip = 0
+        self._at = start - starts[self._i]
 
     def take(self, n: int) -> list[Any]:
         """The next `n` rows, as record batch slices."""
         out = []
         while n:
-            if self._batch is None or self._at >= self._batch.num_rows:
-                self._batch = next(self._batches)
-                self._at = 0
+            if self._batch is None:
+                self._batch = self._spill.get_batch(self._i)
             m = min(n, self._batch.num_rows - self._at)
             out.append(self._batch.slice(self._at, m))
             self._at += m
             n -= m
+            if self._at >= self._batch.num_rows:
+                self._batch, self._at, self._i = None, 0, self._i + 1
         return out
+
+
+def _spill(parts: Sequence[Path], schema: Any, path: Path) -> array[int]:
+    """Copy the parts, in order and cast to `schema`, into an Arrow IPC file of small batches
+    (readable one batch at a time); the first row of each batch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    starts = array("q")
+    row = 0
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as w:
+        for p in parts:
+            with pq.ParquetFile(p) as part:
+                for batch in part.iter_batches(batch_size=4096, use_threads=False):
+                    table = _conform(pa.Table.from_batches([batch]), schema)
+                    for small in table.to_batches(max_chunksize=_SPILL_ROWS):
+                        starts.append(row)
+                        w.write_batch(small)
+                        row += small.num_rows
+    return starts
 
 
 def merge_parquet_results(
@@ -382,22 +395,47 @@ def merge_parquet_results(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if sum(pq.read_metadata(p).num_rows for p in parts) != rows:
+        raise OSError(f"{part.parent}: the parts hold other than the {rows} rows committed")
+    try:
+        schema = pa.unify_schemas(
+            [pq.read_schema(p) for p in parts], promote_options="permissive"
+        ).with_metadata({_MERGED_KEY: b"1"})
+    except (pa.ArrowException, ValueError) as e:
+        raise OSError(f"{part.parent}: the parts' columns cannot be unified: {e}") from e
+    try:
+        return _merge_parquet(parts, seqlog, rows=rows, part=part, seqs_tmp=seqs_tmp, schema=schema)
+    except (pa.ArrowException, ValueError) as e:  # pyarrow's IOError is an OSError too
+        if isinstance(e, OSError):
+            raise
+        raise OSError(f"{part}: cannot merge the parts: {e}") from e
+
+
+def spill_path(seqs_tmp: Path) -> Path:
+    """The spill file of a Parquet rewrite whose side file is written to `seqs_tmp`."""
+    return seqs_tmp.with_name(seqs_tmp.name + ".spill")
+
+
+def _merge_parquet(
+    parts: Sequence[Path], seqlog: Path, *, rows: int, part: Path, seqs_tmp: Path, schema: Any
+) -> tuple[Rewritten, Rewritten]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from batchrun.io.writers import write_atomic
 
-    counts = [(p, pq.read_metadata(p).num_rows) for p in parts]
-    if sum(c for _, c in counts) != rows:
-        raise OSError(f"{part.parent}: the parts hold other than the {rows} rows committed")
-    schema = pa.unify_schemas(
-        [pq.read_schema(p) for p in parts], promote_options="permissive"
-    ).with_metadata({_MERGED_KEY: b"1"})
-    with open(seqlog, "rb") as s:
+    spill_file = spill_path(seqs_tmp)
+    with open(seqlog, "rb") as s, contextlib.ExitStack() as stack:
+        stack.callback(spill_file.unlink, missing_ok=True)
+        spill_starts = _spill(parts, schema, spill_file)
+        spill = stack.enter_context(pa.OSFile(str(spill_file)))
+        reader = pa.ipc.open_file(spill)
         sfd = s.fileno()
         starts = _run_starts(_seqs(sfd, 0, rows, 65536)) if rows else []
         bounds = [*starts, rows]
         k = max(1, len(starts))
-        batch_rows = max(64, min(_ROW_GROUP, 1_000_000 // k))
         seq_chunk = max(512, _BUFFER_BUDGET // 2 // k // _SEQ)
-        sources = [_ArrowRun(counts, bounds[i], batch_rows) for i in range(len(starts))]
+        sources = [_SpillRun(reader, spill_starts, bounds[i]) for i in range(len(starts))]
 
         def run(i: int) -> Iterator[tuple[int, int]]:
             for seq in _seqs(sfd, bounds[i], bounds[i + 1] - bounds[i], seq_chunk):
@@ -406,33 +444,42 @@ def merge_parquet_results(
         merged = heapq.merge(*(run(i) for i in range(len(starts))))
         order = array("q")
 
-        def flush(out: Any, takes: list[list[int]]) -> None:
-            batches = [b for run, n in takes for b in sources[run].take(n)]
-            tables = [_conform(pa.Table.from_batches([b]), schema) for b in batches]
-            out.write_table(pa.concat_tables(tables), row_group_size=_ROW_GROUP)
+        def flush(out: Any, picks: array[int]) -> None:
+            """Write the rows picked (the run of each, in output order) as one row group."""
+            counts: dict[int, int] = {}
+            for i in picks:
+                counts[i] = counts.get(i, 0) + 1
+            batches: list[Any] = []
+            base: dict[int, int] = {}
+            at = 0
+            for i, n in counts.items():  # each run's rows of the group: contiguous slices
+                base[i] = at
+                batches.extend(sources[i].take(n))
+                at += n
+            index = array("q", bytes(8 * len(picks)))
+            for j, i in enumerate(picks):
+                index[j] = base[i]
+                base[i] += 1
+            table = pa.Table.from_batches(batches, schema=schema)
+            out.write_table(table.take(pa.array(index, type=pa.int64())))
 
         def write(f: BinaryIO) -> None:
             with pq.ParquetWriter(f, schema, compression="zstd") as out:
-                takes: list[list[int]] = []  # [run, rows] in output order
-                held = 0
-                for seq, run in merged:
+                picks = array("q")
+                for seq, i in merged:
                     order.append(seq)
-                    if takes and takes[-1][0] == run:
-                        takes[-1][1] += 1
-                    else:
-                        takes.append([run, 1])
-                    held += 1
-                    if held >= _ROW_GROUP:
-                        flush(out, takes)
-                        takes, held = [], 0
-                if takes:
-                    flush(out, takes)
+                    picks.append(i)
+                    if len(picks) >= _ROW_GROUP:
+                        flush(out, picks)
+                        picks = array("q")
+                if picks:
+                    flush(out, picks)
 
         try:
             size = write_atomic(part, write)
-        except (pa.ArrowException, ValueError) as e:
+        except BaseException:
             part.unlink(missing_ok=True)
-            raise OSError(f"{part}: cannot merge the parts: {e}") from e
+            raise
     try:
         seqs_size = write_temp(seqs_tmp, [order.tobytes()], tmp=seqs_tmp)
     except BaseException:
