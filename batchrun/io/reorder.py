@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
+import mmap
 import os
 from array import array
 from collections.abc import Iterator, Sequence
@@ -204,19 +205,38 @@ class Rewritten:
     rows: int
 
 
-def _write_seqs(tmp: Path, seqs: Iterator[int]) -> int:
-    """Write the merged order side file; its size."""
+class _SeqOut:
+    """The merged side file, written as the merge goes (64 Ki numbers at a time)."""
 
-    def write(f: BinaryIO) -> None:
-        buf = array("q")
-        for seq in seqs:
-            buf.append(seq)
-            if len(buf) >= 65536:
-                f.write(buf.tobytes())
-                buf = array("q")
-        f.write(buf.tobytes())
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "wb")  # noqa: SIM115 - closed by finish / discard
+        self._buf = array("q")
 
-    return write_temp(tmp, write, tmp=tmp)
+    def append(self, seq: int) -> None:
+        buf = self._buf
+        buf.append(seq)
+        if len(buf) >= 65536:
+            self._f.write(buf.tobytes())
+            self._buf = array("q")
+
+    def write(self, data: bytes) -> None:
+        """Append numbers already packed (int64, native order)."""
+        self._f.write(self._buf.tobytes() + data)
+        self._buf = array("q")
+
+    def finish(self) -> int:
+        """Write the rest, fsync, close; the file's size."""
+        self._f.write(self._buf.tobytes())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        size = self._f.tell()
+        self._f.close()
+        return size
+
+    def discard(self) -> None:
+        self._f.close()
+        self.path.unlink(missing_ok=True)
 
 
 def merge_jsonl_results(
@@ -238,7 +258,7 @@ def merge_jsonl_results(
         k = max(1, len(starts))
         line_chunk = max(4096, _BUFFER_BUDGET // 2 // k)
         seq_chunk = max(512, _BUFFER_BUDGET // 2 // k // _SEQ)
-        order = array("q")
+        order = _SeqOut(seqs_tmp)
 
         def runs() -> list[Iterator[tuple[int, bytes]]]:
             return [
@@ -263,15 +283,16 @@ def merge_jsonl_results(
                     held = 0
             f.write(b"".join(out))
 
-        written = write_temp(tmp, write, tmp=tmp)
-        if written != size:
+        try:
+            written = write_temp(tmp, write, tmp=tmp)
+            if written != size:
+                tmp.unlink(missing_ok=True)
+                raise OSError(f"{src}: the rewrite came to {written} bytes, not {size}")
+            seqs_size = order.finish()
+        except BaseException:
             tmp.unlink(missing_ok=True)
-            raise OSError(f"{src}: the rewrite came to {written} bytes, not {size}")
-    try:
-        seqs_size = write_temp(seqs_tmp, [order.tobytes()], tmp=seqs_tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            order.discard()
+            raise
     return Rewritten(size=written, rows=rows), Rewritten(size=seqs_size, rows=rows)
 
 
@@ -419,7 +440,11 @@ def spill_path(seqs_tmp: Path) -> Path:
 def _merge_parquet(
     parts: Sequence[Path], seqlog: Path, *, rows: int, part: Path, seqs_tmp: Path, schema: Any
 ) -> tuple[Rewritten, Rewritten]:
+    """The merge, a window of input rows at a time: each run's rows in the window are a
+    contiguous slice (found by bisection in the side file, mapped), their union is sorted by
+    Arrow and written as one row group. No Python work per row."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from batchrun.io.writers import write_atomic
@@ -430,59 +455,47 @@ def _merge_parquet(
         spill_starts = _spill(parts, schema, spill_file)
         spill = stack.enter_context(pa.OSFile(str(spill_file)))
         reader = pa.ipc.open_file(spill)
-        sfd = s.fileno()
-        starts = _run_starts(_seqs(sfd, 0, rows, 65536)) if rows else []
+        mapped = stack.enter_context(mmap.mmap(s.fileno(), rows * _SEQ, access=mmap.ACCESS_READ))
+        view = memoryview(mapped)
+        stack.callback(view.release)
+        seqs = view.cast("q")
+        stack.callback(seqs.release)
+        starts = _run_starts(iter(seqs)) if rows else []
         bounds = [*starts, rows]
-        k = max(1, len(starts))
-        seq_chunk = max(512, _BUFFER_BUDGET // 2 // k // _SEQ)
         sources = [_SpillRun(reader, spill_starts, bounds[i]) for i in range(len(starts))]
-
-        def run(i: int) -> Iterator[tuple[int, int]]:
-            for seq in _seqs(sfd, bounds[i], bounds[i + 1] - bounds[i], seq_chunk):
-                yield seq, i
-
-        merged = heapq.merge(*(run(i) for i in range(len(starts))))
-        order = array("q")
-
-        def flush(out: Any, picks: array[int]) -> None:
-            """Write the rows picked (the run of each, in output order) as one row group."""
-            counts: dict[int, int] = {}
-            for i in picks:
-                counts[i] = counts.get(i, 0) + 1
-            batches: list[Any] = []
-            base: dict[int, int] = {}
-            at = 0
-            for i, n in counts.items():  # each run's rows of the group: contiguous slices
-                base[i] = at
-                batches.extend(sources[i].take(n))
-                at += n
-            index = array("q", bytes(8 * len(picks)))
-            for j, i in enumerate(picks):
-                index[j] = base[i]
-                base[i] += 1
-            table = pa.Table.from_batches(batches, schema=schema)
-            out.write_table(table.take(pa.array(index, type=pa.int64())))
+        at = {i: bounds[i] for i in range(len(starts))}  # the next row of each unfinished run
+        order = _SeqOut(seqs_tmp)
 
         def write(f: BinaryIO) -> None:
             with pq.ParquetWriter(f, schema, compression="zstd") as out:
-                picks = array("q")
-                for seq, i in merged:
-                    order.append(seq)
-                    picks.append(i)
-                    if len(picks) >= _ROW_GROUP:
-                        flush(out, picks)
-                        picks = array("q")
-                if picks:
-                    flush(out, picks)
+                while at:
+                    low = min(seqs[j] for j in at.values())
+                    high = low + _ROW_GROUP
+                    batches: list[Any] = []
+                    window: list[bytes] = []
+                    for i, j in list(at.items()):
+                        end = bisect.bisect_left(seqs, high, j, bounds[i + 1])
+                        if end > j:
+                            batches.extend(sources[i].take(end - j))
+                            window.append(seqs[j:end].tobytes())
+                            if end == bounds[i + 1]:
+                                del at[i]
+                            else:
+                                at[i] = end
+                    data = b"".join(window)
+                    keys = pa.Array.from_buffers(
+                        pa.int64(), len(data) // _SEQ, [None, pa.py_buffer(data)]
+                    )
+                    perm = pc.sort_indices(keys)
+                    out.write_table(pa.Table.from_batches(batches, schema=schema).take(perm))
+                    packed = keys.take(perm).buffers()[1]
+                    order.write(packed.to_pybytes()[: len(data)])
 
         try:
             size = write_atomic(part, write)
+            seqs_size = order.finish()
         except BaseException:
             part.unlink(missing_ok=True)
+            order.discard()
             raise
-    try:
-        seqs_size = write_temp(seqs_tmp, [order.tobytes()], tmp=seqs_tmp)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
     return Rewritten(size=size, rows=rows), Rewritten(size=seqs_size, rows=rows)
