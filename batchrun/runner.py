@@ -264,7 +264,7 @@ async def _arun(
         started.run = run
         if not restart and _nothing_to_do(reader, ledger, retry_errors=retry_errors):
             run.nothing_to_do(target)
-            run.reorder()  # a rewrite that a kill interrupted, or order = "input" set since
+            run.reorder()  # finishes a rewrite that a kill interrupted
             return run.summary
         started.entering = True
         if not await _enter(target, control):  # stopped while the endpoint was made ready
