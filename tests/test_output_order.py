@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from batchrun.io.state import RunState
@@ -67,7 +68,7 @@ def _run(job: Path) -> RunSummary:
 
 @pytest.fixture
 def app() -> Any:
-    with EndpointApp(slow_match="slow", slow_ms=400, reject_match="bad") as app:
+    with EndpointApp(slow_match="slow", slow_ms=250, reject_match="bad") as app:
         yield app
 
 
@@ -150,6 +151,36 @@ def test_kill_during_rewrite_then_next_run_finishes(
     state = RunState.directory_for(str(out))
     assert RunState.order_log(state).stat().st_size == 8 * meta["results_count"]
     assert [p.name for p in tmp_path.rglob("*.tmp")] == []
+
+
+def test_parquet_kill_during_rewrite(
+    tmp_path: Path, app: EndpointApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parquet: the rewrite is one new part, listed by the state before the old parts go; the
+    parts the state lists hold every row once, and the next run leaves only the new part."""
+    step = "state"
+    out, errors = tmp_path / "out/r.parquet", tmp_path / "out/r.errors.jsonl"
+    _input(tmp_path / "in.jsonl", 0, 32)
+    job = _job(tmp_path, app.url, "out/r.parquet")
+    monkeypatch.setenv("_BATCHRUN_TEST_KILL_IN_REORDER", step)
+    proc = start_run(job)
+    monkeypatch.delenv("_BATCHRUN_TEST_KILL_IN_REORDER")
+    code, _, stderr = finish(proc)
+    assert code == -signal.SIGKILL, stderr
+    meta = committed_meta(out)
+    live = [
+        int(r["id"])
+        for n in meta["live_parts"]
+        for r in pq.read_table(out / f"part-{n:06d}.parquet").to_pylist()
+    ]
+    assert sorted(live + _ids(read_jsonl(errors))) == list(range(32))
+    assert (live == sorted(live)) == (step == "state")
+    summary = _run(job)
+    assert summary.rows == 0 and summary.exit_code == 3
+    _check(out, errors, 32)
+    meta = committed_meta(out)
+    assert [p.name for p in out.iterdir()] == [f"part-{meta['parts']:06d}.parquet"]
+    assert app.received() == {_text(i): 1 for i in range(32)}
 
 
 def test_retry_errors_then_reorder(tmp_path: Path, app: EndpointApp) -> None:
