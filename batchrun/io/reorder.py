@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
+import itertools
 import mmap
 import os
 from array import array
@@ -250,38 +251,46 @@ def merge_jsonl_results(
     Raises:
         OSError: a file cannot be read or written (the temporary files are gone).
     """
-    with open(seqlog, "rb") as s, open(src, "rb") as r:
-        sfd, rfd = s.fileno(), r.fileno()
-        starts = _run_starts(_seqs(sfd, 0, rows, 65536)) if rows else []
+    with (
+        open(seqlog, "rb") as s,
+        open(src, "rb") as r,
+        mmap.mmap(s.fileno(), rows * _SEQ, access=mmap.ACCESS_READ) as mapped,
+        memoryview(mapped) as view,
+        view.cast("q") as seqs,
+    ):
+        rfd = r.fileno()
+        starts = _run_starts(iter(seqs))
         bounds = [*starts, rows]
         offsets = _line_offsets(rfd, starts, size)
         k = max(1, len(starts))
-        line_chunk = max(4096, _BUFFER_BUDGET // 2 // k)
-        seq_chunk = max(512, _BUFFER_BUDGET // 2 // k // _SEQ)
+        line_chunk = max(4096, _BUFFER_BUDGET // k)
+        lines = [
+            _lines(rfd, offsets[i], bounds[i + 1] - bounds[i], line_chunk)
+            for i in range(len(starts))
+        ]
+        at = {i: bounds[i] for i in range(len(starts))}  # the next row of each unfinished run
         order = _SeqOut(seqs_tmp)
 
-        def runs() -> list[Iterator[tuple[int, bytes]]]:
-            return [
-                zip(
-                    _seqs(sfd, bounds[i], bounds[i + 1] - bounds[i], seq_chunk),
-                    _lines(rfd, offsets[i], bounds[i + 1] - bounds[i], line_chunk),
-                    strict=True,
-                )
-                for i in range(len(starts))
-            ]
-
         def write(f: BinaryIO) -> None:
-            out: list[bytes] = []
-            held = 0
-            for seq, line in heapq.merge(*runs()):
-                order.append(seq)
-                out.append(line)
-                held += len(line)
-                if held >= _OUT_CHUNK:
-                    f.write(b"".join(out))
-                    out.clear()
-                    held = 0
-            f.write(b"".join(out))
+            # a window of input rows at a time: each run's rows in it are a contiguous slice
+            # (bisection in the mapped side file), sorted together in C
+            while at:
+                low = min(seqs[j] for j in at.values())
+                high = low + _ROW_GROUP
+                window: list[bytes] = []
+                keys = array("q")
+                for i, j in list(at.items()):
+                    end = bisect.bisect_left(seqs, high, j, bounds[i + 1])
+                    if end > j:
+                        window.extend(itertools.islice(lines[i], end - j))
+                        keys.frombytes(seqs[j:end].tobytes())
+                        if end == bounds[i + 1]:
+                            del at[i]
+                        else:
+                            at[i] = end
+                perm = sorted(range(len(keys)), key=keys.__getitem__)
+                f.write(b"".join(map(window.__getitem__, perm)))
+                order.write(array("q", map(keys.__getitem__, perm)).tobytes())
 
         try:
             written = write_temp(tmp, write, tmp=tmp)
