@@ -4,7 +4,12 @@ Rows finish out of order. With `order = "input"` the ledger sorts each commit's 
 sequence number before it writes them, and notes the results' sequence numbers, in output
 order, in a side file of the run state (`SeqLog`, 8 bytes a row). The outputs are then a series
 of ascending runs (at most one per commit; a run left sorted by an earlier rewrite is one run),
-and a rewrite is a k-way merge of those runs: flat memory (a small buffer per run), one pass.
+and a rewrite is a k-way merge of those runs, one pass, in flat memory: a window of input
+rows at a time, to which each run contributes one contiguous slice (found by bisection in the
+side file, mapped), sorted together in C (JSONL) or by Arrow (Parquet), so no Python work is
+done per row. Memory: one window (8192 rows) plus a small read buffer per run.
+Parquet parts are first copied to a spill file of 64-row Arrow batches, so a run's cursor
+holds one small batch instead of a decoded row group.
 
 The errors file needs no side file: each of its rows names its `row`.
 
@@ -126,20 +131,6 @@ def error_seq(row: Any) -> int:
 
 
 # -- reading runs ------------------------------------------------------------------------------
-def _seqs(fd: int, start: int, count: int, chunk: int) -> Iterator[int]:
-    """`count` numbers of the side file from number `start`, read `chunk` at a time."""
-    pos = start * _SEQ
-    left = count
-    while left:
-        n = min(chunk, left)
-        data = os.pread(fd, n * _SEQ, pos)
-        if len(data) != n * _SEQ:
-            raise OSError(f"the order side file ends early (at byte {pos + len(data)})")
-        yield from array("q", data)
-        pos += len(data)
-        left -= n
-
-
 def _lines(fd: int, start: int, count: int, chunk: int) -> Iterator[bytes]:
     """`count` lines of a file from byte `start`, read `chunk` bytes at a time."""
     pos = start
