@@ -47,6 +47,7 @@ OnExit = Literal["pause", "scale-to-zero", "delete", "restore", "keep"]
 RequestFormat = Literal["inputs", "chat", "completions", "embeddings", "raw", "openai-batch"]
 OutputShape = Literal["batchrun", "openai-batch"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
+OutputOrder = Literal["completion", "input"]
 
 
 MAX_JOB_FILE_BYTES = 1024 * 1024
@@ -189,6 +190,7 @@ class OutputSpec:
     commit_rows: int = 1000
     commit_seconds: float = 1.0
     format: OutputShape | None = None  # None: "openai-batch" for that request format, else ours
+    order: OutputOrder = "completion"  # "input": rewritten in input order when a run ends
 
     @property
     def output_format(self) -> Literal["jsonl", "parquet"]:

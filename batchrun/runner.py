@@ -261,6 +261,7 @@ async def _arun(
         started.run = run
         if not restart and _nothing_to_do(reader, ledger, retry_errors=retry_errors):
             run.nothing_to_do(target)
+            run.reorder()  # finishes a rewrite that a kill interrupted
             return run.summary
         started.entering = True
         if not await _enter(target, control):  # stopped while the endpoint was made ready
@@ -283,6 +284,7 @@ async def _arun(
         # A lease stopped while getting ready has put its endpoint to rest too: report it.
         for key, value in target.summary_fields().items():
             setattr(run.summary, key, value)
+        run.reorder()
     except BatchrunError:
         run.finish_summary()  # committed totals and pending as of the error (ledger still open)
         raise
@@ -634,6 +636,19 @@ class _Run:
         """Wait until a commit moves the watermark (or the run stops)."""
         self.moved.clear()
         await self.moved.wait()
+
+    def reorder(self) -> None:
+        """`[output] order = "input"`: rewrite the outputs in input order if the run ended
+        with nothing pending (exit 0 or 3); after the endpoint was put to rest.
+
+        Raises:
+            OutputWriteError: the rewrite could not be written (the outputs stay as they were).
+        """
+        s = self.summary
+        if self.job.output.order != "input" or s.exit_code not in (0, 3) or s.pending != 0:
+            return
+        if self.write_error is None and self.pool_error is None:
+            self.ledger.reorder()
 
     def _bad_row(self, row: Row, status: str, message: str) -> None:
         error = {

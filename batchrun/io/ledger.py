@@ -25,6 +25,13 @@ names the file; the ledger then refuses further commits.
 to the results, and the settled rows to the state. `finish_retry` rewrites the errors file
 without the settled rows plus the new failures, atomically (temp file, fsync, rename), in a
 two-step state change that a crash at any point can complete on the next open.
+
+With `[output] order = "input"`, each commit's rows are written sorted by input row, the
+results' row numbers go to a side file (`batchrun.io.reorder.SeqLog`), and `reorder` (called
+when a run ends with nothing pending) merges the outputs into input order: temporary files
+first, then the state records their sizes, then they are renamed in, then the state marks the
+outputs ordered. A crash before the second step leaves strays the next open deletes (the
+outputs are as they were); after it, the next open finishes the renames.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import shutil
+import signal
 import sqlite3
 import time
 from bisect import bisect_left
@@ -47,6 +56,13 @@ from batchrun.errors import OutputWriteError, RunStateError
 from batchrun.io.coverage import Coverage
 from batchrun.io.errors_file import own_fields
 from batchrun.io.readers import InputReader, Position, Row
+from batchrun.io.reorder import (
+    SeqLog,
+    merge_errors,
+    merge_jsonl_results,
+    merge_parquet_results,
+    spill_path,
+)
 from batchrun.io.state import (
     Committed,
     CoverUpdate,
@@ -99,6 +115,10 @@ def _seq_of(entry: tuple[int, Position]) -> int:
     return entry[0]
 
 
+def _first(entry: tuple[int, dict[str, Any]]) -> int:
+    return entry[0]
+
+
 class Ledger:
     """Committed rows, output writers and the run state of one output.
 
@@ -125,6 +145,11 @@ class Ledger:
             raise RunStateError(f"{out.path}: JSONL output must be a file, found a directory")
         self.commit_rows = out.commit_rows
         self.commit_seconds = out.commit_seconds
+        self.order = out.order
+        self._seqlog: SeqLog | None = None
+        self._held: list[tuple[int, dict[str, Any]]] = []
+        self._held_errors: list[tuple[int, dict[str, Any]]] = []
+        """With `order = "input"`: rows held until the commit, which writes them sorted."""
         self._fingerprint = job_fingerprint(job, reader)
         self._reader = reader
         self._coverage: Coverage | None = None
@@ -205,6 +230,8 @@ class Ledger:
                 else JsonlWriter(self.output, committed_offset=c.results_offset)
             )
             self.errors = JsonlWriter(self.errors_path, committed_offset=c.errors_offset)
+            if self.order == "input":
+                self._seqlog = SeqLog(self._seqlog_path, committed_rows=c.results_count)
         except BaseException:
             self.state.close()
             raise
@@ -329,7 +356,10 @@ class Ledger:
     def add_result(self, seq: int, row: dict[str, Any]) -> bool:
         """Buffer a result row for `seq`; whether enough rows gathered for a commit (`due`
         without its clock: the caller's timer commits by time)."""
-        self.results.write(row)
+        if self._seqlog is not None:
+            self._held.append((seq, row))
+        else:
+            self.results.write(row)
         if self._retry is None:
             completed = self._completed
             completed.append(seq)
@@ -339,7 +369,9 @@ class Ledger:
 
     def add_error(self, seq: int, row: dict[str, Any]) -> None:
         """Buffer an errors-file row for `seq`."""
-        if self._retry is not None:
+        if self._seqlog is not None:
+            self._held_errors.append((seq, row))
+        elif self._retry is not None:
             self._retry.write(row)
         else:
             self.errors.write(row)
@@ -384,6 +416,8 @@ class Ledger:
             raise self.failed
         if not self._completed and not self._retry_settled:
             return False
+        if self._seqlog is not None:
+            self._write_held(self._seqlog)
         n_results = self.results.pending
         n_errors = self.errors.pending
         n_retry = self._retry.pending if self._retry is not None else 0
@@ -397,6 +431,9 @@ class Ledger:
                 offsets["live_parts"] = tuple(results.live)
             else:
                 offsets["results_offset"] = results.commit()
+            if self._seqlog is not None:
+                failing = (self._seqlog_path, "cannot write the order side file")
+                self._seqlog.commit()
             failing = (self.errors_path, "cannot write the errors file")
             offsets["errors_offset"] = self.errors.commit()
             if self._retry is not None:
@@ -429,6 +466,7 @@ class Ledger:
             results_count=c.results_count + n_results,
             errors_count=c.errors_count + n_errors,
             swap_size=None,
+            ordered=c.ordered and not (n_results or n_errors or n_retry),
             **offsets,
         )
         top = max(self._completed) if self._completed else -1
@@ -518,8 +556,146 @@ class Ledger:
         elif isinstance(results, JsonlWriter):
             results.rollback(c.results_offset)
         self.errors.rollback(c.errors_offset)
+        if self._seqlog is not None:
+            self._seqlog.rollback(c.results_count)
         if self._retry is not None and c.retry_offset is not None:
             self._retry.rollback(c.retry_offset)
+
+    # -- [output] order = "input" -------------------------------------------------------------
+    @property
+    def _seqlog_path(self) -> Path:
+        return RunState.order_log(self.state_dir)
+
+    @property
+    def _reorder_temps(self) -> tuple[Path, Path, Path]:
+        """The rewrite's temporary results (JSONL), errors and side files."""
+        return (
+            self.output.with_name(self.output.name + ".reorder.tmp"),
+            self.errors_path.with_name(self.errors_path.name + ".reorder.tmp"),
+            temp_path(self._seqlog_path),
+        )
+
+    def _write_held(self, seqlog: SeqLog) -> None:
+        """Write the held rows to the outputs sorted by input row; note the results' rows."""
+        if self._held:
+            self._held.sort(key=_first)
+            write = self.results.write
+            for _, row in self._held:
+                write(row)
+            seqlog.write([seq for seq, _ in self._held])
+            self._held = []
+        if self._held_errors:
+            self._held_errors.sort(key=_first)
+            write = self._retry.write if self._retry is not None else self.errors.write
+            for _, row in self._held_errors:
+                write(row)
+            self._held_errors = []
+
+    def reorder(self) -> bool:
+        """Rewrite the results and the errors file in input order (see the module docstring).
+
+        Call it when the run ends with nothing pending. Does nothing unless `order = "input"`
+        and rows were added since the last rewrite.
+
+        Returns:
+            whether the outputs were rewritten.
+
+        Raises:
+            OutputWriteError: a file or the state cannot be written; the outputs stay as they
+                were (in completion order), and the next run rewrites them.
+        """
+        seqlog = self._seqlog
+        c = self.state.committed
+        if seqlog is None or self.failed is not None or c.ordered:
+            return False
+        if self.pending:
+            raise RunStateError("internal: commit before rewriting in input order")
+        if not seqlog.usable:
+            log.warning(
+                '%s: not rewritten in input order: rows were committed before order = "input" '
+                "was set; run with --restart to start over in input order",
+                self.output,
+            )
+            return False
+        results_tmp, errors_tmp, seqs_tmp = self._reorder_temps
+        new = dataclasses.replace(c, reorder_sizes=None)
+        sizes = [-1, -1, -1]
+        results = self.results
+        path = self.output
+        try:
+            if c.results_count:
+                if isinstance(results, ParquetWriter):
+                    number = c.parts + 1
+                    parts = [results.part_path(n) for n in results.live]
+                    _, seqs = merge_parquet_results(
+                        parts,
+                        self._seqlog_path,
+                        rows=c.results_count,
+                        part=results.part_path(number),
+                        seqs_tmp=seqs_tmp,
+                    )
+                    new = dataclasses.replace(new, parts=number, live_parts=(number,))
+                else:
+                    out, seqs = merge_jsonl_results(
+                        self.output,
+                        self._seqlog_path,
+                        rows=c.results_count,
+                        size=c.results_offset,
+                        tmp=results_tmp,
+                        seqs_tmp=seqs_tmp,
+                    )
+                    sizes[0] = out.size
+                sizes[2] = seqs.size
+            if c.errors_count:
+                path = self.errors_path
+                sizes[1] = merge_errors(self.errors_path, size=c.errors_offset, tmp=errors_tmp).size
+        except (OSError, ValueError) as e:
+            for tmp in self._reorder_temps:
+                tmp.unlink(missing_ok=True)
+            if isinstance(results, ParquetWriter):
+                results.rollback(c.parts, c.live_parts)
+            if isinstance(e, ValueError):
+                log.warning("%s: not rewritten in input order: %s", path, e)
+                return False
+            raise self._fail("cannot rewrite in input order", path, e, rollback=False) from e
+        _test_stop("temps")
+        try:
+            self.state.commit(
+                dataclasses.replace(new, reorder_sizes=(sizes[0], sizes[1], sizes[2]))
+            )
+            _test_stop("state")
+            self._finish_reorder()
+        except sqlite3.Error as e:
+            raise self._fail("cannot record the rewrite", self._db_path, e, rollback=False) from e
+        except OSError as e:
+            raise self._fail("cannot swap in the rewrite", path, e, rollback=False) from e
+        # the writers held the old files (and parts): open them on the rewritten ones
+        c = self.state.committed
+        if isinstance(results, ParquetWriter):
+            results.rollback(c.parts, c.live_parts)
+        else:
+            results.close()
+            self.results = JsonlWriter(self.output, committed_offset=c.results_offset)
+        self.errors.close()
+        self.errors = JsonlWriter(self.errors_path, committed_offset=c.errors_offset)
+        seqlog.close()
+        self._seqlog = SeqLog(self._seqlog_path, committed_rows=c.results_count)
+        return True
+
+    def _finish_reorder(self) -> None:
+        """Rename in the temporary files the state lists, then mark the outputs ordered.
+
+        Raises:
+            OSError: a rename failed.
+            sqlite3.Error: the state cannot be written.
+        """
+        c = self.state.committed
+        assert c.reorder_sizes is not None
+        finals = (self.output, self.errors_path, self._seqlog_path)
+        for final, tmp, size in zip(finals, self._reorder_temps, c.reorder_sizes, strict=True):
+            if size >= 0 and tmp.exists() and tmp.stat().st_size == size:
+                move_temp(final, tmp=tmp)
+        self.state.commit(dataclasses.replace(c, reorder_sizes=None, ordered=True))
 
     # -- --retry-errors ----------------------------------------------------------------------
     def errors_to_retry(self) -> Iterator[dict[str, Any]]:
@@ -625,7 +801,7 @@ class Ledger:
                 kept.append(line)
                 count += 1
         size = write_temp(self.errors_path, kept)
-        self.state.commit(dataclasses.replace(c, swap_size=size, errors_count=count))
+        self.state.commit(dataclasses.replace(c, swap_size=size, errors_count=count, ordered=False))
         move_temp(self.errors_path)
         self._finish_swap()
 
@@ -717,6 +893,14 @@ class Ledger:
             log.info("settling an interrupted --retry-errors in %s", self.errors_path)
             self._finalize_retry()
         temp_path(self.errors_path).unlink(missing_ok=True)
+        if self.state.committed.reorder_sizes is not None:
+            log.info("finishing an interrupted rewrite of %s in input order", self.output)
+            try:
+                self._finish_reorder()
+            except sqlite3.Error as e:
+                raise _write_failure(self._db_path, "cannot record the rewrite", e) from e
+        for tmp in (*self._reorder_temps, spill_path(self._reorder_temps[2])):
+            tmp.unlink(missing_ok=True)
 
     def _refuse_orphan_output(self) -> None:
         if RunState.exists(self.state_dir):
@@ -764,10 +948,18 @@ class Ledger:
             self.errors.close()
             if self._retry is not None:
                 self._retry.close()
+            if self._seqlog is not None:
+                self._seqlog.close()
         finally:
             if self._coverage is not None:
                 self._coverage.close()
             self.state.close()
+
+
+def _test_stop(point: str) -> None:
+    """Die here (SIGKILL) when a test asks for it: how the tests stop a rewrite at a step."""
+    if os.environ.get("_BATCHRUN_TEST_KILL_IN_REORDER") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_failure(path: Path, what: str, error: BaseException) -> OutputWriteError:

@@ -77,6 +77,7 @@ STATE_SUFFIX = ".batchrun"
 _DB = "state.sqlite"
 _LOCK = "lock"
 _LAST_RUN = "last_run.json"
+_ORDER_LOG = "order.seqs"
 _COVER = "cover."
 _INDEXED_TOP = "indexed_top"
 """`meta` key: the highest row in the id index (written with its entries)."""
@@ -102,6 +103,11 @@ class Committed:
         results_count / errors_count: committed rows in each.
         retry_offset: committed bytes of the retry file during `--retry-errors`, or None.
         swap_size: the size of the rewritten errors file while it is being swapped in, or None.
+        ordered: the outputs are in input order (`[output] order = "input"`); a commit that
+            adds rows clears it.
+        reorder_sizes: while an input-order rewrite is swapped in, the sizes of its temporary
+            results file (-1: none, or Parquet, whose new part the state lists already), errors
+            file (-1: none) and order side file; None otherwise.
     """
 
     watermark: int = 0
@@ -116,6 +122,8 @@ class Committed:
     errors_count: int = 0
     retry_offset: int | None = None
     swap_size: int | None = None
+    ordered: bool = False
+    reorder_sizes: tuple[int, int, int] | None = None
 
     def is_done(self, seq: int) -> bool:
         """Whether row `seq` is committed."""
@@ -135,6 +143,8 @@ class Committed:
             "errors_count": self.errors_count,
             "retry_offset": self.retry_offset,
             "swap_size": self.swap_size,
+            "ordered": self.ordered,
+            "reorder_sizes": list(self.reorder_sizes) if self.reorder_sizes is not None else None,
         }
 
 
@@ -277,6 +287,11 @@ class RunState:
         """The SQLite database of the run state in `directory` (SQLite adds `-wal`, `-shm`
         and `-journal` beside it)."""
         return directory / _DB
+
+    @staticmethod
+    def order_log(directory: Path) -> Path:
+        """The results' input row numbers in output order (`[output] order = "input"`)."""
+        return directory / _ORDER_LOG
 
     @staticmethod
     def lock_path(directory: Path) -> Path:
@@ -608,7 +623,7 @@ def _load(db: sqlite3.Connection) -> Committed:
     for key in Committed.__dataclass_fields__:
         if key in meta and key != "done_above":
             value = orjson.loads(meta[key])
-            if key in ("anchor_pos", "live_parts") and value is not None:
+            if key in ("anchor_pos", "live_parts", "reorder_sizes") and value is not None:
                 value = tuple(value)
             fields[key] = value
     done = frozenset(int(s) for (s,) in db.execute("SELECT seq FROM done"))

@@ -229,6 +229,10 @@ class ParquetWriter:
     def _path(self, number: int) -> Path:
         return self.directory / f"part-{number:06d}.parquet"
 
+    def part_path(self, number: int) -> Path:
+        """The file of part `number`."""
+        return self._path(number)
+
     def write(self, row: dict[str, Any]) -> None:
         """Buffer one row (not durable until `commit`); values orjson cannot encode are
         written as strings."""

@@ -91,6 +91,8 @@ class Knobs:
     task: str = "text-generation"  # shape of POST / answers
     latency_ms: float = 0.0  # added to every data request
     jitter_ms: float = 0.0  # plus a uniform 0..jitter_ms
+    slow_match: str = ""  # inputs containing this take slow_ms more ("" = none)
+    slow_ms: float = 0.0
     drop_first: int = 0  # close the connection without answering
     drop_rate: float = 0.0
     hang_first: int = 0  # never answer (until hang_s or the client goes away)
@@ -269,6 +271,8 @@ class _Server:
             raise _Fault(None)
         if k.latency_ms or k.jitter_ms:
             await asyncio.sleep((k.latency_ms + self._rng.random() * k.jitter_ms) / 1000.0)
+        if k.slow_match and k.slow_ms and any(k.slow_match in t for t in texts):
+            await asyncio.sleep(k.slow_ms / 1000.0)
         if self._take("drop_first", "drop_rate"):
             self.stats.statuses["dropped"] += 1
             transport = request.transport
