@@ -64,6 +64,7 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from batchrun.adaptive import AdaptiveLimit, Permits
 from batchrun.codecs import RequestCodec, request_url
 from batchrun.errors import (
     BadResponseError,
@@ -485,6 +486,9 @@ class Pool:
         outage_timeout: how long an outage holds dispatch before the pool stops, seconds.
         retry_log_period: seconds between the retry log's roll-up lines.
         describe: names a request's rows from its key, for log lines and the stall's message.
+        adaptive: ``concurrency = "auto"``: the controller whose limit caps the requests in
+            flight (`batchrun.adaptive`); `concurrency` is then the most workers, and each takes
+            a permit before it sends. None: `concurrency` fixed.
 
     Attributes:
         verdict: why the pool stopped on its own (endpoint-wide failure, outage, stall), or
@@ -512,6 +516,7 @@ class Pool:
         outage_timeout: float = 300.0,
         retry_log_period: float = 30.0,
         describe: Callable[[Any], str] | None = None,
+        adaptive: AdaptiveLimit | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or request_timeout <= 0 or max_response_bytes < 1:
             raise ValueError(
@@ -544,6 +549,8 @@ class Pool:
         self.outage_timeout = outage_timeout
         self.retry_log_period = retry_log_period
         self.describe = describe
+        self.adaptive = adaptive
+        self.permits: Permits | None = None  # with `adaptive`, during a run
         self.stall_after = 2.0 * request_timeout
         self.verdict: Verdict | None = None
         self.lost: list[Request] = []
@@ -609,6 +616,8 @@ class Pool:
             else _SyncSource(self, iter(requests), paused)
         )
         self._slots = [_Slot() for _ in range(self.concurrency)]
+        if self.adaptive is not None:
+            self.permits = Permits(self.adaptive)
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
         async with aiohttp.ClientSession(
@@ -861,10 +870,15 @@ class Pool:
         shared = self._shared
         clock = time.monotonic
         take = source.take
+        permits = self.permits
         request: Request | None = None
         while not self._stopping:
             slot.busy = False
+            permit = False
             try:
+                if permits is not None:
+                    await permits.acquire()
+                    permit = True
                 request = take()
                 if request is None:
                     if self._held:  # nothing settles while every worker waits: report them
@@ -885,8 +899,12 @@ class Pool:
                         self._cleared()
                     outcome = Outcome(request, results, None, 1, (clock() - start) * 1000.0)
             except _End:
+                if permit:
+                    permits.release()  # type: ignore[union-attr]
                 return
             except asyncio.CancelledError:
+                if permit:
+                    permits.release()  # type: ignore[union-attr]
                 if not slot.stopped:
                     if slot.busy and not self._stopping and request is not None:
                         self._lose(request)
@@ -899,6 +917,8 @@ class Pool:
                     stats.cancelled += 1
                 return
             stats.in_flight -= 1
+            if permits is not None:
+                self._adapt(outcome)
             if outcome.error is None:
                 stats.succeeded += 1
             elif self.verdict is not None:
@@ -919,6 +939,15 @@ class Pool:
                 slot.reporting = False
             if self._release_due:
                 await self._release(slot, on_outcome)
+
+    def _adapt(self, outcome: Outcome) -> None:
+        """``concurrency = "auto"``: a first-attempt answer is a latency sample; the permit
+        goes back (the overloads were counted as they came, in `_failed`)."""
+        permits = self.permits
+        assert permits is not None and self.adaptive is not None
+        if outcome.error is None and outcome.attempts == 1:
+            self.adaptive.sample(outcome.latency_ms / 1000.0)
+        permits.release()
 
     def _lose(self, request: Request) -> None:
         """A worker was cancelled from outside with `request` in flight: no outcome for it."""
@@ -964,6 +993,8 @@ class Pool:
     def _failed(self, tries: _Tries, error: InferenceError, request: Request) -> None:
         """Count a failed attempt: the breaker, the outage hold, the attempts it uses up."""
         shared = self._shared
+        if self.adaptive is not None and _overload(error):
+            self.adaptive.overload()
         if tries.epoch != shared.epoch:  # a hold came since: its outage failures are free
             tries.counted -= tries.outage_counted
             tries.outage_counted = 0
@@ -1138,6 +1169,14 @@ class Pool:
                 error = again
         message = scrub_secrets(str(error), self._secrets)
         return error if message == str(error) else BadResponseError(message)
+
+
+def _overload(error: InferenceError) -> bool:
+    """An answer that says "fewer in flight": a 429, a 503 with Retry-After, a timeout."""
+    if isinstance(error, InferenceStatusError):
+        status = error.http_status
+        return status == 429 or (status == _WAKING_STATUS and error.retry_after is not None)
+    return isinstance(error, InferenceConnectionError) and isinstance(error.__cause__, TimeoutError)
 
 
 def secrets_of(headers: Mapping[str, str]) -> tuple[str, ...]:

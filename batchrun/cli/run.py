@@ -53,6 +53,18 @@ def _summary_on_every_exit(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+class _Concurrency(click.ParamType):
+    """``--concurrency``: an integer in its range, or "auto"."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "auto" or isinstance(value, int):
+            return value
+        high = int(RANGES["run"]["concurrency"].high)
+        return click.IntRange(1, high).convert(value, param, ctx)
+
+
 class _RunCommand(click.Command):
     """`batchrun run`, whose bad options (a click usage error, exit 2) get a summary too."""
 
@@ -79,8 +91,8 @@ class _RunCommand(click.Command):
 @click.option("--retry-errors", is_flag=True, help="Send the errors file's rows again, then go on.")
 @click.option(
     "--concurrency",
-    type=click.IntRange(1, int(RANGES["run"]["concurrency"].high)),
-    help="Requests in flight.",
+    type=_Concurrency(),
+    help='Requests in flight, or "auto" (found by the controller, up to max_concurrency).',
 )
 @click.option(
     "--limit",
@@ -106,7 +118,7 @@ def run(
     restart: bool,
     yes: bool,
     retry_errors: bool,
-    concurrency: int | None,
+    concurrency: int | str | None,
     limit: int | None,
     output: str | None,
     assignments: tuple[str, ...],

@@ -1,0 +1,233 @@
+"""`[run] concurrency = "auto"`: a controller that finds and tracks the endpoint's knee, and the
+permit gate through which the pool's workers send.
+
+The algorithm is a delay-based window controller in the style of TCP Vegas (Brakmo &
+Peterson, "TCP Vegas: End to End Congestion Avoidance on a Global Internet", IEEE JSAC 1995:
+compare each round's delay with the lowest delay seen, the *floor*, and grow or shrink the
+window before losses happen) with the gradient of Netflix's concurrency-limits library
+(``Gradient2Limit``: the limit times ``tolerance × floor / latency``, never below half, with a
+queue allowance of ``sqrt(limit)`` as the additive step), and AIMD's multiplicative decrease on
+losses (Jacobson, "Congestion Avoidance and Control", SIGCOMM 1988), here an overload answer:
+a 429, a 503 with Retry-After, a timeout.
+
+The controller works in *rounds*: a round ends once it has as many latency samples as the
+limit (every permit went round once) and has lasted `min_round_s`. At the end of a round:
+
+- an overload in the round: limit × `backoff` (0.5), once per round;
+- the round's median latency over `tolerance` (1.5) × the floor: limit × max(0.5,
+  tolerance × floor / median): queueing, back off by the gradient;
+- until the first decrease (slow start) the limit doubles; after it, it grows by
+  sqrt(limit) while the median stays within `tolerance` of the floor and the throughput rose
+  with the last increase (or the latency is still at its floor), and holds otherwise;
+- the floor is the lowest round median seen; when the limit is down at `initial` and the
+  latency is still over tolerance, the endpoint became slower: the floor is taken anew.
+
+Everything reads a clock given to it, so the tests drive it on a fake one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["AdaptiveLimit", "Permits", "for_run"]
+
+
+class AdaptiveLimit:
+    """The concurrency limit of one pool, between `minimum` and `maximum`.
+
+    Args:
+        maximum: the highest limit (`[run] max_concurrency`).
+        initial: where it starts (at most `maximum`).
+        minimum: the lowest limit.
+        tolerance: latency over this × the floor is queueing.
+        backoff: the factor applied on an overload (429, 503 with Retry-After, timeout).
+        min_round_s: the shortest round, seconds.
+        clock: seconds, monotonic (`time.monotonic`; a fake one in tests).
+    """
+
+    __slots__ = (
+        "_area",
+        "_began",
+        "_clock",
+        "_last_change",
+        "_overloaded",
+        "_prev",
+        "_round_start",
+        "_samples",
+        "_slow_start",
+        "backoff",
+        "decreases",
+        "floor",
+        "increases",
+        "initial",
+        "limit",
+        "maximum",
+        "min_round_s",
+        "minimum",
+        "tolerance",
+    )
+
+    def __init__(
+        self,
+        *,
+        maximum: int,
+        initial: int = 4,
+        minimum: int = 1,
+        tolerance: float = 1.5,
+        backoff: float = 0.5,
+        min_round_s: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= minimum <= maximum:
+            raise ValueError("need 1 <= minimum <= maximum")
+        self.maximum = maximum
+        self.minimum = minimum
+        self.initial = min(max(initial, minimum), maximum)
+        self.tolerance = tolerance
+        self.backoff = backoff
+        self.min_round_s = min_round_s
+        self._clock = clock
+        self.limit = self.initial
+        self.floor: float | None = None
+        self.increases = 0
+        self.decreases = 0
+        self._slow_start = True
+        self._samples: list[float] = []
+        self._overloaded = False
+        self._prev: tuple[int, float] | None = None  # (limit, throughput) before the last rise
+        now = clock()
+        self._began = self._round_start = self._last_change = now
+        self._area = 0.0  # ∫ limit dt, for the mean
+
+    def __repr__(self) -> str:
+        return f"AdaptiveLimit(limit={self.limit}, floor={self.floor}, maximum={self.maximum})"
+
+    def sample(self, latency_s: float) -> bool:
+        """A request answered in `latency_s` at its first attempt; True if the limit changed."""
+        self._samples.append(latency_s)
+        return self._maybe_end_round()
+
+    def overload(self) -> bool:
+        """A 429, a 503 with Retry-After or a timeout; True if the limit changed."""
+        self._overloaded = True
+        return self._maybe_end_round()
+
+    def mean(self) -> float:
+        """The time-weighted mean of the limit since the start."""
+        now = self._clock()
+        span = now - self._began
+        if span <= 0:
+            return float(self.limit)
+        return (self._area + self.limit * (now - self._last_change)) / span
+
+    def _set(self, limit: int, now: float) -> bool:
+        limit = min(max(limit, self.minimum), self.maximum)
+        if limit == self.limit:
+            return False
+        self._area += self.limit * (now - self._last_change)
+        self._last_change = now
+        if limit > self.limit:
+            self.increases += 1
+        else:
+            self.decreases += 1
+        self.limit = limit
+        return True
+
+    def _maybe_end_round(self) -> bool:
+        now = self._clock()
+        span = now - self._round_start
+        samples = self._samples
+        if span < self.min_round_s or (len(samples) < self.limit and not self._overloaded):
+            return False
+        self._round_start = now
+        self._samples = []
+        limit = self.limit
+        if self._overloaded:
+            self._overloaded = False
+            self._slow_start = False
+            self._prev = None
+            return self._set(min(limit - 1, math.floor(limit * self.backoff)), now)
+        median = statistics.median(samples)
+        throughput = len(samples) / span
+        if self.floor is None or median < self.floor:
+            self.floor = median
+        ratio = median / self.floor if self.floor > 0 else 1.0
+        if ratio > self.tolerance:
+            self._slow_start = False
+            self._prev = None
+            if limit <= self.initial:
+                self.floor = median  # as slow as this even with few in flight: a new floor
+                return False
+            gradient = max(0.5, self.tolerance / ratio)
+            return self._set(min(limit - 1, math.floor(limit * gradient)), now)
+        if self._slow_start:
+            self._prev = (limit, throughput)
+            return self._set(limit * 2, now)
+        prev = self._prev
+        rose = prev is None or prev[0] >= limit or throughput > prev[1] * 1.02
+        if ratio <= 1.1 or rose:
+            self._prev = (limit, throughput)
+            return self._set(limit + max(1, math.isqrt(limit)), now)
+        return False  # the last rise bought nothing: hold (a later round's latency decides)
+
+
+class Permits:
+    """How many requests may be in flight: `AdaptiveLimit.limit` of them.
+
+    The pool's workers (``max_concurrency`` of them) each take a permit before they send and
+    give it back when their request has its outcome; a lower limit leaves the extra workers
+    waiting here, a higher one wakes them.
+    """
+
+    __slots__ = ("_waiters", "control", "in_use")
+
+    def __init__(self, control: AdaptiveLimit) -> None:
+        self.control = control
+        self.in_use = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def __repr__(self) -> str:
+        return f"Permits(in_use={self.in_use}, limit={self.control.limit})"
+
+    async def acquire(self) -> None:
+        """Wait for a permit (cancellable: then none is held)."""
+        if self.in_use < self.control.limit and not self._waiters:
+            self.in_use += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted and cancelled at once: hand it on
+            else:
+                self._waiters.remove(future)
+            raise
+
+    def release(self) -> None:
+        """Give a permit back; wake the waiters the limit lets in."""
+        self.in_use -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Let waiters in up to the current limit (call after the limit rose)."""
+        waiters = self._waiters
+        while waiters and self.in_use < self.control.limit:
+            future = waiters.popleft()
+            if not future.done():
+                self.in_use += 1
+                future.set_result(None)
+
+
+def for_run(concurrency: int | str, max_concurrency: int) -> tuple[int, AdaptiveLimit | None]:
+    """The pool's workers and controller for `[run] concurrency` (an int, or "auto")."""
+    if concurrency == "auto":
+        return max_concurrency, AdaptiveLimit(maximum=max_concurrency)
+    assert isinstance(concurrency, int)
+    return concurrency, None
