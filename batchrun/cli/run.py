@@ -53,14 +53,16 @@ def _summary_on_every_exit(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-class _Concurrency(click.ParamType):
+class _Concurrency(click.ParamType[int | str]):
     """``--concurrency``: an integer in its range, or "auto"."""
 
     name = "N|auto"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | str:
         if value == "auto" or isinstance(value, int):
-            return value
+            return value  # type: ignore[no-any-return]
         high = int(RANGES["run"]["concurrency"].high)
         return click.IntRange(1, high).convert(value, param, ctx)
 
