@@ -11,16 +11,20 @@ losses (Jacobson, "Congestion Avoidance and Control", SIGCOMM 1988), here an ove
 a 429, a 503 with Retry-After, a timeout.
 
 The controller works in *rounds*: a round ends once it has as many latency samples as the
-limit (every permit went round once) and has lasted `min_round_s`. At the end of a round:
+limit (every permit went round once) and has lasted `min_round_s`; the round right after a
+change only settles (its numbers mix the old limit and the new). At the end of a round:
 
-- an overload in the round: limit × `backoff` (0.5), once per round;
-- the round's median latency over `tolerance` (1.5) × the floor: limit × max(0.5,
-  tolerance × floor / median): queueing, back off by the gradient;
-- until the first decrease (slow start) the limit doubles; after it, it grows by
-  sqrt(limit) while the median stays within `tolerance` of the floor and the throughput rose
-  with the last increase (or the latency is still at its floor), and holds otherwise;
-- the floor is the lowest round median seen; when the limit is down at `initial` and the
-  latency is still over tolerance, the endpoint became slower: the floor is taken anew.
+- an overload in the round: limit × `backoff` (0.5);
+- the round's median latency over `tolerance` (1.5) × the reference latency (the latency at
+  the last limit that paid off): queueing, back off by the gradient, limit × max(0.5,
+  tolerance × reference / median);
+- a round measuring an increase whose throughput did not rise with it (less than `min_gain`
+  of the relative step: the knee is passed) goes back to the limit before it and holds;
+- otherwise the limit doubles until the first decrease (slow start), then grows by
+  sqrt(limit) while each rise pays off; holding, it probes one step up every `probe_every`
+  rounds (more capacity, say a second replica, shows only when tried);
+- when the limit is down at `initial` and the latency is still over tolerance, the endpoint
+  became slower: its latency is taken as the new reference.
 
 Everything reads a clock given to it, so the tests drive it on a fake one.
 """
@@ -44,8 +48,11 @@ class AdaptiveLimit:
         maximum: the highest limit (`[run] max_concurrency`).
         initial: where it starts (at most `maximum`).
         minimum: the lowest limit.
-        tolerance: latency over this × the floor is queueing.
+        tolerance: latency over this × the reference latency is queueing.
         backoff: the factor applied on an overload (429, 503 with Retry-After, timeout).
+        min_gain: an increase pays off when the throughput rises by at least this fraction of
+            the relative step (1: throughput in proportion to the limit).
+        probe_every: rounds held between two probes one step up.
         min_round_s: the shortest round, seconds.
         clock: seconds, monotonic (`time.monotonic`; a fake one in tests).
     """
@@ -53,22 +60,27 @@ class AdaptiveLimit:
     __slots__ = (
         "_area",
         "_began",
+        "_below",
         "_clock",
+        "_holds",
         "_last_change",
         "_overloaded",
         "_prev",
         "_round_start",
         "_samples",
+        "_settle",
         "_slow_start",
         "backoff",
         "decreases",
-        "floor",
         "increases",
         "initial",
         "limit",
         "maximum",
+        "min_gain",
         "min_round_s",
         "minimum",
+        "probe_every",
+        "reference",
         "tolerance",
     )
 
@@ -80,7 +92,9 @@ class AdaptiveLimit:
         minimum: int = 1,
         tolerance: float = 1.5,
         backoff: float = 0.5,
-        min_round_s: float = 0.25,
+        min_gain: float = 0.3,
+        probe_every: int = 8,
+        min_round_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= minimum <= maximum:
@@ -90,13 +104,18 @@ class AdaptiveLimit:
         self.initial = min(max(initial, minimum), maximum)
         self.tolerance = tolerance
         self.backoff = backoff
+        self.min_gain = min_gain
+        self.probe_every = probe_every
         self.min_round_s = min_round_s
         self._clock = clock
         self.limit = self.initial
-        self.floor: float | None = None
+        self.reference: float | None = None  # latency at the last limit that paid off
         self.increases = 0
         self.decreases = 0
         self._slow_start = True
+        self._settle = False  # the next round only settles after a change
+        self._holds = 0  # rounds held since the last probe
+        self._below: tuple[int, float] | None = None  # (limit, throughput) above a step down
         self._samples: list[float] = []
         self._overloaded = False
         self._prev: tuple[int, float] | None = None  # (limit, throughput) before the last rise
@@ -105,7 +124,7 @@ class AdaptiveLimit:
         self._area = 0.0  # ∫ limit dt, for the mean
 
     def __repr__(self) -> str:
-        return f"AdaptiveLimit(limit={self.limit}, floor={self.floor}, maximum={self.maximum})"
+        return f"AdaptiveLimit(limit={self.limit}, reference={self.reference}, max={self.maximum})"
 
     def sample(self, latency_s: float) -> bool:
         """A request answered in `latency_s` at its first attempt; True if the limit changed."""
@@ -149,31 +168,57 @@ class AdaptiveLimit:
         limit = self.limit
         if self._overloaded:
             self._overloaded = False
-            self._slow_start = False
-            self._prev = None
-            return self._set(min(limit - 1, math.floor(limit * self.backoff)), now)
+            return self._down(math.floor(limit * self.backoff), now)
+        if self._settle or not samples:
+            self._settle = False
+            return False
         median = statistics.median(samples)
         throughput = len(samples) / span
-        if self.floor is None or median < self.floor:
-            self.floor = median
-        ratio = median / self.floor if self.floor > 0 else 1.0
-        if ratio > self.tolerance:
-            self._slow_start = False
-            self._prev = None
-            if limit <= self.initial:
-                self.floor = median  # as slow as this even with few in flight: a new floor
-                return False
-            gradient = max(0.5, self.tolerance / ratio)
-            return self._set(min(limit - 1, math.floor(limit * gradient)), now)
-        if self._slow_start:
-            self._prev = (limit, throughput)
-            return self._set(limit * 2, now)
+        ref = self.reference
+        if ref is None:
+            ref = self.reference = median
         prev = self._prev
-        rose = prev is None or prev[0] >= limit or throughput > prev[1] * 1.02
-        if ratio <= 1.1 or rose:
+        measures = prev is not None and prev[0] < limit  # this round measures an increase
+        if prev is not None and measures:
+            gain = (throughput / prev[1] - 1.0) / (limit / prev[0] - 1.0)
+            if gain < self.min_gain:  # at or past the knee: try one step below where it was
+                self._down(prev[0] - max(1, math.isqrt(prev[0])), now)
+                self._below = prev
+                return True
+        below = self._below
+        if below is not None:  # this round measures a step down
+            self._below = None
+            loss = (1.0 - throughput / below[1]) / max(1e-9, 1.0 - limit / below[0])
+            if loss >= self.min_gain:  # it cost throughput: the knee is where it was
+                self._set(below[0], now)
+                self._settle = True
+                return True
+            self._down(limit - max(1, math.isqrt(limit)), now)  # lost nothing: lower still
+            self._below = (limit, throughput)
+            return True
+        if median > self.tolerance * ref:
+            if limit <= self.initial:
+                self.reference = median  # as slow as this with few in flight: a new reference
+                return False
+            return self._down(math.floor(limit * max(0.5, self.tolerance * ref / median)), now)
+        self.reference = median if measures else min(ref, median)
+        if self._slow_start or prev is not None or self._holds >= self.probe_every:
+            step = limit if self._slow_start else max(1, math.isqrt(limit))
             self._prev = (limit, throughput)
-            return self._set(limit + max(1, math.isqrt(limit)), now)
-        return False  # the last rise bought nothing: hold (a later round's latency decides)
+            self._holds = 0
+            self._settle = True
+            return self._set(limit + step, now)
+        self._holds += 1
+        return False
+
+    def _down(self, limit: int, now: float) -> bool:
+        """Down to `limit` (at least one less), out of slow start; the next round settles."""
+        self._slow_start = False
+        self._prev = None
+        self._below = None
+        self._holds = 0
+        self._settle = True
+        return self._set(min(self.limit - 1, limit), now)
 
 
 class Permits:
