@@ -14,7 +14,7 @@ The controller works in *rounds*: a round ends once it has as many latency sampl
 limit (every permit went round once) and has lasted `min_round_s`; the round right after a
 change only settles (its numbers mix the old limit and the new). At the end of a round:
 
-- an overload in the round: limit × `backoff` (0.5);
+- an overload (at once, not at the round's end): limit × `backoff` (0.5), and a new round;
 - the round's median latency over `tolerance` (1.5) × the reference latency (the latency at
   the last limit that paid off): queueing, back off by the gradient, limit × max(0.5,
   tolerance × reference / median);
@@ -64,7 +64,7 @@ class AdaptiveLimit:
         "_clock",
         "_holds",
         "_last_change",
-        "_overloaded",
+        "_last_cut",
         "_prev",
         "_round_start",
         "_samples",
@@ -117,7 +117,7 @@ class AdaptiveLimit:
         self._holds = 0  # rounds held since the last probe
         self._below: tuple[int, float] | None = None  # (limit, throughput) above a step down
         self._samples: list[float] = []
-        self._overloaded = False
+        self._last_cut = -math.inf  # when an overload last cut the limit
         self._prev: tuple[int, float] | None = None  # (limit, throughput) before the last rise
         now = clock()
         self._began = self._round_start = self._last_change = now
@@ -132,9 +132,15 @@ class AdaptiveLimit:
         return self._maybe_end_round()
 
     def overload(self) -> bool:
-        """A 429, a 503 with Retry-After or a timeout; True if the limit changed."""
-        self._overloaded = True
-        return self._maybe_end_round()
+        """A 429, a 503 with Retry-After or a timeout: limit × backoff at once, and a new
+        round; the overloads of the next `min_round_s` are taken for the same one (AIMD cuts
+        once per round trip). True if the limit changed."""
+        now = self._clock()
+        if now - self._last_cut < self.min_round_s:
+            return False
+        self._last_cut = self._round_start = now
+        self._samples = []
+        return self._down(math.floor(self.limit * self.backoff), now)
 
     def mean(self) -> float:
         """The time-weighted mean of the limit since the start."""
@@ -161,14 +167,11 @@ class AdaptiveLimit:
         now = self._clock()
         span = now - self._round_start
         samples = self._samples
-        if span < self.min_round_s or (len(samples) < self.limit and not self._overloaded):
+        if span < self.min_round_s or len(samples) < self.limit:
             return False
         self._round_start = now
         self._samples = []
         limit = self.limit
-        if self._overloaded:
-            self._overloaded = False
-            return self._down(math.floor(limit * self.backoff), now)
         if self._settle or not samples:
             self._settle = False
             return False
