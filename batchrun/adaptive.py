@@ -10,9 +10,10 @@ queue allowance of ``sqrt(limit)`` as the additive step), and AIMD's multiplicat
 losses (Jacobson, "Congestion Avoidance and Control", SIGCOMM 1988), here an overload answer:
 a 429, a 503 with Retry-After, a timeout.
 
-The controller works in *rounds*: a round ends once it has as many latency samples as the
-limit (every permit went round once) and has lasted `min_round_s`; the round right after a
-change only settles (its numbers mix the old limit and the new). At the end of a round:
+The controller works in *rounds*: a round ends once it has twice as many latency samples as
+the limit (every permit went round twice: completions come in waves after a change) and has
+lasted `min_round_s`; the round right after a change only settles (its numbers mix the old
+limit and the new; it ends after one sample per permit). At the end of a round:
 
 - an overload (at once, not at the round's end): limit × `backoff` (0.5), and a new round;
 - the round's median latency over `tolerance` (1.5) × the reference latency (the latency at
@@ -92,7 +93,7 @@ class AdaptiveLimit:
         minimum: int = 1,
         tolerance: float = 1.5,
         backoff: float = 0.5,
-        min_gain: float = 0.3,
+        min_gain: float = 0.15,
         probe_every: int = 8,
         min_round_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
@@ -167,7 +168,8 @@ class AdaptiveLimit:
         now = self._clock()
         span = now - self._round_start
         samples = self._samples
-        if span < self.min_round_s or len(samples) < self.limit:
+        need = self.limit if self._settle else 2 * self.limit  # a measure spans 2 round trips
+        if span < self.min_round_s or len(samples) < need:
             return False
         self._round_start = now
         self._samples = []
@@ -241,6 +243,11 @@ class Permits:
 
     def __repr__(self) -> str:
         return f"Permits(in_use={self.in_use}, limit={self.control.limit})"
+
+    @property
+    def waiting(self) -> int:
+        """Workers waiting for a permit."""
+        return len(self._waiters)
 
     async def acquire(self) -> None:
         """Wait for a permit (cancellable: then none is held)."""

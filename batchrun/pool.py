@@ -30,6 +30,12 @@ verdict. A run where nothing is in flight, no hold is active and every worker wa
 caller's window for 2 × ``request_timeout`` stops with a ``stalled`` verdict, naming the
 requests that left without an outcome (`Pool.lost`).
 
+With ``concurrency = "auto"`` (`batchrun.adaptive`) the pool has ``max_concurrency`` workers
+and a permit gate: each worker takes a permit before it pulls a request and gives it back at
+the request's outcome, and the controller sets how many permits there are, from the latency of
+first attempts and the overloads (429, 503 with Retry-After, timeouts) `_failed` sees. With a
+fixed concurrency there is no gate and no controller.
+
 aiohttp's exceptions and HTTP error statuses become batchrun's `InferenceConnectionError` and
 `InferenceStatusError` in one place (`Pool._attempt`); nothing outside this module sees an
 aiohttp type. That place also keeps hostile answers out: every message built from what the
@@ -726,9 +732,11 @@ class Pool:
             if retries.counts and now - retries.since >= retries.period:
                 retries.flush(now)
             alive = sum(1 for s in self._slots if s.task is not None and not s.task.done())
+            permits = self.permits  # with "auto", the workers past the limit wait there
+            waiting = self._paused + (permits.waiting if permits is not None else 0)
             quiet = (
                 alive > 0
-                and self._paused >= alive
+                and waiting >= alive
                 and self.stats.in_flight <= 0
                 and shared.until <= now
                 and shared.outage_since is None
