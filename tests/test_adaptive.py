@@ -4,16 +4,24 @@ gate, and one run end to end against the test endpoint's capacity model (asserte
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
+from click.testing import CliRunner
 
 from batchrun.adaptive import AdaptiveLimit, Permits, for_run
+from batchrun.cli import main
 from batchrun.errors import JobError
 from batchrun.job import load_job
+from batchrun.progress import Counts, Progress, summary_lines
 from batchrun.runner import run_job
+from batchrun.summary import RunSummary
 from tests.support.endpoint_app import EndpointApp
 from tests.support.run import job_sections, write_job, write_jsonl
 
@@ -213,3 +221,32 @@ def test_auto_run_end_to_end_against_a_capacity_model(tmp_path: Path) -> None:
     assert throttled < 0.05 * rows
     assert stats["ok"] == rows
     assert summary.to_json()["concurrency"] == summary.concurrency
+
+
+def test_the_progress_line_and_the_summary_show_the_current_and_mean_concurrency(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: the log line
+    counts = Counts(succeeded=10, failed=0, retries=0, skipped_done=0, concurrency=(24, 18.5))
+    shown = Progress(
+        enabled=True, total=100, initial=0, counts=lambda: counts, cost_text=lambda: None
+    )
+    with caplog.at_level(logging.INFO, logger="batchrun.progress"):
+        shown.log_line()
+    assert "concurrency 24 (mean 18.5)" in caplog.messages[-1]
+    summary = RunSummary(output="o.jsonl", concurrency=24, mean_concurrency=18.5)
+    assert "concurrency: auto, 24 at the end, mean 18.5" in str(summary)
+    assert any("concurrency: auto, 24 at the end" in line for line in summary_lines(summary))
+    assert "concurrency" not in str(RunSummary(output="o.jsonl"))  # a fixed one: nothing new
+
+
+def test_the_cli_takes_concurrency_auto(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": f"row {i}"} for i in range(20)])
+    with EndpointApp() as app:
+        job_file = write_job(tmp_path / "job.toml", job_sections(app.url, "in.jsonl", "o.jsonl"))
+        result = CliRunner().invoke(main, ["run", str(job_file), "--concurrency", "auto", "-q"])
+        assert result.exit_code == 0, result.output
+        summary = orjson.loads(result.stdout)
+        assert summary["succeeded"] == 20 and 1 <= summary["concurrency"] <= 256
+        bad = CliRunner().invoke(main, ["run", str(job_file), "--concurrency", "many"])
+        assert bad.exit_code == 2 and "--concurrency" in bad.output
