@@ -20,7 +20,9 @@ limit and the new; it ends after one sample per permit). At the end of a round:
   the last limit that paid off): queueing, back off by the gradient, limit × max(0.5,
   tolerance × reference / median);
 - a round measuring an increase whose throughput did not rise with it (less than `min_gain`
-  of the relative step: the knee is passed) goes back to the limit before it and holds;
+  of the relative step: at or past the knee) probes one step below the limit before it: if
+  that costs throughput, back to that limit, and hold; if not, lower still (after the
+  capacity shrank, the old limit only queues);
 - otherwise the limit doubles until the first decrease (slow start), then grows by
   sqrt(limit) while each rise pays off; holding, it probes one step up every `probe_every`
   rounds (more capacity, say a second replica, shows only when tried);
