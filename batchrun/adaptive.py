@@ -17,8 +17,8 @@ limit and the new; it ends after one sample per permit). At the end of a round:
 
 - an overload (at once, not at the round's end): limit × `backoff` (0.5), and a new round;
 - the round's median latency over `tolerance` (1.5) × the reference latency (the latency at
-  the last limit that paid off): queueing, back off by the gradient, limit × max(0.5,
-  tolerance × reference / median);
+  the last limit that paid off, at most tolerance × the floor, the lowest median seen):
+  queueing, back off by the gradient, limit × max(0.5, tolerance × reference / median);
 - a round measuring an increase whose throughput did not rise with it (less than `min_gain`
   of the relative step: at or past the knee) probes one step below the limit before it: if
   that costs throughput, back to that limit, and hold; if not, lower still (after the
@@ -27,7 +27,7 @@ limit and the new; it ends after one sample per permit). At the end of a round:
   sqrt(limit) while each rise pays off; holding, it probes one step up every `probe_every`
   rounds (more capacity, say a second replica, shows only when tried);
 - when the limit is down at `initial` and the latency is still over tolerance, the endpoint
-  became slower: its latency is taken as the new reference.
+  became slower: its latency is taken as the new reference and floor.
 
 Everything reads a clock given to it, so the tests drive it on a fake one.
 """
@@ -75,6 +75,7 @@ class AdaptiveLimit:
         "_slow_start",
         "backoff",
         "decreases",
+        "floor",
         "increases",
         "initial",
         "limit",
@@ -113,6 +114,7 @@ class AdaptiveLimit:
         self._clock = clock
         self.limit = self.initial
         self.reference: float | None = None  # latency at the last limit that paid off
+        self.floor: float | None = None  # the lowest round median (Vegas's baseRTT)
         self.increases = 0
         self.decreases = 0
         self._slow_start = True
@@ -181,6 +183,8 @@ class AdaptiveLimit:
             return False
         median = statistics.median(samples)
         throughput = len(samples) / span
+        if self.floor is None or median < self.floor:
+            self.floor = median
         ref = self.reference
         if ref is None:
             ref = self.reference = median
@@ -205,10 +209,12 @@ class AdaptiveLimit:
             return True
         if median > self.tolerance * ref:
             if limit <= self.initial:
-                self.reference = median  # as slow as this with few in flight: a new reference
+                self.reference = self.floor = median  # this slow with few in flight: anew
                 return False
             return self._down(math.floor(limit * max(0.5, self.tolerance * ref / median)), now)
-        self.reference = median if measures else min(ref, median)
+        # an increase that paid off moves the reference up to its latency, never past
+        # tolerance × the floor (noisy gains must not ratchet the latency guard up and away)
+        self.reference = min(median, self.tolerance * self.floor) if measures else min(ref, median)
         if self._slow_start or prev is not None or self._holds >= self.probe_every:
             step = limit if self._slow_start else max(1, math.isqrt(limit))
             self._prev = (limit, throughput)
