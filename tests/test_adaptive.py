@@ -250,3 +250,25 @@ def test_the_cli_takes_concurrency_auto(tmp_path: Path) -> None:
         assert summary["succeeded"] == 20 and 1 <= summary["concurrency"] <= 256
         bad = CliRunner().invoke(main, ["run", str(job_file), "--concurrency", "many"])
         assert bad.exit_code == 2 and "--concurrency" in bad.output
+
+
+def test_auto_backs_off_on_429s_end_to_end(tmp_path: Path) -> None:
+    # four in service and no queue: every request past four is a 429 (no Retry-After, so no
+    # pool-wide hold either); only the controller's cuts keep their count down
+    rows = 800
+    write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": f"row {i}"} for i in range(rows)])
+    with EndpointApp(capacity=4, service_ms=10, max_queue=0, queue_retry_after="") as app:
+        sections = job_sections(app.url, "in.jsonl", "out.jsonl")
+        sections["run"] = {
+            "concurrency": "auto",
+            "max_concurrency": 64,
+            "max_attempts": 10,
+            "backoff_max": 0.05,
+        }
+        summary = run_job(load_job(write_job(tmp_path / "job.toml", sections)), progress=False)
+        stats = app.stats()
+    assert summary.exit_code == 0 and summary.succeeded == rows
+    assert stats["max_in_service"] <= 4 and stats["ok"] == rows
+    throttled = stats["statuses"].get("429", 0)
+    assert 0 < throttled < 0.25 * rows  # a fixed C = 8 here would see about one in two
+    assert summary.concurrency is not None and summary.concurrency <= 8
