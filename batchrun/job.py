@@ -102,7 +102,8 @@ RANGES: dict[str, dict[str, KeyRange]] = {
         "commit_seconds": _seconds(),
     },
     "run": {
-        "concurrency": KeyRange(1, 100_000),
+        "concurrency": KeyRange(1, 100_000, unit='or "auto"'),
+        "max_concurrency": KeyRange(1, 100_000, unit='the most with concurrency = "auto"'),
         "max_attempts": KeyRange(1, 100),
         "request_timeout": _seconds(),
         "batch_size": KeyRange(1, 10_000),
@@ -214,7 +215,8 @@ class RunSpec:
 
     request_format: RequestFormat = "inputs"
     model: str = ""
-    concurrency: int = 32
+    concurrency: int | Literal["auto"] = 32  # "auto": batchrun.adaptive finds it
+    max_concurrency: int = 256
     max_attempts: int = 5
     request_timeout: float = 60.0
     batch_size: int = 1
@@ -325,7 +327,7 @@ class Job:
             spec = getattr(self, section)
             for key, allowed in ranges.items():
                 value = getattr(spec, key)
-                if value is not None and value not in allowed:
+                if value is not None and value != "auto" and value not in allowed:
                     raise JobError(
                         f"{src}: [{section}] {key} must be {allowed.describe()}, got {_short(value)}"
                     )
@@ -841,6 +843,8 @@ def _describe(hint: Any) -> str:
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in args if a is not type(None))
     if origin is Literal:
+        if len(args) == 1:
+            return repr(args[0])
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is list:
         return f"a list of {_describe(args[0])}s"

@@ -33,6 +33,12 @@ verdict. ``max_requests_per_minute`` paces attempts on a fixed schedule, and
 caller's window for 2 × ``request_timeout`` stops with a ``stalled`` verdict, naming the
 requests that left without an outcome (`Pool.lost`).
 
+With ``concurrency = "auto"`` (`batchrun.adaptive`) the pool has ``max_concurrency`` workers
+and a permit gate: each worker takes a permit before it pulls a request and gives it back at
+the request's outcome, and the controller sets how many permits there are, from the latency of
+first attempts and the overloads (429, 503 with Retry-After, timeouts) `_failed` sees. With a
+fixed concurrency there is no gate and no controller.
+
 aiohttp's exceptions and HTTP error statuses become batchrun's `InferenceConnectionError` and
 `InferenceStatusError` in one place (`Pool._attempt`); nothing outside this module sees an
 aiohttp type. That place also keeps hostile answers out: every message built from what the
@@ -67,6 +73,7 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from batchrun.adaptive import AdaptiveLimit, Permits
 from batchrun.codecs import RequestCodec, request_url
 from batchrun.errors import (
     BadResponseError,
@@ -498,6 +505,9 @@ class Pool:
         outage_timeout: how long an outage holds dispatch before the pool stops, seconds.
         retry_log_period: seconds between the retry log's roll-up lines.
         describe: names a request's rows from its key, for log lines and the stall's message.
+        adaptive: ``concurrency = "auto"``: the controller whose limit caps the requests in
+            flight (`batchrun.adaptive`); `concurrency` is then the most workers, and each takes
+            a permit before it sends. None: `concurrency` fixed.
 
     Attributes:
         verdict: why the pool stopped on its own (endpoint-wide failure, outage, stall), or
@@ -527,6 +537,7 @@ class Pool:
         describe: Callable[[Any], str] | None = None,
         max_tokens_per_minute: int = 0,
         token_bucket: TokenBucket | None = None,
+        adaptive: AdaptiveLimit | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or request_timeout <= 0 or max_response_bytes < 1:
             raise ValueError(
@@ -566,6 +577,8 @@ class Pool:
         self.outage_timeout = outage_timeout
         self.retry_log_period = retry_log_period
         self.describe = describe
+        self.adaptive = adaptive
+        self.permits: Permits | None = None  # with `adaptive`, during a run
         self.stall_after = 2.0 * request_timeout
         self.verdict: Verdict | None = None
         self.lost: list[Request] = []
@@ -633,6 +646,8 @@ class Pool:
             else _SyncSource(self, iter(requests), paused)
         )
         self._slots = [_Slot() for _ in range(self.concurrency)]
+        if self.adaptive is not None:
+            self.permits = Permits(self.adaptive)
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
         async with aiohttp.ClientSession(
@@ -743,9 +758,11 @@ class Pool:
             if retries.counts and now - retries.since >= retries.period:
                 retries.flush(now)
             alive = sum(1 for s in self._slots if s.task is not None and not s.task.done())
+            permits = self.permits  # with "auto", the workers past the limit wait there
+            waiting = self._paused + (permits.waiting if permits is not None else 0)
             quiet = (
                 alive > 0
-                and self._paused >= alive
+                and waiting >= alive
                 and self.stats.in_flight <= 0
                 and shared.until <= now
                 and shared.outage_since is None
@@ -898,10 +915,15 @@ class Pool:
         shared = self._shared
         clock = time.monotonic
         take = source.take
+        permits = self.permits
         request: Request | None = None
         while not self._stopping:
             slot.busy = False
+            permit = False
             try:
+                if permits is not None:
+                    await permits.acquire()
+                    permit = True
                 request = take()
                 if request is None:
                     if self._held:  # nothing settles while every worker waits: report them
@@ -927,8 +949,12 @@ class Pool:
                         self._cleared(request)
                     outcome = Outcome(request, results, None, 1, (clock() - start) * 1000.0)
             except _End:
+                if permit:
+                    permits.release()  # type: ignore[union-attr]
                 return
             except asyncio.CancelledError:
+                if permit:
+                    permits.release()  # type: ignore[union-attr]
                 if not slot.stopped:
                     if slot.busy and not self._stopping and request is not None:
                         self._lose(request)
@@ -941,6 +967,8 @@ class Pool:
                     stats.cancelled += 1
                 return
             stats.in_flight -= 1
+            if permits is not None:
+                self._adapt(outcome)
             if outcome.error is None:
                 stats.succeeded += 1
             elif self.verdict is not None:
@@ -961,6 +989,15 @@ class Pool:
                 slot.reporting = False
             if self._release_due:
                 await self._release(slot, on_outcome)
+
+    def _adapt(self, outcome: Outcome) -> None:
+        """``concurrency = "auto"``: a first-attempt answer is a latency sample; the permit
+        goes back (the overloads were counted as they came, in `_failed`)."""
+        permits = self.permits
+        assert permits is not None and self.adaptive is not None
+        if outcome.error is None and outcome.attempts == 1:
+            self.adaptive.sample(outcome.latency_ms / 1000.0)
+        permits.release()
 
     def _lose(self, request: Request) -> None:
         """A worker was cancelled from outside with `request` in flight: no outcome for it."""
@@ -1006,6 +1043,8 @@ class Pool:
     def _failed(self, tries: _Tries, error: InferenceError, request: Request) -> None:
         """Count a failed attempt: the breaker, the outage hold, the attempts it uses up."""
         shared = self._shared
+        if self.adaptive is not None and _overload(error):
+            self.adaptive.overload()
         if tries.epoch != shared.epoch:  # a hold came since: its outage failures are free
             tries.counted -= tries.outage_counted
             tries.outage_counted = 0
@@ -1223,6 +1262,14 @@ class Pool:
                 error = again
         message = scrub_secrets(str(error), self._secrets)
         return error if message == str(error) else BadResponseError(message)
+
+
+def _overload(error: InferenceError) -> bool:
+    """An answer that says "fewer in flight": a 429, a 503 with Retry-After, a timeout."""
+    if isinstance(error, InferenceStatusError):
+        status = error.http_status
+        return status == 429 or (status == _WAKING_STATUS and error.retry_after is not None)
+    return isinstance(error, InferenceConnectionError) and isinstance(error.__cause__, TimeoutError)
 
 
 def secrets_of(headers: Mapping[str, str]) -> tuple[str, ...]:

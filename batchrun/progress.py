@@ -36,6 +36,7 @@ class Counts:
     failed: int
     retries: int
     skipped_done: int
+    concurrency: tuple[int, float] | None = None  # concurrency = "auto": (now, mean)
 
 
 class Progress:
@@ -122,6 +123,8 @@ class Progress:
         cost = self._cost_text()
         if cost is not None:
             eta += f", cost {cost}"
+        if c.concurrency is not None:
+            eta += f", concurrency {c.concurrency[0]} (mean {c.concurrency[1]:g})"
         log.info(
             "progress: %d%s rows (ok %d, errors %d, retries %d, already done %d), %.0f rows/s%s",
             done + c.skipped_done,
@@ -148,6 +151,8 @@ class Progress:
         cost = self._cost_text()
         if cost is not None:
             shown["cost"] = cost
+        if c.concurrency is not None:
+            shown["conc"] = c.concurrency[0]
         self.bar.set_postfix(shown, refresh=False)
 
 
@@ -174,6 +179,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
         rows.append(f"{s.pending:,} pending (a rerun sends them)")
     if rows:
         lines.append("  rows: " + ", ".join(rows))
+    if s.concurrency is not None:
+        lines.append(
+            f"  concurrency: auto, {s.concurrency} at the end, mean {s.mean_concurrency:g}"
+        )
     if s.cost_usd is not None:
         billed = ""
         if s.billed_s is not None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from batchrun.adaptive import for_run
 from batchrun.codecs import RequestCodec, codec_for
 from batchrun.errors import (
     BatchrunError,
@@ -397,7 +398,7 @@ class _Run:
         self.keep = list(job.output.keep_fields)
         self.check_ids = job.input.id_field is not None
         self.reshape = codec.reshapes  # rows written in the codec's own shape (OpenAI batch)
-        per_request = job.run.concurrency * job.run.batch_size
+        per_request = for_run(job.run.concurrency, job.run.max_concurrency)[0] * job.run.batch_size
         self.window = max(4 * ledger.commit_rows, 16 * per_request)
         self.moved = asyncio.Event()
         self.stopping = False
@@ -487,10 +488,12 @@ class _Run:
 
     async def _dispatch(self, target: Target, rows: Iterable[_Chunk], *, track: bool) -> None:
         run = self.job.run
+        workers, adaptive = for_run(run.concurrency, run.max_concurrency)
         pool = Pool(
             url=target.url,
             codec=self.codec,
-            concurrency=run.concurrency,
+            concurrency=workers,
+            adaptive=adaptive,
             request_timeout=run.request_timeout,
             max_attempts=run.max_attempts,
             headers=target.headers,
@@ -811,7 +814,13 @@ class _Run:
             failed=s.failed,
             retries=sum(p.stats.retries for p in self._pools),
             skipped_done=s.skipped_done,
+            concurrency=self._concurrency(),
         )
+
+    def _concurrency(self) -> tuple[int, float] | None:
+        """``concurrency = "auto"``: the last pool's limit now and its mean, else None."""
+        control = self._pools[-1].adaptive if self._pools else None
+        return None if control is None else (control.limit, round(control.mean(), 1))
 
     def finish_summary(self) -> None:
         s = self.summary
@@ -821,6 +830,8 @@ class _Run:
         s.rows = s.succeeded + s.failed
         s.elapsed_s = round(time.monotonic() - self.start, 3)
         s.rows_per_s = round(s.rows / s.elapsed_s, 1) if s.elapsed_s > 0 else 0.0
+        if (concurrency := self._concurrency()) is not None:
+            s.concurrency, s.mean_concurrency = concurrency
         s.results_total = self.ledger.results_count
         s.errors_total = self.ledger.errors_count
         s.input_rows = self.total

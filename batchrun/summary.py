@@ -56,6 +56,8 @@ class RunSummary:
         pending: input rows neither in the results nor in the errors file, which a rerun
             sends (input_rows - results_total - errors_total), or None when the input's size
             is not known.
+        concurrency / mean_concurrency: with ``concurrency = "auto"``, the limit the
+            controller had at the end and its time-weighted mean; None with a fixed one.
         errors_by_status: the errors file over all runs, by status, most rows first:
             `{"http_400": {"count": 24, "first_error": "..."}, ...}` (`batchrun errors` says more).
     """
@@ -85,6 +87,8 @@ class RunSummary:
     idle_billed_s: float | None = None
     error: str | None = None
     pending: int | None = None
+    concurrency: int | None = None
+    mean_concurrency: float | None = None
     errors_by_status: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -144,6 +148,10 @@ class RunSummary:
                 f"  endpoint: {self.endpoint}: {state} (on_exit {self.on_exit}), cost {cost}"
             )
         lines.append(f"  time:     {self.elapsed_s:.1f} s, {self.rows_per_s:,.1f} rows/s")
+        if self.concurrency is not None:
+            lines.append(
+                f"  concurrency: auto, {self.concurrency} at the end, mean {self.mean_concurrency:g}"
+            )
         return "\n".join(lines)
 
     def _outcome(self) -> str:

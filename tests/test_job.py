@@ -69,7 +69,7 @@ def test_overrides(tmp_path: Path) -> None:
         ),
         (
             ("concurrency = 8", 'concurrency = "8"'),
-            "[run] concurrency: expected an integer, got string '8'",
+            "[run] concurrency: expected an integer or 'auto', got string '8'",
         ),
         (
             ('path = "out/results.parquet"', 'path = "out/results.csv"'),

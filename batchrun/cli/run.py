@@ -53,6 +53,20 @@ def _summary_on_every_exit(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+class _Concurrency(click.ParamType[int | str]):
+    """``--concurrency``: an integer in its range, or "auto"."""
+
+    name = "N|auto"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | str:
+        if value == "auto" or isinstance(value, int):
+            return value  # type: ignore[no-any-return]
+        high = int(RANGES["run"]["concurrency"].high)
+        return click.IntRange(1, high).convert(value, param, ctx)
+
+
 class _RunCommand(click.Command):
     """`batchrun run`, whose bad options (a click usage error, exit 2) get a summary too."""
 
@@ -79,8 +93,8 @@ class _RunCommand(click.Command):
 @click.option("--retry-errors", is_flag=True, help="Send the errors file's rows again, then go on.")
 @click.option(
     "--concurrency",
-    type=click.IntRange(1, int(RANGES["run"]["concurrency"].high)),
-    help="Requests in flight.",
+    type=_Concurrency(),
+    help='Requests in flight, or "auto" (found by the controller, up to max_concurrency).',
 )
 @click.option(
     "--limit",
@@ -116,7 +130,7 @@ def run(
     restart: bool,
     yes: bool,
     retry_errors: bool,
-    concurrency: int | None,
+    concurrency: int | str | None,
     limit: int | None,
     output: str | None,
     assignments: tuple[str, ...],

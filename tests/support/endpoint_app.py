@@ -27,7 +27,9 @@ again on the same port), latency, drop the connection, hang,
 429 + ``Retry-After``, ``fail_status`` (500 by default),
 a 4xx for inputs containing ``reject_match``, a 200 that is not JSON, an answer quoting the
 request's Authorization header (``echo_auth``), a huge 200 (``big_response_bytes``, streamed,
-with or without Content-Length). ``*_first`` knobs are
+with or without Content-Length). After the latency, a capacity model (``capacity``, at most
+that many in service at once for ``service_ms + per_item_ms × in service``, the rest queued,
+a 429 past ``max_queue``) gives a fixed concurrency a knee. ``*_first`` knobs are
 budgets: the next N data requests get that fault (so setting one mid-run makes a burst);
 ``*_rate`` knobs hit a deterministic pseudo-random fraction; ``fail_each_first`` fails the
 first K requests *of every input*.
@@ -124,6 +126,14 @@ class Knobs:
     outage_s: float = 3.0
     usage_chars_per_token: float = 0.0  # > 0: usage.prompt_tokens = ceil(prompt chars / this)
     usage_completion_tokens: int = -1  # >= 0: chat's completion_tokens (at most max_tokens)
+    # a capacity model (a GPU's continuous batching, roughly): at most `capacity` requests in
+    # service at once, each for service_ms + per_item_ms × (in service); the rest queue in
+    # arrival order; past max_queue waiting, a 429 with Retry-After queue_retry_after
+    capacity: int = 0  # 0: no capacity model
+    service_ms: float = 50.0
+    per_item_ms: float = 0.0
+    max_queue: int = -1  # -1: the queue has no bound
+    queue_retry_after: str = "1"
 
     def update(self, values: dict[str, Any]) -> None:
         """Set knobs from a dict; an unknown name or a wrong type raises ValueError."""
@@ -171,6 +181,8 @@ class _Stats:
     ok: int = 0  # data requests answered 200 with a valid answer
     in_flight: int = 0
     max_in_flight: int = 0
+    max_in_service: int = 0  # the capacity model's
+    max_queued: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     routes: Counter[str] = field(default_factory=Counter)
     received: Counter[str] = field(default_factory=Counter)  # per input text
@@ -187,6 +199,8 @@ class _Stats:
             "ok": self.ok,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "max_in_service": self.max_in_service,
+            "max_queued": self.max_queued,
             "statuses": dict(self.statuses),
             "routes": dict(self.routes),
             "distinct_inputs": len(self.received),
@@ -221,6 +235,8 @@ class _Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = _Stats()
         self._rng = random.Random(knobs.seed)
+        self._queue: deque[asyncio.Future[None]] = deque()  # the capacity model's waiting line
+        self.in_service = 0  # the capacity model's requests in service
         self.app = web.Application(client_max_size=64 * 1024**2)
         self.app.router.add_post("/", self._default_container)
         self.app.router.add_post("/generate", self._generate)
@@ -273,6 +289,8 @@ class _Server:
             await asyncio.sleep((k.latency_ms + self._rng.random() * k.jitter_ms) / 1000.0)
         if k.slow_match and k.slow_ms and any(k.slow_match in t for t in texts):
             await asyncio.sleep(k.slow_ms / 1000.0)
+        if k.capacity > 0:
+            await self._serve_capacity()
         if self._take("drop_first", "drop_rate"):
             self.stats.statuses["dropped"] += 1
             transport = request.transport
@@ -316,6 +334,41 @@ class _Server:
             not k.big_response_match or any(k.big_response_match in t for t in texts)
         ):
             raise _Fault(await _big_answer(request, k.big_response_bytes, k.big_response_chunked))
+
+    async def _serve_capacity(self) -> None:
+        """The capacity model: wait for a place in service (or a 429), then the service time."""
+        k = self.knobs
+        st = self.stats
+        if self.in_service >= k.capacity or self._queue:
+            if 0 <= k.max_queue <= len(self._queue):
+                headers = {"Retry-After": k.queue_retry_after} if k.queue_retry_after else {}
+                raise _Fault(_error(429, "overloaded: the queue is full", headers))
+            place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._queue.append(place)
+            st.max_queued = max(st.max_queued, len(self._queue))
+            try:
+                await place  # given the place of a request that left service
+            except asyncio.CancelledError:
+                if place.done() and not place.cancelled():
+                    self._leave_service()
+                else:
+                    self._queue.remove(place)
+                raise
+        else:
+            self.in_service += 1
+        st.max_in_service = max(st.max_in_service, self.in_service)
+        try:
+            await asyncio.sleep((k.service_ms + k.per_item_ms * self.in_service) / 1000.0)
+        finally:
+            self._leave_service()
+
+    def _leave_service(self) -> None:
+        self.in_service -= 1
+        while self._queue and self.in_service < max(1, self.knobs.capacity):
+            place = self._queue.popleft()
+            if not place.done():
+                self.in_service += 1
+                place.set_result(None)
 
     async def _serve(self, request: web.Request, route: str, answer: Any) -> web.StreamResponse:
         """Count the request, parse its JSON, apply faults, answer with `answer(body)`."""
