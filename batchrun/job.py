@@ -46,6 +46,7 @@ Provider = Literal["url", "hf", "local"]
 OnExit = Literal["pause", "scale-to-zero", "delete", "restore", "keep"]
 RequestFormat = Literal["inputs", "chat", "embeddings", "raw"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
+Scale = Literal["fixed", "deadline"]
 
 
 MAX_JOB_FILE_BYTES = 1024 * 1024
@@ -113,6 +114,7 @@ RANGES: dict[str, dict[str, KeyRange]] = {
         "breaker_window": KeyRange(0, 100_000, unit="requests; 0: max(8, concurrency / 4)"),
         "outage_timeout": _seconds(),
         "limit": KeyRange(0, 2**62, unit="rows"),
+        "max_replicas": KeyRange(1, 100, unit='scale = "deadline"; default: the endpoint\'s own'),
     },
     "budget": {
         "max_cost_usd": KeyRange(0, 1_000_000, low_open=True, unit="USD"),
@@ -223,6 +225,10 @@ class RunSpec:
     outage_timeout: float = 300.0
     limit: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # "deadline": the lease buys the replicas [budget] deadline needs (lifecycle/scaling.py)
+    scale: Scale = "fixed"
+    max_replicas: int | None = None
+    best_effort: bool = False  # a deadline the plan cannot meet: run anyway (--best-effort)
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -369,6 +375,14 @@ class Job:
                 f"{src}: [output] path must end in .jsonl or .parquet, got {self.output.path!r}"
             )
         run = self.run
+        if run.scale == "deadline":
+            if self.budget.deadline is None:
+                raise JobError(f'{src}: [run] scale = "deadline" needs [budget] deadline')
+            if ep.provider not in ("hf", "local"):
+                raise JobError(
+                    f'{src}: [run] scale = "deadline" needs [endpoint] provider "hf" or "local" '
+                    f'(got "{ep.provider}": no replicas to scale)'
+                )
         if run.batch_size > 1 and run.request_format in ("chat", "raw"):
             raise JobError(
                 f'{src}: [run] batch_size > 1 works with request_format "inputs" or "embeddings", '

@@ -100,6 +100,11 @@ class _RunCommand(click.Command):
     is_flag=True,
     help="An existing endpoint that differs from the job's creation keys: update it, then run.",
 )
+@click.option(
+    "--best-effort",
+    is_flag=True,
+    help='scale = "deadline": run even when the plan says the deadline cannot be met.',
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
 def run(
     job_file: Path,
@@ -111,6 +116,7 @@ def run(
     output: str | None,
     assignments: tuple[str, ...],
     update_endpoint: bool,
+    best_effort: bool,
     quiet: bool,
 ) -> None:
     """Run JOB_FILE: send every uncommitted input row once; resume by default.
@@ -128,6 +134,8 @@ def run(
         overrides.setdefault("output", {})["path"] = output
     if update_endpoint:
         overrides.setdefault("endpoint", {})["update"] = True
+    if best_effort:
+        overrides.setdefault("run", {})["best_effort"] = True
     job = load_job(job_file, **overrides)
     if restart and not yes:
         _confirm_restart(job)

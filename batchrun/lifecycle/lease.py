@@ -34,6 +34,13 @@ from batchrun.lifecycle.cost import LeaseCost
 from batchrun.lifecycle.drift import as_updated, check_found
 from batchrun.lifecycle.guard import LeaseGuard
 from batchrun.lifecycle.rest import RestOutcome, apply_on_exit, settle_even_if_cancelled
+from batchrun.lifecycle.scaling import (
+    DeadlineScaler,
+    Progress,
+    check_deadline_plan,
+    restore_own_scaling,
+    runs_own_scaling,
+)
 from batchrun.lifecycle.wake import WaitingView, until_ready, wake
 from batchrun.lifecycle.watchers import EndpointReader, cancel_all, watch_state
 
@@ -117,6 +124,8 @@ class EndpointLease:
         self._reader: EndpointReader | None = None
         self._touched = False  # from here on, leaving must apply on_exit
         self._tasks: list[asyncio.Task[None]] = []
+        self.scaler: DeadlineScaler | None = None  # `[run] scale = "deadline"`
+        self._progress: Progress | None = None
 
     def __repr__(self) -> str:
         where = f"{self.namespace or '?'}/{self.name}"
@@ -134,6 +143,12 @@ class EndpointLease:
         """The runner has its last result: from here on, billed time is idle."""
         self.cost.mark_idle()
 
+    def watch_progress(self, progress: Progress) -> None:
+        """The runner's settled rows and rows left, for the deadline's scaling."""
+        self._progress = progress
+        if self.scaler is not None:
+            self.scaler.watch_progress(progress)
+
     def summary_fields(self) -> dict[str, Any]:
         """The lifecycle fields of the run summary."""
         return {
@@ -141,6 +156,7 @@ class EndpointLease:
             "on_exit": self.on_exit,
             "endpoint_state_at_exit": self.state_at_exit,
             **self.cost.summary_fields(),
+            **(self.scaler.summary_fields() if self.scaler is not None else {}),
         }
 
     # -- entering: wake + wait --------------------------------------------------------------
@@ -172,9 +188,14 @@ class EndpointLease:
         await self.guard.register(self.job, namespace=self.namespace, api_url=self._lease_api_url)
         found = await reader.read()
         where = f"endpoint {self.namespace}/{self.name}"
+        # replicas a killed run of this job asked for are its own, not drift
+        found, own = runs_own_scaling(self.guard.registry, self.guard.held, found)
         drift = check_found(self.job, found, where=where, api_url=self.api_url)
         self.found_state = found.state_text if found else "missing"
         await self.cost.learn_price(client, as_updated(found, drift), namespace=self.namespace)
+        if self.job.run.scale == "deadline":
+            check_deadline_plan(self.job, found, price_per_hour=self.meter.price_per_hour)
+            self.scaler = self._new_scaler(client, found, own)
         await self.guard.arm(found_state=self.found_state, api_url=self.api_url, token=self._token)
         self._touched = True
         self._seen(await wake(client, spec, found, namespace=self.namespace, drift=drift))
@@ -218,6 +239,35 @@ class EndpointLease:
     def _seen(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.cost.observe(endpoint)
+        if self.scaler is not None:
+            self.scaler.seen(endpoint)
+
+    def _new_scaler(
+        self, client: EndpointsClient, found: Endpoint | None, own: dict[str, int] | None
+    ) -> DeadlineScaler:
+        def budget_left() -> float | None:
+            spent = self.meter.cost_usd()
+            limit = self.job.budget.max_cost_usd
+            return None if limit is None or spent is None else max(limit - spent, 0.0)
+
+        scaler = DeadlineScaler(
+            client,
+            self.name,
+            namespace=self.namespace,
+            seconds_left=self.budget.seconds_left,
+            max_replicas=self.job.run.max_replicas,
+            price_per_hour=lambda: self.meter.price_per_hour,
+            budget_left=budget_left,
+            held=self.guard.held,
+            every=max(min(self.refresh_every * 4, 5.0), 0.25),
+        )
+        if own is not None:  # a killed run's change, still on the endpoint
+            scaler.own = dict(own)
+        elif found is not None:
+            scaler.seen(found)
+        if self._progress is not None:
+            scaler.watch_progress(self._progress)
+        return scaler
 
     def _start_watchers(self, reader: EndpointReader) -> None:
         state = watch_state(
@@ -237,6 +287,9 @@ class EndpointLease:
             asyncio.create_task(state, name="lease-state"),
             asyncio.create_task(budget, name="lease-budget"),
         ]
+        if self.scaler is not None:
+            scaling = self.scaler.run(lambda: self.endpoint if self.url else None)
+            self._tasks.append(asyncio.create_task(scaling, name="lease-scaling"))
 
     # -- leaving: rest ----------------------------------------------------------------------
 
@@ -278,6 +331,11 @@ class EndpointLease:
 
     async def _rest(self, client: EndpointsClient) -> None:
         self.cost.log_rest_requested(self.on_exit)
+        held = self.guard.held
+        if held is not None and held.record.own_scaling:  # the deadline's replicas: put back
+            await restore_own_scaling(
+                client, self.name, namespace=self.namespace, own=held.record.own_scaling
+            )
         try:
             self.rest = await apply_on_exit(
                 client,

@@ -1,0 +1,116 @@
+"""The deadline's replica decision (`lifecycle.scaling.replicas_for_deadline`) and its rate
+meter, on numbers and a fake clock: no server."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchrun.lifecycle.scaling import RateMeter, replicas_for_deadline
+
+
+def decide(**kw: float) -> tuple[int, bool, bool]:
+    args: dict[str, float] = {
+        "rows_left": 1000,
+        "rate_per_replica": 10.0,
+        "seconds_left": 1000.0,
+        "cold_start_s": 0.0,
+        "max_replicas": 8,
+        "margin": 0.0,
+    }
+    args.update(kw)
+    d = replicas_for_deadline(
+        rows_left=int(args["rows_left"]),
+        rate_per_replica=args["rate_per_replica"],
+        seconds_left=args["seconds_left"],
+        cold_start_s=args["cold_start_s"],
+        max_replicas=int(args["max_replicas"]),
+        current=int(kw.get("current", 1)),
+        price_per_hour=kw.get("price_per_hour"),
+        budget_left_usd=kw.get("budget_left_usd"),
+        margin=args["margin"],
+    )
+    return d.replicas, d.meets_deadline, d.affordable
+
+
+def test_safe_with_one_replica_stays_at_one() -> None:
+    assert decide(seconds_left=100.0) == (1, True, True)  # 1000 rows / 10 rows/s = 100 s
+
+
+def test_needs_exactly_three_not_four() -> None:
+    # 1000 rows in 40 s at 10 rows/s per replica: 2.5 replicas, so 3
+    assert decide(seconds_left=40.0) == (3, True, True)
+    assert decide(seconds_left=34.0)[0] == 3  # 3 × 34 × 10 = 1020 ≥ 1000
+    assert decide(seconds_left=33.0)[0] == 4
+
+
+def test_cold_start_of_added_replicas_counts() -> None:
+    # with a 10 s cold start, 2 added replicas serve 30 s each: 400 + 300 + 300 = 1000
+    assert decide(seconds_left=40.0, cold_start_s=10.0)[0] == 3
+    assert decide(seconds_left=39.0, cold_start_s=10.0)[0] == 4
+    # replicas already running have no cold start
+    assert decide(seconds_left=40.0, cold_start_s=10.0, current=3)[0] == 3
+
+
+def test_margin_keeps_a_reserve() -> None:
+    assert decide(seconds_left=100.0, margin=0.15)[0] == 2
+
+
+def test_scales_down_when_ahead_of_plan() -> None:
+    assert decide(rows_left=100, seconds_left=100.0, current=4)[0] == 1
+
+
+def test_max_replicas_caps_and_says_so() -> None:
+    d = replicas_for_deadline(
+        rows_left=1000,
+        rate_per_replica=10.0,
+        seconds_left=10.0,
+        cold_start_s=0.0,
+        max_replicas=3,
+        margin=0.0,
+    )
+    assert (d.replicas, d.meets_deadline, d.feasible) == (3, False, False)
+    assert d.reason is not None and "max_replicas = 3" in d.reason
+
+
+def test_budget_caps_replicas_by_their_cold_starts() -> None:
+    # the work: 1000 rows / 10 rows/s = 100 replica-s = $0.10 at $3.6/h; each added replica's
+    # 10 s cold start costs $0.01; $0.12 pays for 2 added replicas, not the 3 the deadline needs
+    args = {"rows_left": 1000, "seconds_left": 35.0, "cold_start_s": 10.0, "price_per_hour": 3.6}
+    assert decide(**args, budget_left_usd=0.2)[0] == 4
+    assert decide(**args, budget_left_usd=0.12) == (3, False, False)
+
+
+def test_budget_that_cannot_pay_the_work_refuses() -> None:
+    d = replicas_for_deadline(
+        rows_left=1000,
+        rate_per_replica=10.0,
+        seconds_left=1000.0,
+        cold_start_s=0.0,
+        max_replicas=8,
+        price_per_hour=3.6,
+        budget_left_usd=0.05,
+    )
+    assert not d.affordable and d.cost_usd == pytest.approx(0.1)
+    assert d.reason is not None and "budget" in d.reason
+
+
+def test_nothing_left_needs_one() -> None:
+    assert decide(rows_left=0, seconds_left=0.0) == (1, True, True)
+
+
+def test_rate_meter_skips_warmup_and_restarts_on_a_replica_change() -> None:
+    now = [0.0]
+    meter = RateMeter(warmup_s=2.0, clock=lambda: now[0])
+    assert meter.sample(0, 1) is None
+    now[0] = 1.0
+    assert meter.sample(500, 1) is None  # warming up: not counted
+    now[0] = 2.0
+    assert meter.sample(600, 1) is None  # the warm-up ends here
+    now[0] = 4.0
+    assert meter.sample(620, 1) == pytest.approx(10.0)
+    now[0] = 5.0
+    assert meter.sample(630, 2) == pytest.approx(10.0)  # a new window: the last rate stays
+    now[0] = 7.0
+    meter.sample(650, 2)
+    now[0] = 9.0
+    assert meter.sample(730, 2) == pytest.approx(20.0)  # 80 rows / 2 s / 2 replicas
