@@ -141,6 +141,8 @@ class EndpointLease:
 
     def mark_idle(self) -> None:
         """The runner has its last result: from here on, billed time is idle."""
+        if self.scaler is not None and self.cost.idle_at is None:
+            self.scaler.last_result(self.endpoint)
         self.cost.mark_idle()
 
     def watch_progress(self, progress: Progress) -> None:
@@ -259,7 +261,7 @@ class EndpointLease:
             price_per_hour=lambda: self.meter.price_per_hour,
             budget_left=budget_left,
             held=self.guard.held,
-            every=max(min(self.refresh_every * 4, 5.0), 0.25),
+            every=min(self.refresh_every * 2, 10.0),
         )
         if own is not None:  # a killed run's change, still on the endpoint
             scaler.own = dict(own)

@@ -260,7 +260,7 @@ class DeadlineScaler:
         budget_left: USD `max_cost_usd` has left now (None: no limit).
         held: the lease, whose file gets the endpoint's own scaling before the first change.
         every: seconds between two decisions.
-        warmup_s: the rate meter's warm-up.
+        warmup_s: the rate meter's warm-up (default: two decisions' time).
         clock: the monotonic clock.
 
     Attributes:
@@ -282,7 +282,7 @@ class DeadlineScaler:
         budget_left: Callable[[], float | None],
         held: HeldLease | None,
         every: float = 1.0,
-        warmup_s: float = 2.0,
+        warmup_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -294,7 +294,7 @@ class DeadlineScaler:
         self.budget_left = budget_left
         self.held = held
         self.every = every
-        self.meter = RateMeter(warmup_s=warmup_s, clock=clock)
+        self.meter = RateMeter(warmup_s=2 * every if warmup_s is None else warmup_s, clock=clock)
         self._clock = clock
         self.own: dict[str, int] | None = None
         self.cold_start_s: float | None = None
@@ -332,6 +332,12 @@ class DeadlineScaler:
         ):
             self.cold_start_s = max(self.cold_start_s or 0.0, now - self._asked_at)
             self._asked_at = None
+
+    def last_result(self, endpoint: Endpoint | None) -> None:
+        """The runner has its last result: a last sample, so a short run has a rate too."""
+        if self._progress is not None and endpoint is not None:
+            rate = self.meter.sample(self._progress()[0], endpoint.ready_replica or 0)
+            self.rate = rate if rate is not None else self.rate
 
     def summary_fields(self) -> dict[str, Any]:
         """What the run summary (and so `last_run.json`, for `batchrun plan`) keeps."""
@@ -383,8 +389,9 @@ class DeadlineScaler:
         have = self.asked if self.asked is not None else max(current.target_replica or 0, 1)
         if want == have or (want < have and self._asked_at is not None):
             return decision  # nothing to change, or a scale-up still starting
-        if self.held is not None and self.held.record.own_scaling is None and self.own:
-            self.held.update(own_scaling=dict(self.own))  # before the first change
+        if self.held is not None:  # before the change: a kill during it still restores
+            own = self.held.record.own_scaling or (dict(self.own) if self.own else None)
+            self.held.update(own_scaling=own, scaled_to={"min_replica": want, "max_replica": want})
         logger.info(
             "%s/%s: %d replica(s) for the deadline (%d rows left at %.3g rows/s per replica, "
             "%.0fs left)%s",
@@ -401,8 +408,6 @@ class DeadlineScaler:
         )
         self.asked = want
         self.changes.append(want)
-        if self.held is not None:
-            self.held.update(scaled_to={"min_replica": want, "max_replica": want})
         if want > have:
             self._asked_at = self._clock()
         return decision
