@@ -119,7 +119,6 @@ class Plan:
         out.extend(f"note: {n}" for n in self.notes)
         return out
 
-
     def _deadline_line(self) -> str:
         if self.deadline_replicas is None or self.rows_per_s_per_replica is None:
             return (

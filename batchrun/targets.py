@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
-from enum import StrEnum
 from collections.abc import Callable
+from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
