@@ -149,3 +149,34 @@ def test_kill_9_mid_scaling_leaves_the_endpoint_paused_with_its_own_scaling(
         what="the watchdog restores the own scaling and pauses",
     )
     wait_for(lambda: LeaseRegistry().records() == [], timeout=30, what="the lease is settled")
+
+
+def test_replicas_a_killed_run_left_are_not_drift_for_the_rerun_which_restores_them(
+    local_service: Any, api: SyncEndpointsClient, tmp_path: Path
+) -> None:
+    _paused_endpoint(api, "orphan")
+    endpoint = {**OWN, "watchdog": False}  # the job names the scaling: drift would see a change
+    job = _job(
+        local_service, "orphan", tmp_path, rows=800, deadline=_deadline(14), endpoint=endpoint
+    )
+    run = start_run(job, local_service.token)
+    wait_for(
+        lambda: _scaling(api, "orphan")["min_replica"] != OWN["min_replica"],
+        timeout=30,
+        what="the run asks for more replicas",
+    )
+    os.kill(run.pid, signal.SIGKILL)
+    run.communicate(timeout=30)
+    left = _scaling(api, "orphan")
+    assert left != OWN and state_of(api, "orphan") != "paused"  # no watchdog: left as it was
+    view = RunState.peek(RunState.directory_for(str(tmp_path / "out.jsonl")))
+    assert view is not None
+    done = view.committed.results_count + view.committed.errors_count
+    rerun = _job(
+        local_service, "orphan", tmp_path, rows=800, deadline=_deadline(3600), endpoint=endpoint
+    )
+    code, summary, err = finish(start_run(rerun, local_service.token, "--limit", str(done + 8)))
+    assert code == 0, err
+    assert summary["succeeded"] == 8
+    assert _scaling(api, "orphan") == OWN and state_of(api, "orphan") == "paused"
+    assert LeaseRegistry().records() == []  # the rerun took the dead lease over

@@ -506,7 +506,8 @@ def runs_own_scaling(
 ) -> tuple[Endpoint | None, dict[str, int] | None]:
     """A dead lease on this endpoint whose run changed its scaling, still on it (a kill the
     watchdog could not settle): the endpoint as it was before (so that is not drift) and its
-    own scaling, which this run puts back at its end; else `(found, None)`."""
+    own scaling, which this run puts back at its end (it takes the dead lease over, so
+    `batchrun reap` does not pause the endpoint under it); else `(found, None)`."""
     if found is None or held is None:
         return found, None
     now = _scaling_of(found)
@@ -520,6 +521,9 @@ def runs_own_scaling(
         ):
             own = {k: int(record.own_scaling[k]) for k in ("min_replica", "max_replica")}
             held.update(own_scaling=own)
+            dead = registry.claim(record.id)
+            if dead is not None:  # this run puts the endpoint to rest: the dead lease is done
+                dead.release()
             return (
                 dataclasses.replace(
                     found, min_replica=own["min_replica"], max_replica=own["max_replica"]
