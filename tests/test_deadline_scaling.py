@@ -3,6 +3,7 @@ service reports them. Assertions on counts and states; timings belong to tests/p
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import signal
@@ -14,10 +15,11 @@ import pytest
 
 from batchrun.endpoints import SyncEndpointsClient
 from batchrun.io.state import RunState
+from batchrun.job import load_job
 from batchrun.lifecycle.registry import LeaseRegistry
+from batchrun.reports import plan_job
 from tests.support.lifecycle import (
     ECHO,
-    batchrun_cli,
     finish,
     job_sections,
     read_jsonl,
@@ -63,42 +65,33 @@ def _job(
     return write_job(tmp / "job.toml", sections)
 
 
-def test_a_deadline_safe_with_one_replica_never_scales_and_plan_uses_its_rate(
+def _plan(job: Path) -> str:
+    return "\n".join(asyncio.run(plan_job(load_job(job))).lines())
+
+
+def test_a_deadline_safe_with_one_replica_never_scales_then_a_budget_that_cannot_pay_refuses(
     local_service: Any, api: SyncEndpointsClient, tmp_path: Path
 ) -> None:
     _paused_endpoint(api, "safe")
-    job = _job(local_service, "safe", tmp_path, rows=60, deadline=_deadline(3600))
-    plan = batchrun_cli(local_service.token, "plan", str(job))
-    assert "rate unknown" in plan.stdout, plan.stdout + plan.stderr
-    code, summary, err = finish(start_run(job, local_service.token))
+    job = _job(local_service, "safe", tmp_path, rows=600, deadline=_deadline(3600))
+    assert "rate unknown" in _plan(job)
+    code, summary, err = finish(start_run(job, local_service.token, "--limit", "60"))
     assert code == 0, err
     assert summary["replicas_asked"] == []
     assert summary["rows_per_s_per_replica"] > 0
     assert _scaling(api, "safe") == OWN and state_of(api, "safe") == "paused"
-    assert len(read_jsonl(tmp_path / "out.jsonl")) == 60
     last = RunState.last_run(RunState.directory_for(str(tmp_path / "out.jsonl")))
     assert last is not None and last["rows_per_s_per_replica"] == summary["rows_per_s_per_replica"]
-    plan = batchrun_cli(local_service.token, "plan", str(job))
-    assert "scale = deadline: 1 replica(s) at" in plan.stdout, plan.stdout + plan.stderr
-
-
-def test_a_budget_that_cannot_pay_for_the_deadline_refuses_before_spending(
-    local_service: Any, api: SyncEndpointsClient, tmp_path: Path
-) -> None:
-    _paused_endpoint(api, "thrifty")
-    far = _deadline(3600)
-    measure = _job(local_service, "thrifty", tmp_path, rows=600, deadline=far)
-    code, summary, err = finish(start_run(measure, local_service.token, "--limit", "60"))
-    assert code == 0 and summary["rows_per_s_per_replica"] > 0, err
+    assert "scale = deadline: 1 replica(s) at" in _plan(job)
     # 540 rows left at that rate cost more than $0.004 at $3.6/h ($0.001 a replica-second)
     budget = {"max_cost_usd": 0.004, "price_per_hour": 3.6}
-    job = _job(local_service, "thrifty", tmp_path, rows=600, deadline=far, budget=budget)
-    plan = batchrun_cli(local_service.token, "plan", str(job))
-    assert "the deadline cannot be met" in plan.stdout and "does NOT fit" in plan.stdout
+    job = _job(local_service, "safe", tmp_path, rows=600, deadline=_deadline(3600), budget=budget)
+    plan = _plan(job)
+    assert "the deadline cannot be met" in plan and "does NOT fit" in plan
     code, summary, err = finish(start_run(job, local_service.token))
     assert code == 2, err
     assert "deadline cannot be met" in err and "--best-effort" in err
-    assert state_of(api, "thrifty") == "paused" and _scaling(api, "thrifty") == OWN
+    assert state_of(api, "safe") == "paused" and _scaling(api, "safe") == OWN
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 60  # nothing more was sent
     assert LeaseRegistry().records() == []
 
@@ -107,8 +100,8 @@ def test_a_deadline_that_needs_more_replicas_gets_them_then_the_own_scaling_back
     local_service: Any, api: SyncEndpointsClient, tmp_path: Path
 ) -> None:
     _paused_endpoint(api, "tight")
-    # about 20 s of work for one replica, 14 s to the deadline: 2 to 3 replicas
-    job = _job(local_service, "tight", tmp_path, rows=800, deadline=_deadline(14))
+    # 15 s or more of work for one replica, 11 s to the deadline: more replicas
+    job = _job(local_service, "tight", tmp_path, rows=600, deadline=_deadline(11))
     run = start_run(job, local_service.token)
     seen: list[dict[str, int | None]] = []
 
