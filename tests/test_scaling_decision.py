@@ -3,9 +3,16 @@ meter, on numbers and a fake clock: no server."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+
+import httpx
 import pytest
 
-from batchrun.lifecycle.scaling import RateMeter, replicas_for_deadline
+from batchrun.endpoints.client import EndpointsClient
+from batchrun.endpoints.models import Endpoint
+from batchrun.lifecycle.scaling import DeadlineScaler, RateMeter, replicas_for_deadline
 
 
 def decide(**kw: float) -> tuple[int, bool, bool]:
@@ -114,3 +121,97 @@ def test_rate_meter_skips_warmup_and_restarts_on_a_replica_change() -> None:
     meter.sample(650, 2)
     now[0] = 9.0
     assert meter.sample(730, 2) == pytest.approx(20.0)  # 80 rows / 2 s / 2 replicas
+
+
+def _endpoint(*, ready: int, target: int, scaling: dict[str, int]) -> dict[str, Any]:
+    return {
+        "name": "e",
+        "type": "protected",
+        "compute": {"scaling": {"minReplica": scaling["min"], "maxReplica": scaling["max"]}},
+        "model": {"repository": "batchrun/echo", "task": "text-generation"},
+        "status": {
+            "state": "running",
+            "url": "http://127.0.0.1:9",
+            "readyReplica": ready,
+            "targetReplica": target,
+        },
+    }
+
+
+class _ControlPlane:
+    """The endpoint's GET and PUT (httpx.MockTransport): the PUT bodies are the scaler's asks."""
+
+    def __init__(self) -> None:
+        self.scaling = {"min": 0, "max": 1}
+        self.puts: list[dict[str, Any]] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            body = json.loads(request.content)
+            self.puts.append(body["compute"]["scaling"])
+            scaling = body["compute"]["scaling"]
+            self.scaling = {"min": scaling["minReplica"], "max": scaling["maxReplica"]}
+        raw = _endpoint(ready=1, target=self.scaling["min"] or 1, scaling=self.scaling)
+        return httpx.Response(200, json=raw)
+
+
+def test_the_scaler_asks_once_for_what_the_deadline_needs_then_scales_down_calmly() -> None:
+    plane = _ControlPlane()
+    now = [0.0]
+    settled = [0]
+    left = [2000]
+    seconds_left = [120.0]
+
+    async def scenario() -> list[int]:
+        async with EndpointsClient(
+            api_url="http://control.test/v2",
+            token="t",
+            namespace="ns",
+            transport=httpx.MockTransport(plane.handle),
+        ) as client:
+            scaler = DeadlineScaler(
+                client,
+                "e",
+                namespace="ns",
+                seconds_left=lambda: seconds_left[0],
+                max_replicas=8,
+                price_per_hour=lambda: None,
+                budget_left=lambda: None,
+                held=None,
+                every=1.0,
+                clock=lambda: now[0],
+            )
+            scaler.watch_progress(lambda: (settled[0], left[0]))
+            running = Endpoint.from_raw(
+                _endpoint(ready=1, target=1, scaling={"min": 0, "max": 1}), "ns"
+            )
+            scaler.seen(running)
+            scaler.cold_start_s = 4.0
+            for t in range(0, 8):  # 10 rows/s on one replica: 2000 rows need 200 s, 120 s left
+                now[0], settled[0] = float(t), 10 * t
+                left[0] = 2000 - settled[0]
+                seconds_left[0] = 120.0 - t
+                await scaler.step(running)
+            asked_first = list(scaler.changes)
+            three = Endpoint.from_raw(
+                _endpoint(ready=3, target=3, scaling={"min": 3, "max": 3}), "ns"
+            )
+            now[0] = 8.0
+            scaler.seen(three)  # the added replicas serve, 5 s after the ask (t = 3)
+            assert scaler.cold_start_s == pytest.approx(5.0)
+            # the rest goes faster than planned: few rows left, much time
+            left[0], seconds_left[0] = 50, 100.0
+            now[0] = 9.0
+            await scaler.step(three)  # too soon after the change: no flapping
+            assert scaler.changes == asked_first
+            now[0] = 30.0
+            await scaler.step(three)
+            return scaler.changes
+
+    changes = asyncio.run(scenario())
+    assert changes == [3, 1]  # 2 replicas are not enough (cold start, margin), 4 too many
+    assert plane.puts == [
+        {"minReplica": 3, "maxReplica": 3},
+        {"minReplica": 1, "maxReplica": 1},
+    ]
+    assert plane.scaling == {"min": 1, "max": 1}

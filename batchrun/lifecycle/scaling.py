@@ -304,6 +304,7 @@ class DeadlineScaler:
         self._progress: Progress | None = None
         self._starting_since: float | None = None
         self._asked_at: float | None = None
+        self._changed_at: float | None = None
         self.last: ScaleDecision | None = None
 
     def watch_progress(self, progress: Progress) -> None:
@@ -374,21 +375,35 @@ class DeadlineScaler:
             return None
         self.rate = rate
         own_max = (self.own or {}).get("max_replica", 1)
-        decision = replicas_for_deadline(
-            rows_left=rows_left,
-            rate_per_replica=rate,
-            seconds_left=seconds_left,
-            cold_start_s=self.cold_start_s or DEFAULT_COLD_START_S,
-            max_replicas=self.max_replicas or own_max,
-            current=ready,
-            price_per_hour=self.price_per_hour(),
-            budget_left_usd=self.budget_left(),
-        )
+
+        def decide(margin: float) -> ScaleDecision:
+            return replicas_for_deadline(
+                rows_left=rows_left,
+                rate_per_replica=rate,
+                seconds_left=seconds_left,
+                cold_start_s=self.cold_start_s or DEFAULT_COLD_START_S,
+                max_replicas=self.max_replicas or own_max,
+                current=ready,
+                price_per_hour=self.price_per_hour(),
+                budget_left_usd=self.budget_left(),
+                margin=margin,
+            )
+
+        decision = decide(MARGIN)
         self.last = decision
         want = decision.replicas
         have = self.asked if self.asked is not None else max(current.target_replica or 0, 1)
-        if want == have or (want < have and self._asked_at is not None):
-            return decision  # nothing to change, or a scale-up still starting
+        if want < have:
+            # ahead of plan: fewer replicas only when they would still finish with twice the
+            # margin, and not while a scale-up is starting or soon after a change (no flapping)
+            calm = self._changed_at is None or (
+                self._clock() - self._changed_at >= max(8 * self.every, self.cold_start_s or 0.0)
+            )
+            want = (
+                min(decide(2 * MARGIN).replicas, have) if calm and self._asked_at is None else have
+            )
+        if want == have:
+            return decision
         if self.held is not None:  # before the change: a kill during it still restores
             own = self.held.record.own_scaling or (dict(self.own) if self.own else None)
             self.held.update(own_scaling=own, scaled_to={"min_replica": want, "max_replica": want})
@@ -408,6 +423,7 @@ class DeadlineScaler:
         )
         self.asked = want
         self.changes.append(want)
+        self._changed_at = self._clock()
         if want > have:
             self._asked_at = self._clock()
         return decision
