@@ -4,7 +4,9 @@ meter, on numbers and a fake clock: no server."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +14,15 @@ import pytest
 
 from batchrun.endpoints.client import EndpointsClient
 from batchrun.endpoints.models import Endpoint
-from batchrun.lifecycle.scaling import DeadlineScaler, RateMeter, replicas_for_deadline
+from batchrun.errors import JobError
+from batchrun.io.state import RunState
+from batchrun.job import Job
+from batchrun.lifecycle.scaling import (
+    DeadlineScaler,
+    RateMeter,
+    check_deadline_plan,
+    replicas_for_deadline,
+)
 
 
 def decide(**kw: float) -> tuple[int, bool, bool]:
@@ -215,3 +225,48 @@ def test_the_scaler_asks_once_for_what_the_deadline_needs_then_scales_down_calml
         {"minReplica": 1, "maxReplica": 1},
     ]
     assert plane.scaling == {"min": 1, "max": 1}
+
+
+def _job(tmp_path: Path, **run: Any) -> Job:
+    rows = tmp_path / "in.jsonl"
+    rows.write_text("".join(f'{{"text": "row {i}"}}\n' for i in range(500)))
+    deadline = (dt.datetime.now().astimezone() + dt.timedelta(seconds=60)).isoformat()
+    return Job.from_dict(
+        {
+            "endpoint": {"provider": "local", "name": "e"},
+            "input": {"path": str(rows), "field": "text"},
+            "output": {"path": str(tmp_path / "out.jsonl")},
+            "run": {"scale": "deadline", "max_replicas": 2, **run},
+            "budget": {"deadline": deadline},
+        }
+    )
+
+
+def test_the_up_front_check_refuses_an_unmeetable_deadline_unless_best_effort(
+    tmp_path: Path,
+) -> None:
+    job = _job(tmp_path)
+    check_deadline_plan(job, None, price_per_hour=None)  # no measured rate: the run goes ahead
+    state = Path(job.output.state_dir)
+    state.mkdir()
+    # 500 rows at 2 rows/s per replica: 250 replica-seconds, 2 replicas × ~51 s are not enough
+    RunState.remember_run(state, {"rows_per_s_per_replica": 2.0, "cold_start_s": 1.0})
+    with pytest.raises(JobError, match=r"max_replicas = 2.*--best-effort"):
+        check_deadline_plan(job, None, price_per_hour=None)
+    check_deadline_plan(_job(tmp_path, best_effort=True), None, price_per_hour=None)
+    RunState.remember_run(state, {"rows_per_s_per_replica": 50.0, "cold_start_s": 1.0})
+    check_deadline_plan(job, None, price_per_hour=None)  # 10 s on one replica: fine
+
+
+def test_scale_deadline_needs_a_deadline_and_a_lifecycle(tmp_path: Path) -> None:
+    base: dict[str, Any] = {
+        "input": {"path": "in.jsonl"},
+        "output": {"path": "out.jsonl"},
+        "run": {"scale": "deadline"},
+    }
+    with pytest.raises(JobError, match=r'scale = "deadline" needs \[budget\] deadline'):
+        Job.from_dict({**base, "endpoint": {"provider": "local", "name": "e"}})
+    with pytest.raises(JobError, match='needs \\[endpoint\\] provider "hf" or "local"'):
+        Job.from_dict(
+            {**base, "endpoint": {"url": "http://127.0.0.1:9"}, "budget": {"deadline": "06:00"}}
+        )

@@ -8,7 +8,9 @@ async with EndpointLease(job) as lease:        # get / create / resume, wait unt
 
 Entering wakes the endpoint and waits: it reads the endpoint, checks it (`drift`), prices it
 (`cost`), wakes it (`wake`) and waits until it is ready (`wake.until_ready`), while
-`watchers` watch its state and the budget. Leaving puts it to rest (`rest`), unless another
+`watchers` watch its state and the budget
+(and with `[run] scale = "deadline"`, `scaling` asks for the replicas the deadline needs,
+restoring the endpoint's own scaling before the rest). Leaving puts it to rest (`rest`), unless another
 live lease holds it. The lease file and the watchdog are its `guard`'s (`guard.LeaseGuard`).
 """
 
