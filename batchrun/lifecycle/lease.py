@@ -246,6 +246,12 @@ class EndpointLease:
         if self.scaler is not None:
             self.scaler.seen(endpoint)
 
+    def _seconds_to_stop(self) -> float | None:
+        """Seconds until the budget stops dispatching for the deadline (its stop margin off)."""
+        left = self.budget.seconds_left()
+        rtt = self._reader.rtt if self._reader is not None else 0.0
+        return None if left is None else left - self.cost.margin_s(rtt)
+
     def _new_scaler(
         self, client: EndpointsClient, found: Endpoint | None, own: dict[str, int] | None
     ) -> DeadlineScaler:
@@ -258,7 +264,7 @@ class EndpointLease:
             client,
             self.name,
             namespace=self.namespace,
-            seconds_left=self.budget.seconds_left,
+            seconds_left=self._seconds_to_stop,
             max_replicas=self.job.run.max_replicas,
             price_per_hour=lambda: self.meter.price_per_hour,
             budget_left=budget_left,
