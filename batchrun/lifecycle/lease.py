@@ -342,7 +342,8 @@ class EndpointLease:
     async def _rest(self, client: EndpointsClient) -> None:
         self.cost.log_rest_requested(self.on_exit)
         held = self.guard.held
-        if held is not None and held.record.own_scaling:  # the deadline's replicas: put back
+        if held is not None and held.record.own_scaling and self.on_exit != "delete":
+            # the deadline's replicas: the endpoint's own scaling goes back before the rest
             await restore_own_scaling(
                 client, self.name, namespace=self.namespace, own=held.record.own_scaling
             )

@@ -58,9 +58,10 @@ async def settle_dead_lease(
             async with EndpointsClient(
                 api_url=api_url or record.api_url, token=token, namespace=record.namespace
             ) as client:
-                await restore_own_scaling(
-                    client, record.endpoint, namespace=record.namespace, own=record.own_scaling
-                )
+                if record.on_exit != "delete":
+                    await restore_own_scaling(
+                        client, record.endpoint, namespace=record.namespace, own=record.own_scaling
+                    )
                 outcome = await apply_on_exit(
                     client,
                     record.endpoint,
