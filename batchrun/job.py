@@ -114,7 +114,7 @@ RANGES: dict[str, dict[str, KeyRange]] = {
         "breaker_window": KeyRange(0, 100_000, unit="requests; 0: max(8, concurrency / 4)"),
         "outage_timeout": _seconds(),
         "limit": KeyRange(0, 2**62, unit="rows"),
-        "max_replicas": KeyRange(1, 100, unit='scale = "deadline"; default: the endpoint\'s own'),
+        "max_replicas": KeyRange(1, 100, unit="replicas"),
     },
     "budget": {
         "max_cost_usd": KeyRange(0, 1_000_000, low_open=True, unit="USD"),
