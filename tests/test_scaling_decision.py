@@ -17,12 +17,8 @@ from batchrun.endpoints.models import Endpoint
 from batchrun.errors import JobError
 from batchrun.io.state import RunState
 from batchrun.job import Job
-from batchrun.lifecycle.scaling import (
-    DeadlineScaler,
-    RateMeter,
-    check_deadline_plan,
-    replicas_for_deadline,
-)
+from batchrun.lifecycle.scaler import DeadlineScaler
+from batchrun.lifecycle.scaling import RateMeter, check_deadline_plan, replicas_for_deadline
 
 
 def decide(**kw: float) -> tuple[int, bool, bool]:

@@ -36,13 +36,8 @@ from batchrun.lifecycle.cost import LeaseCost
 from batchrun.lifecycle.drift import as_updated, check_found
 from batchrun.lifecycle.guard import LeaseGuard
 from batchrun.lifecycle.rest import RestOutcome, apply_on_exit, settle_even_if_cancelled
-from batchrun.lifecycle.scaling import (
-    DeadlineScaler,
-    Progress,
-    check_deadline_plan,
-    restore_own_scaling,
-    runs_own_scaling,
-)
+from batchrun.lifecycle.scaler import DeadlineScaler, restore_own_scaling, runs_own_scaling
+from batchrun.lifecycle.scaling import Progress, check_deadline_plan
 from batchrun.lifecycle.wake import WaitingView, until_ready, wake
 from batchrun.lifecycle.watchers import EndpointReader, cancel_all, watch_state
 

@@ -13,7 +13,7 @@ from batchrun.endpoints.connect import HOME_SERVICE, control_plane
 from batchrun.errors import BatchrunError, EndpointRestError
 from batchrun.lifecycle.registry import HeldLease, LeaseRegistry
 from batchrun.lifecycle.rest import apply_on_exit
-from batchrun.lifecycle.scaling import restore_own_scaling
+from batchrun.lifecycle.scaler import restore_own_scaling
 
 __all__ = ["ReapResult", "reap_dead_leases", "settle_dead_lease"]
 

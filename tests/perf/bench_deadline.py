@@ -73,8 +73,8 @@ def main() -> None:
     env.update(dict(item.split("=", 1) for item in args.env))
 
     asks = Asks()
-    logging.getLogger("batchrun.lifecycle.scaling").addHandler(asks)
-    logging.getLogger("batchrun.lifecycle.scaling").setLevel(logging.INFO)
+    logging.getLogger("batchrun.lifecycle.scaler").addHandler(asks)
+    logging.getLogger("batchrun.lifecycle.scaler").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ["BATCHRUN_HOME"] = str(tmp / "home")
