@@ -48,6 +48,7 @@ RequestFormat = Literal["inputs", "chat", "completions", "embeddings", "raw", "o
 OutputShape = Literal["batchrun", "openai-batch"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
 OutputOrder = Literal["completion", "input"]
+Scale = Literal["fixed", "deadline"]
 
 
 MAX_JOB_FILE_BYTES = 1024 * 1024
@@ -117,6 +118,7 @@ RANGES: dict[str, dict[str, KeyRange]] = {
         "breaker_window": KeyRange(0, 100_000, unit="requests; 0: max(8, concurrency / 4)"),
         "outage_timeout": _seconds(),
         "limit": KeyRange(0, 2**62, unit="rows"),
+        "max_replicas": KeyRange(1, 100, unit="replicas"),
     },
     "budget": {
         "max_cost_usd": KeyRange(0, 1_000_000, low_open=True, unit="USD"),
@@ -231,6 +233,10 @@ class RunSpec:
     outage_timeout: float = 300.0
     limit: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # "deadline": the lease buys the replicas [budget] deadline needs (lifecycle/scaling.py)
+    scale: Scale = "fixed"
+    max_replicas: int | None = None
+    best_effort: bool = False  # a deadline the plan cannot meet: run anyway (--best-effort)
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -380,6 +386,14 @@ class Job:
             )
         run = self.run
         self._check_openai_batch()
+        if run.scale == "deadline":
+            if self.budget.deadline is None:
+                raise JobError(f'{src}: [run] scale = "deadline" needs [budget] deadline')
+            if ep.provider not in ("hf", "local"):
+                raise JobError(
+                    f'{src}: [run] scale = "deadline" needs [endpoint] provider "hf" or "local" '
+                    f'(got "{ep.provider}": no replicas to scale)'
+                )
         if run.batch_size > 1 and run.request_format in ("chat", "completions", "raw"):
             raise JobError(
                 f'{src}: [run] batch_size > 1 works with request_format "inputs" or "embeddings", '

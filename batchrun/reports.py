@@ -30,6 +30,7 @@ from batchrun.io.runs import RunIndex
 from batchrun.io.state import RunState
 from batchrun.job import Job, OutputSpec, load_job
 from batchrun.lifecycle.registry import LeaseRecord, LeaseRegistry
+from batchrun.lifecycle.scaling import deadline_decision, last_rates
 
 __all__ = [
     "ErrorsReport",
@@ -69,6 +70,12 @@ class Plan:
     deadline: str | None
     fits: bool | None
     notes: list[str] = field(default_factory=list)
+    scale: str = "fixed"
+    deadline_replicas: int | None = None
+    deadline_cost_usd: float | None = None
+    deadline_feasible: bool | None = None
+    rows_per_s_per_replica: float | None = None
+    deadline_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON-ready data."""
@@ -104,11 +111,31 @@ class Plan:
             limits.append(f"max_duration {_hms(self.max_duration_s)}")
         if self.deadline is not None:
             limits.append(f"deadline {self.deadline}")
+        if self.scale == "deadline":
+            out.append(self._deadline_line())
         if limits:
             verdict = {True: "fits", False: "does NOT fit", None: "cannot tell whether it fits"}
             out.append(f"budget: {', '.join(limits)}: {verdict[self.fits]}")
         out.extend(f"note: {n}" for n in self.notes)
         return out
+
+    def _deadline_line(self) -> str:
+        if self.deadline_replicas is None or self.rows_per_s_per_replica is None:
+            return (
+                "scale = deadline: rate unknown (no run measured it yet); the run goes ahead "
+                "and scales from what it measures"
+            )
+        cost = "" if self.deadline_cost_usd is None else f", cost ${self.deadline_cost_usd:.4f}"
+        head = (
+            f"scale = deadline: {self.deadline_replicas} replica(s) at "
+            f"{self.rows_per_s_per_replica:,.3g} rows/s per replica{cost}"
+        )
+        if self.deadline_feasible:
+            return head
+        return (
+            f"{head}: the deadline cannot be met: {self.deadline_reason}; the run exits 2 "
+            "unless --best-effort"
+        )
 
 
 def _hms(seconds: float) -> str:
@@ -160,6 +187,7 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
     price = job.budget.price_per_hour
     price_source: str | None = "job [budget] price_per_hour" if price is not None else None
     replicas = max(spec.min_replica, 1)
+    max_replica: int | None = spec.max_replica
     endpoint_name = spec.url if spec.provider == "url" else f"{spec.namespace or '?'}/{spec.name}"
     state: str | None = None
     if spec.provider in ("hf", "local") and spec.name:
@@ -180,6 +208,7 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
                     endpoint = await client.get(spec.name)
                     state = endpoint.state_text
                     replicas = max(endpoint.target_replica or 0, endpoint.min_replica or 0, 1)
+                    max_replica = endpoint.max_replica
                     hw_filter = {
                         "vendor": endpoint.vendor or spec.vendor,
                         "region": endpoint.region or spec.region,
@@ -223,6 +252,22 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
     if b.deadline is not None:
         left = (b.deadline - dt.datetime.now().astimezone()).total_seconds()
         checks.append(None if duration is None else duration <= left)
+    decision = None
+    rate_per_replica: float | None = None
+    if job.run.scale == "deadline":
+        rate_per_replica, cold = last_rates(job)
+        if rate_per_replica is None and rows_per_second:
+            rate_per_replica = rows_per_second / replicas
+        decision = deadline_decision(
+            job,
+            rows_left=remaining,
+            rate_per_replica=rate_per_replica,
+            cold_start_s=cold,
+            price_per_hour=price,
+            endpoint_max_replica=max_replica,
+        )
+        if decision is not None:
+            checks = [decision.feasible]  # the replicas are chosen for the deadline and budget
     fits = False if False in checks else None if None in checks else True
     return Plan(
         job=job.source,
@@ -244,6 +289,14 @@ async def plan_job(job: Job, *, rows_per_second: float | None = None) -> Plan:
         deadline=b.deadline.isoformat(timespec="minutes") if b.deadline else None,
         fits=fits,
         notes=notes,
+        scale=job.run.scale,
+        deadline_replicas=decision.replicas if decision else None,
+        deadline_cost_usd=None
+        if decision is None or decision.cost_usd is None
+        else round(decision.cost_usd, 6),
+        deadline_feasible=decision.feasible if decision else None,
+        rows_per_s_per_replica=rate_per_replica,
+        deadline_reason=decision.reason if decision else None,
     )
 
 

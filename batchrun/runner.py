@@ -451,6 +451,7 @@ class _Run:
         )  # the rate (and ETA) from now on: not the wait for the endpoint
         if self.shown.bar is not None:
             self._bar_tick = self.shown.tick
+        target.watch_progress(self._settled_and_left)
         try:
             if retry_errors:
                 seqs = sorted(
@@ -806,6 +807,13 @@ class _Run:
     def _tick(self, settled: int) -> None:
         if self._bar_tick is not None:
             self._bar_tick(settled)
+
+    def _settled_and_left(self) -> tuple[int, int | None]:
+        """(rows settled by this run, rows left to settle or None): for `Target.watch_progress`."""
+        settled = self.summary.succeeded + self.summary.failed
+        if self.total is None:
+            return settled, None
+        return settled, max(self.total - self.ledger.committed_at_start - settled, 0)
 
     def _counts(self) -> Counts:
         s = self.summary

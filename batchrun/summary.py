@@ -51,6 +51,10 @@ class RunSummary:
         discarded: what `--restart` discarded, if anything.
         endpoint, on_exit, endpoint_state_at_exit, cost_usd, billed_s, idle_billed_s: set by
             a lifecycle target (`Target.summary_fields`), None for `provider = "url"`.
+        rows_per_s_per_replica, replicas_asked, cold_start_s: with `[run] scale =
+            "deadline"`, the rate one ready replica served (measured after warm-up), the
+            replica counts the run asked for, in order, and a new replica's measured cold
+            start; `batchrun plan` reads the first and the last back from `last_run.json`.
         error: why the run did not finish, as one line (the message `batchrun run` prints
             after "batchrun: error: "), else None.
         pending: input rows neither in the results nor in the errors file, which a rerun
@@ -85,6 +89,9 @@ class RunSummary:
     cost_usd: float | None = None
     billed_s: float | None = None
     idle_billed_s: float | None = None
+    rows_per_s_per_replica: float | None = None
+    replicas_asked: list[int] | None = None
+    cold_start_s: float | None = None
     error: str | None = None
     pending: int | None = None
     concurrency: int | None = None

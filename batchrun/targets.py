@@ -8,7 +8,8 @@ ends. Its whole interface is here, so the runner asks it, never probes it:
   one-line `stop_message`;
 - `summary_fields()` for the run summary (`untouched_fields()` when the run never entered
   it: nothing to do, or refused first), `mark_idle()` when the last result is in,
-  `cost_text()` for the progress bar;
+  `cost_text()` for the progress bar, `watch_progress(progress)` to see the settled rows
+  (the lease's deadline scaling);
 - `enter()` (wake the endpoint and wait until it serves) and `leave(error)` (put it to rest).
 
 `UrlTarget` (`provider = "url"`) fills the lifecycle with no-ops; for `hf` and `local`,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -143,6 +145,11 @@ class Target(ABC):
         """The cost so far for the progress bar, e.g. "$0.0123"; None: nothing is metered."""
         return None
 
+    def watch_progress(self, progress: Callable[[], tuple[int, int | None]]) -> None:
+        """The runner's counts, for a target that scales to them: `progress()` gives (rows
+        settled by this run, rows left or None). A no-op here."""
+        return None
+
     async def __aenter__(self) -> Target:
         await self.enter()
         return self
@@ -212,6 +219,9 @@ class _LeaseTarget(Target):
 
     def mark_idle(self) -> None:
         self.lease.mark_idle()
+
+    def watch_progress(self, progress: Callable[[], tuple[int, int | None]]) -> None:
+        self.lease.watch_progress(progress)
 
     def cost_text(self) -> str | None:
         cost = self.lease.meter.cost_usd()

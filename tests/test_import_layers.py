@@ -34,6 +34,7 @@ RANKS = {
     "batchrun.io": 2,
     "batchrun.budget": 2,
     "batchrun.net": 2,
+    "batchrun.adaptive": 2,
     "batchrun.health": 2,
     "batchrun.ratelimit": 2,
     "batchrun.endpoints.models": 2,

@@ -124,6 +124,11 @@ class _RunCommand(click.Command):
         "[endpoint] and an [output] (or --output); the output is OpenAI's batch output file."
     ),
 )
+@click.option(
+    "--best-effort",
+    is_flag=True,
+    help='scale = "deadline": run even when the plan says the deadline cannot be met.',
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
 def run(
     job_file: Path,
@@ -136,6 +141,7 @@ def run(
     assignments: tuple[str, ...],
     update_endpoint: bool,
     openai_batch: str | None,
+    best_effort: bool,
     quiet: bool,
 ) -> None:
     """Run JOB_FILE: send every uncommitted input row once; resume by default.
@@ -156,6 +162,8 @@ def run(
     if openai_batch is not None:
         overrides.setdefault("input", {}).update(path=openai_batch, format="jsonl")
         overrides.setdefault("run", {})["request_format"] = "openai-batch"
+    if best_effort:
+        overrides.setdefault("run", {})["best_effort"] = True
     job = load_job(job_file, **overrides)
     if restart and not yes:
         _confirm_restart(job)

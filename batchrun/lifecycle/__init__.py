@@ -6,6 +6,8 @@ serves), `cost` (its price, meter and budget), `watchers` (the state and budget 
 `rest` (what each `on_exit` means, applied and confirmed), `guard` (the lease file and the
 watchdog of one lease), `registry` (the live leases in batchrun's home), `watchdog` (the process that
 survives a kill -9 of its runner) and `reaper` (`batchrun reap`: dead leases put to rest).
-`pricing` prices an endpoint. Nothing is imported here, so that the watchdog process loads
+`pricing` prices an endpoint; `scaling` decides the replicas `[budget] deadline` needs
+(`[run] scale = "deadline"`), and `scaler` asks for them and puts the endpoint's own scaling
+back. Nothing is imported here, so that the watchdog process loads
 only what it uses.
 """

@@ -8,7 +8,9 @@ async with EndpointLease(job) as lease:        # get / create / resume, wait unt
 
 Entering wakes the endpoint and waits: it reads the endpoint, checks it (`drift`), prices it
 (`cost`), wakes it (`wake`) and waits until it is ready (`wake.until_ready`), while
-`watchers` watch its state and the budget. Leaving puts it to rest (`rest`), unless another
+`watchers` watch its state and the budget
+(and with `[run] scale = "deadline"`, `scaling` asks for the replicas the deadline needs,
+restoring the endpoint's own scaling before the rest). Leaving puts it to rest (`rest`), unless another
 live lease holds it. The lease file and the watchdog are its `guard`'s (`guard.LeaseGuard`).
 """
 
@@ -34,6 +36,8 @@ from batchrun.lifecycle.cost import LeaseCost
 from batchrun.lifecycle.drift import as_updated, check_found
 from batchrun.lifecycle.guard import LeaseGuard
 from batchrun.lifecycle.rest import RestOutcome, apply_on_exit, settle_even_if_cancelled
+from batchrun.lifecycle.scaler import DeadlineScaler, restore_own_scaling, runs_own_scaling
+from batchrun.lifecycle.scaling import Progress, check_deadline_plan
 from batchrun.lifecycle.wake import WaitingView, until_ready, wake
 from batchrun.lifecycle.watchers import EndpointReader, cancel_all, watch_state
 
@@ -117,6 +121,8 @@ class EndpointLease:
         self._reader: EndpointReader | None = None
         self._touched = False  # from here on, leaving must apply on_exit
         self._tasks: list[asyncio.Task[None]] = []
+        self.scaler: DeadlineScaler | None = None  # `[run] scale = "deadline"`
+        self._progress: Progress | None = None
 
     def __repr__(self) -> str:
         where = f"{self.namespace or '?'}/{self.name}"
@@ -132,7 +138,15 @@ class EndpointLease:
 
     def mark_idle(self) -> None:
         """The runner has its last result: from here on, billed time is idle."""
+        if self.scaler is not None and self.cost.idle_at is None:
+            self.scaler.last_result(self.endpoint)
         self.cost.mark_idle()
+
+    def watch_progress(self, progress: Progress) -> None:
+        """The runner's settled rows and rows left, for the deadline's scaling."""
+        self._progress = progress
+        if self.scaler is not None:
+            self.scaler.watch_progress(progress)
 
     def summary_fields(self) -> dict[str, Any]:
         """The lifecycle fields of the run summary."""
@@ -141,6 +155,7 @@ class EndpointLease:
             "on_exit": self.on_exit,
             "endpoint_state_at_exit": self.state_at_exit,
             **self.cost.summary_fields(),
+            **(self.scaler.summary_fields() if self.scaler is not None else {}),
         }
 
     # -- entering: wake + wait --------------------------------------------------------------
@@ -172,9 +187,14 @@ class EndpointLease:
         await self.guard.register(self.job, namespace=self.namespace, api_url=self._lease_api_url)
         found = await reader.read()
         where = f"endpoint {self.namespace}/{self.name}"
+        # replicas a killed run of this job asked for are its own, not drift
+        found, own = runs_own_scaling(self.guard.registry, self.guard.held, found)
         drift = check_found(self.job, found, where=where, api_url=self.api_url)
         self.found_state = found.state_text if found else "missing"
         await self.cost.learn_price(client, as_updated(found, drift), namespace=self.namespace)
+        if self.job.run.scale == "deadline":
+            check_deadline_plan(self.job, found, price_per_hour=self.meter.price_per_hour)
+            self.scaler = self._new_scaler(client, found, own)
         await self.guard.arm(found_state=self.found_state, api_url=self.api_url, token=self._token)
         self._touched = True
         self._seen(await wake(client, spec, found, namespace=self.namespace, drift=drift))
@@ -218,6 +238,41 @@ class EndpointLease:
     def _seen(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.cost.observe(endpoint)
+        if self.scaler is not None:
+            self.scaler.seen(endpoint)
+
+    def _seconds_to_stop(self) -> float | None:
+        """Seconds until the budget stops dispatching for the deadline (its stop margin off)."""
+        left = self.budget.seconds_left()
+        rtt = self._reader.rtt if self._reader is not None else 0.0
+        return None if left is None else left - self.cost.margin_s(rtt)
+
+    def _new_scaler(
+        self, client: EndpointsClient, found: Endpoint | None, own: dict[str, int] | None
+    ) -> DeadlineScaler:
+        def budget_left() -> float | None:
+            spent = self.meter.cost_usd()
+            limit = self.job.budget.max_cost_usd
+            return None if limit is None or spent is None else max(limit - spent, 0.0)
+
+        scaler = DeadlineScaler(
+            client,
+            self.name,
+            namespace=self.namespace,
+            seconds_left=self._seconds_to_stop,
+            max_replicas=self.job.run.max_replicas,
+            price_per_hour=lambda: self.meter.price_per_hour,
+            budget_left=budget_left,
+            held=self.guard.held,
+            every=min(self.refresh_every * 2, 10.0),
+        )
+        if own is not None:  # a killed run's change, still on the endpoint
+            scaler.own = dict(own)
+        elif found is not None:
+            scaler.seen(found)
+        if self._progress is not None:
+            scaler.watch_progress(self._progress)
+        return scaler
 
     def _start_watchers(self, reader: EndpointReader) -> None:
         state = watch_state(
@@ -237,6 +292,9 @@ class EndpointLease:
             asyncio.create_task(state, name="lease-state"),
             asyncio.create_task(budget, name="lease-budget"),
         ]
+        if self.scaler is not None:
+            scaling = self.scaler.run(lambda: self.endpoint if self.url else None)
+            self._tasks.append(asyncio.create_task(scaling, name="lease-scaling"))
 
     # -- leaving: rest ----------------------------------------------------------------------
 
@@ -278,6 +336,12 @@ class EndpointLease:
 
     async def _rest(self, client: EndpointsClient) -> None:
         self.cost.log_rest_requested(self.on_exit)
+        held = self.guard.held
+        if held is not None and held.record.own_scaling and self.on_exit != "delete":
+            # the deadline's replicas: the endpoint's own scaling goes back before the rest
+            await restore_own_scaling(
+                client, self.name, namespace=self.namespace, own=held.record.own_scaling
+            )
         try:
             self.rest = await apply_on_exit(
                 client,

@@ -13,6 +13,7 @@ from batchrun.endpoints.connect import HOME_SERVICE, control_plane
 from batchrun.errors import BatchrunError, EndpointRestError
 from batchrun.lifecycle.registry import HeldLease, LeaseRegistry
 from batchrun.lifecycle.rest import apply_on_exit
+from batchrun.lifecycle.scaler import restore_own_scaling
 
 __all__ = ["ReapResult", "reap_dead_leases", "settle_dead_lease"]
 
@@ -23,6 +24,8 @@ async def settle_dead_lease(
     held: HeldLease, *, token: str | None, attempts: int = 3, api_url: str | None = None
 ) -> str:
     """Put a claimed dead lease's endpoint to rest, unless another live lease holds it.
+
+    Scaling the run changed for its deadline (`LeaseRecord.own_scaling`) is put back first.
 
     Deletes the lease when done; keeps it on disk (releasing only its lock) when `on_exit`
     could not be applied, so that a later `batchrun reap` tries again.
@@ -55,6 +58,10 @@ async def settle_dead_lease(
             async with EndpointsClient(
                 api_url=api_url or record.api_url, token=token, namespace=record.namespace
             ) as client:
+                if record.on_exit != "delete":
+                    await restore_own_scaling(
+                        client, record.endpoint, namespace=record.namespace, own=record.own_scaling
+                    )
                 outcome = await apply_on_exit(
                     client,
                     record.endpoint,

@@ -52,6 +52,11 @@ class LeaseRecord:
         output: the run's output path, if known.
         watchdog_pid: the watchdog's pid, when one watches this lease.
         meter: the cost meter's last reading (`cost_usd`, `billed_s`, `idle_billed_s`).
+        own_scaling: the endpoint's own `min_replica` / `max_replica`, noted before the run
+            first changed them (`[run] scale = "deadline"`); whoever puts the endpoint to rest
+            puts them back first.
+        scaled_to: the `min_replica` / `max_replica` the run last asked for (so a rerun
+            after a kill knows them for the run's own, not drift).
     """
 
     id: str
@@ -68,6 +73,8 @@ class LeaseRecord:
     output: str | None = None
     watchdog_pid: int | None = None
     meter: dict[str, Any] = field(default_factory=dict)
+    own_scaling: dict[str, int] | None = None
+    scaled_to: dict[str, int] | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
