@@ -139,6 +139,7 @@ async def arun_job(
     progress: bool = True,
     control: RunControl | None = None,
     target: Target | None = None,
+    reader: InputReader | None = None,
 ) -> RunSummary:
     """Send every uncommitted row of the job's input once, committing results as they come.
 
@@ -152,6 +153,8 @@ async def arun_job(
         control: lets the caller stop the run (the CLI's signal handlers use it).
         target: where requests go; default `open_target(job)`. It is entered after the input
             and the run state were checked, and left (put to rest) however the run ends.
+        reader: the rows to send; default `open_input(job.input)` (a shard worker passes a
+            `batchrun.shards.ShardReader`).
 
     Returns:
         the summary, for exit codes 0, 3, 4, 130 and 143. When every input row is already
@@ -189,6 +192,7 @@ async def arun_job(
             progress=progress,
             control=control,
             target=target,
+            reader=reader,
         )
     except BatchrunError as e:
         started.annotate(e, job)
@@ -244,12 +248,14 @@ async def _arun(
     progress: bool,
     control: RunControl | None,
     target: Target | None,
+    reader: InputReader | None = None,
 ) -> RunSummary:
     if limit is not None:
         job = dataclasses.replace(job, run=dataclasses.replace(job.run, limit=limit))
         job.validate()  # a caller's limit has the range a job file's has
     control = control or RunControl()
-    reader = open_input(job.input, limit=job.run.limit, source=job.source)
+    if reader is None:
+        reader = open_input(job.input, limit=job.run.limit, source=job.source)
     codec = codec_for(job)
     first = reader.first_fields()
     if first is not None:

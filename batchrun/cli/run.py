@@ -25,6 +25,7 @@ from batchrun.io.state import RunState
 from batchrun.job import RANGES, Job, load_job, parse_overrides
 from batchrun.progress import show_summary
 from batchrun.runner import RunControl, RunSummary, arun_job
+from batchrun.shards.driver import arun_sharded, has_plan
 from batchrun.summary import one_line
 
 __all__ = ["run"]
@@ -101,6 +102,18 @@ class _RunCommand(click.Command):
     help="An existing endpoint that differs from the job's creation keys: update it, then run.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Run the input as shards in W worker processes (one endpoint lease).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local"]),
+    default="local",
+    help="Where shard workers run (local: processes on this machine).",
+)
 def run(
     job_file: Path,
     restart: bool,
@@ -112,6 +125,8 @@ def run(
     assignments: tuple[str, ...],
     update_endpoint: bool,
     quiet: bool,
+    workers: int | None,
+    executor: str,
 ) -> None:
     """Run JOB_FILE: send every uncommitted input row once; resume by default.
 
@@ -135,7 +150,12 @@ def run(
         with _log_levels(quiet):
             summary = asyncio.run(
                 _run_with_signals(
-                    job, restart=restart, retry_errors=retry_errors, limit=limit, quiet=quiet
+                    job,
+                    restart=restart,
+                    retry_errors=retry_errors,
+                    limit=limit,
+                    quiet=quiet,
+                    workers=workers,
                 )
             )
     except BatchrunError as e:
@@ -197,7 +217,13 @@ def _print_summary(summary: RunSummary, *, quiet: bool = False) -> None:
 
 
 async def _run_with_signals(
-    job: Job, *, restart: bool, retry_errors: bool, limit: int | None, quiet: bool
+    job: Job,
+    *,
+    restart: bool,
+    retry_errors: bool,
+    limit: int | None,
+    quiet: bool,
+    workers: int | None = None,
 ) -> RunSummary:
     loop = asyncio.get_running_loop()
     control = RunControl()
@@ -214,6 +240,17 @@ async def _run_with_signals(
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, "sigint" if sig == signal.SIGINT else "sigterm")
     try:
+        if (workers is not None and workers > 1) or has_plan(job):  # a plan stays sharded
+            if retry_errors:
+                raise JobError("--retry-errors does not work on a sharded run yet")
+            return await arun_sharded(
+                job,
+                workers=workers or 1,
+                restart=restart,
+                limit=limit,
+                progress=not quiet,
+                control=control,
+            )
         return await arun_job(
             job,
             restart=restart,
