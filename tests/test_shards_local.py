@@ -9,12 +9,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psutil
-import pytest
 
 from batchrun.shards.plan import ShardPlan
-from tests.support.endpoint_app import EndpointApp, EndpointProcess
+from tests.support.endpoint_app import EndpointApp
 from tests.support.run import finish, job_sections, read_jsonl, start_run, write_job, write_jsonl
 from tests.support.waiting import wait_for
 
@@ -35,7 +33,9 @@ def _ids(tmp_path: Path) -> list[Any]:
 def _workers(driver: int) -> list[psutil.Process]:
     """The driver's worker processes."""
     try:
-        return [p for p in psutil.Process(driver).children() if "batchrun.shards.worker" in p.cmdline()]
+        return [
+            p for p in psutil.Process(driver).children() if "batchrun.shards.worker" in p.cmdline()
+        ]
     except psutil.NoSuchProcess:
         return []
 
@@ -50,7 +50,9 @@ def _alive(pids: list[int]) -> bool:
     return any(alive)
 
 
-def test_sharded_run_completes_every_id_once_within_c(endpoint_app: EndpointApp, tmp_path: Path) -> None:
+def test_sharded_run_completes_every_id_once_within_c(
+    endpoint_app: EndpointApp, tmp_path: Path
+) -> None:
     endpoint_app.configure(latency_ms=5)
     job = _job(tmp_path, endpoint_app.url, concurrency=6)
     code, summary, err = finish(start_run(job, "--workers", "3"))
@@ -65,3 +67,76 @@ def test_sharded_run_completes_every_id_once_within_c(endpoint_app: EndpointApp,
     code, summary, err = finish(start_run(job))
     assert code == 0, err
     assert summary["rows"] == 0 and endpoint_app.stats()["requests"] == before
+
+
+def _committed(tmp_path: Path) -> int:
+    """Rows committed in the shards' own run states."""
+    from batchrun.io.state import RunState
+
+    plan = ShardPlan.load(tmp_path / "out.jsonl.batchrun")
+    assert plan is not None
+    total = 0
+    for shard in plan.shards:
+        state = tmp_path / "out.jsonl.batchrun" / "shards" / str(shard.index)
+        view = RunState.peek(state / "results.jsonl.batchrun")
+        if view is not None:
+            total += view.committed.results_count + view.committed.errors_count
+    return total
+
+
+def test_kill_of_one_worker_at_40_percent_still_completes(
+    endpoint_app: EndpointApp, tmp_path: Path
+) -> None:
+    endpoint_app.configure(latency_ms=20)
+    job = _job(tmp_path, endpoint_app.url, concurrency=6)
+    proc = start_run(job, "--workers", "3")
+    wait_for(lambda: endpoint_app.stats()["requests"] >= ROWS * 0.4, 60, "40 % sent")
+    victim = _workers(proc.pid)[0]
+    victim.kill()
+    code, _, err = finish(proc)
+    assert code == 0, err
+    assert sorted(_ids(tmp_path)) == list(range(ROWS))
+    assert _ids(tmp_path) == list(range(ROWS))
+    assert endpoint_app.stats()["max_in_flight"] <= 6
+
+
+def test_kill_of_the_driver_stops_the_workers_and_a_plain_rerun_resumes(
+    endpoint_app: EndpointApp, tmp_path: Path
+) -> None:
+    endpoint_app.configure(latency_ms=20)
+    job = _job(tmp_path, endpoint_app.url, concurrency=4)
+    proc = start_run(job, "--workers", "2")
+    wait_for(lambda: endpoint_app.stats()["requests"] >= ROWS * 0.4, 60, "40 % sent")
+    pids = [p.pid for p in _workers(proc.pid)]
+    assert pids
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    wait_for(lambda: not _alive(pids), 10, "no worker alive 10 s after the driver's kill -9")
+    done_before = _committed(tmp_path)
+    plan = ShardPlan.load(tmp_path / "out.jsonl.batchrun")
+    assert plan is not None and 0 < done_before < ROWS
+    code, summary, err = finish(start_run(job))  # without --workers: the rest in one process
+    assert code == 0, err
+    assert summary["rows"] == ROWS - done_before  # only what was not committed is sent
+    assert _ids(tmp_path) == list(range(ROWS))
+
+
+def test_sigterm_exits_143_and_a_second_driver_is_refused(
+    endpoint_app: EndpointApp, tmp_path: Path
+) -> None:
+    endpoint_app.configure(latency_ms=50)
+    job = _job(tmp_path, endpoint_app.url, concurrency=4, grace_period=5)
+    proc = start_run(job, "--workers", "2")
+    wait_for(lambda: endpoint_app.stats()["requests"] >= 20, 60, "the run sending")
+    code, summary, _ = finish(start_run(job, "--workers", "2"))
+    assert code == 8 and "another run" in summary["error"]
+    pids = [p.pid for p in _workers(proc.pid)]
+    proc.send_signal(signal.SIGTERM)
+    code, summary, err = finish(proc)
+    assert code == 143, err
+    assert summary["stop_reason"] == "sigterm" and summary["resumable"]
+    assert not _alive(pids)
+    endpoint_app.configure(latency_ms=5)
+    code, summary, err = finish(start_run(job, "--workers", "2"))
+    assert code == 0, err
+    assert _ids(tmp_path) == list(range(ROWS))
