@@ -80,6 +80,20 @@ class RunControl:
         self.reason: StopReason | None = None
         self.grace: float | None = None
         self._listeners: list[Callable[[], None]] = []
+        self.on_hold: Callable[[float], None] | None = None
+        """Called with the seconds of each Retry-After hold the run's pools begin (a shard
+        worker tells its driver)."""
+        self._pools: list[Pool] = []
+
+    def attach(self, pool: Pool) -> None:
+        """The runner's pool, which `hold` reaches and whose holds go to `on_hold`."""
+        pool.on_hold = self.on_hold
+        self._pools.append(pool)
+
+    def hold(self, seconds: float) -> None:
+        """Hold the run's dispatch for `seconds` (another shard's Retry-After)."""
+        for pool in self._pools:
+            pool.hold(seconds)
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` on every later `stop` (the runner shortens the grace with it)."""
@@ -526,6 +540,7 @@ class _Run:
             describe=_describe_rows,
         )
         self._pools.append(pool)
+        self.control.attach(pool)
         source = self._requests(rows, track=track)
         try:
             if self.stopping:

@@ -310,7 +310,11 @@ class _Driver:
             self._next(worker)
             async for line in proc.stdout:
                 message = orjson.loads(line)
-                if "done" in message:
+                if "hold" in message:  # one shard's Retry-After holds every shard
+                    for other in list(self.procs):
+                        if other is not worker:
+                            self._send(other, message)
+                elif "done" in message:
                     self._finished(message["done"], message["summary"], done=True)
                     worker.shard = None
                     self._next(worker)

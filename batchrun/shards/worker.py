@@ -8,9 +8,10 @@ built from the driver's lease, with the shard's own outputs and run state under
 The protocol is one JSON object a line. The driver sends `{"init": ...}` (the job, pickled, with
 this worker's share of concurrency and rate; the URL and the headers, which carry the token and
 so travel only through the pipe), then `{"shard": ...}` for each shard, `{"stop": reason,
-"grace": seconds}` to stop, `{"end": true}` when there is no more work. The worker answers
+"grace": seconds}` to stop, `{"hold": seconds}` for another shard's Retry-After, `{"end": true}` when there is no more work. The worker answers
 `{"done": k, "summary": ...}` for each shard it finished and `{"stopped": k, ...}` for one it
-was stopped in. End of file on stdin means the driver died: the worker stops at once (no
+was stopped in, and `{"hold": seconds}` when a Retry-After holds its dispatch (the
+driver passes it on to the other workers). End of file on stdin means the driver died: the worker stops at once (no
 grace), commits what completed, and exits.
 """
 
@@ -86,6 +87,10 @@ class _Worker:
         if message is None:
             self.orphaned = True
             self.stop = ("stopped", 0.0)
+        elif "hold" in message:
+            if self.control is not None:
+                self.control.hold(float(message["hold"]))
+            return
         elif "stop" in message:
             grace = message.get("grace")
             self.stop = (str(message["stop"]), None if grace is None else float(grace))
@@ -113,6 +118,7 @@ class _Worker:
                 break
             shard = Shard.from_json(message["shard"])
             self.control = RunControl()
+            self.control.on_hold = lambda seconds: _send({"hold": seconds})
             if self.stop is not None:
                 self.control.stop(self.stop[0], grace=self.stop[1])
             try:
