@@ -161,3 +161,20 @@ def test_a_retry_after_seen_by_one_shard_holds_every_shard(
     held = [t for t in arrivals if throttled + 0.3 < t < throttled + 1.7]
     assert held == []
     assert endpoint_app.stats()["statuses"].get("429", 0) == 1
+
+
+def test_parquet_in_and_out_with_a_limit(endpoint_app: EndpointApp, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.support.run import read_results
+
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(500)]}), data, row_group_size=40)
+    out = tmp_path / "out.parquet"
+    job = write_job(tmp_path / "job.toml", job_sections(endpoint_app.url, str(data), str(out)))
+    code, summary, err = finish(start_run(job, "--workers", "2", "--limit", "300"))
+    assert code == 0, err
+    assert summary["succeeded"] == 300 and summary["input_rows"] == 300
+    assert sorted(r["id"] for r in read_results(out)) == list(range(300))
+    assert endpoint_app.stats()["requests"] == 300
