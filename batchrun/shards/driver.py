@@ -45,6 +45,7 @@ from batchrun.io.runs import RunEntry, RunIndex
 from batchrun.io.state import RunState, clear, lock, unlock
 from batchrun.io.writers import write_atomic
 from batchrun.job import Job
+from batchrun.progress import Counts, Progress
 from batchrun.runner import RunControl
 from batchrun.shards.plan import Shard, ShardPlan, check_plan, make_plan
 from batchrun.shards.worker import encode_job, shard_job
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 _RESPAWNS_PER_WORKER = 3
 """Workers that die are replaced up to this many times each before the run gives up."""
+_PROGRESS_EVERY_S = 1.0
+"""How often the bar reads the running shards' committed counts."""
 _ERRORS_BY_CODE: dict[int, type[BatchrunError]] = {
     2: JobError,
     5: EndpointError,
@@ -202,6 +205,8 @@ class _Driver:
         self.failure: tuple[int, str] | None = None
         self.stop: tuple[StopReason, float] | None = None
         self.procs: list[_Proc] = []
+        self.active: set[int] = set()
+        """Shards handed out whose counts the progress bar still reads."""
         self.start = time.monotonic()
 
     async def run(self) -> RunSummary:
@@ -263,6 +268,7 @@ class _Driver:
             n = min(n, rpm)
         shares = self._shares(n)
         watch = asyncio.ensure_future(self._watch_stop(target))
+        shown = asyncio.ensure_future(self._show_progress(target))
         respawns = _RESPAWNS_PER_WORKER * n
         try:
             running = {asyncio.ensure_future(self._serve(target, share)): share for share in shares}
@@ -282,6 +288,53 @@ class _Driver:
                         running[asyncio.ensure_future(self._serve(target, share))] = share
         finally:
             watch.cancel()
+            shown.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shown
+
+    def _committed(self, index: int) -> tuple[int, int]:
+        """(results, errors) committed in shard `index`'s own run state."""
+        directory = Path(shard_job(self.job, index).output.state_dir)
+        view = RunState.peek(directory)
+        if view is None:
+            return 0, 0
+        return view.committed.results_count, view.committed.errors_count
+
+    async def _show_progress(self, target: Target) -> None:
+        """One bar (or log line) for the whole run, from the shards' committed counts."""
+        rows = [s.rows for s in self.plan.shards]
+        total = None if None in rows else sum(r or 0 for r in rows)
+        counts = {s.index: self._committed(s.index) for s in self.plan.shards}
+        initial = sum(r + e for r, e in counts.values())
+        before = dict(counts)
+
+        def now() -> Counts:
+            ok = sum(counts[k][0] - before[k][0] for k in counts)
+            failed = sum(counts[k][1] - before[k][1] for k in counts)
+            return Counts(succeeded=ok, failed=failed, retries=0, skipped_done=initial)
+
+        shown = Progress(
+            enabled=self.progress,
+            total=total,
+            initial=initial,
+            counts=now,
+            cost_text=target.cost_text,
+        )
+        try:
+            while True:
+                await asyncio.sleep(_PROGRESS_EVERY_S)
+                settled = 0
+                for index in list(self.active):
+                    old = counts[index]
+                    counts[index] = self._committed(index)
+                    settled += sum(counts[index]) - sum(old)
+                    if self.plan.shards[index].done:
+                        self.active.discard(index)
+                if settled > 0:
+                    shown.tick(settled)
+                shown.heartbeat()
+        finally:
+            shown.close()
 
     async def _serve(self, target: Target, share: tuple[int, int]) -> bool:
         """Run one worker until it has no more shards; whether it died with a shard."""
@@ -343,6 +396,7 @@ class _Driver:
     def _next(self, worker: _Proc) -> None:
         if self.queue and self.stop is None and self.failure is None:
             worker.shard = self.queue.popleft()
+            self.active.add(worker.shard.index)
             self._send(worker, {"shard": worker.shard.to_json()})
         else:
             self._send(worker, {"end": True})
