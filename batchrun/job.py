@@ -46,6 +46,7 @@ Provider = Literal["url", "hf", "local"]
 OnExit = Literal["pause", "scale-to-zero", "delete", "restore", "keep"]
 RequestFormat = Literal["inputs", "chat", "embeddings", "raw"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
+Executor = Literal["local"]
 
 
 MAX_JOB_FILE_BYTES = 1024 * 1024
@@ -113,6 +114,7 @@ RANGES: dict[str, dict[str, KeyRange]] = {
         "breaker_window": KeyRange(0, 100_000, unit="requests; 0: max(8, concurrency / 4)"),
         "outage_timeout": _seconds(),
         "limit": KeyRange(0, 2**62, unit="rows"),
+        "workers": KeyRange(1, 1024, unit="worker processes"),
     },
     "budget": {
         "max_cost_usd": KeyRange(0, 1_000_000, low_open=True, unit="USD"),
@@ -222,6 +224,8 @@ class RunSpec:
     breaker_window: int = 0  # 0: max(8, concurrency / 4) (batchrun.health)
     outage_timeout: float = 300.0
     limit: int | None = None
+    workers: int = 1
+    executor: Executor = "local"
     parameters: dict[str, Any] = field(default_factory=dict)
 
 

@@ -55,8 +55,8 @@ def test_sharded_run_completes_every_id_once_within_c(
     endpoint_app: EndpointApp, tmp_path: Path
 ) -> None:
     endpoint_app.configure(latency_ms=5)
-    job = _job(tmp_path, endpoint_app.url, concurrency=6)
-    code, summary, err = finish(start_run(job, "--workers", "3"))
+    job = _job(tmp_path, endpoint_app.url, concurrency=6, workers=3)  # [run] workers
+    code, summary, err = finish(start_run(job))
     assert code == 0, err
     assert summary["succeeded"] == ROWS and summary["pending"] == 0
     assert sorted(_ids(tmp_path)) == list(range(ROWS))

@@ -106,13 +106,13 @@ class _RunCommand(click.Command):
     "--workers",
     type=click.IntRange(1, 1024),
     default=None,
-    help="Run the input as shards in W worker processes (one endpoint lease).",
+    help="Run the input as shards in W worker processes, one endpoint lease ([run] workers).",
 )
 @click.option(
     "--executor",
     type=click.Choice(["local"]),
-    default="local",
-    help="Where shard workers run (local: processes on this machine).",
+    default=None,
+    help="Where shard workers run (local: processes on this machine; [run] executor).",
 )
 def run(
     job_file: Path,
@@ -126,7 +126,7 @@ def run(
     update_endpoint: bool,
     quiet: bool,
     workers: int | None,
-    executor: str,
+    executor: str | None,
 ) -> None:
     """Run JOB_FILE: send every uncommitted input row once; resume by default.
 
@@ -143,6 +143,10 @@ def run(
         overrides.setdefault("output", {})["path"] = output
     if update_endpoint:
         overrides.setdefault("endpoint", {})["update"] = True
+    if workers is not None:
+        overrides.setdefault("run", {})["workers"] = workers
+    if executor is not None:
+        overrides.setdefault("run", {})["executor"] = executor
     job = load_job(job_file, **overrides)
     if restart and not yes:
         _confirm_restart(job)
@@ -155,7 +159,6 @@ def run(
                     retry_errors=retry_errors,
                     limit=limit,
                     quiet=quiet,
-                    workers=workers,
                 )
             )
     except BatchrunError as e:
@@ -223,7 +226,6 @@ async def _run_with_signals(
     retry_errors: bool,
     limit: int | None,
     quiet: bool,
-    workers: int | None = None,
 ) -> RunSummary:
     loop = asyncio.get_running_loop()
     control = RunControl()
@@ -240,12 +242,12 @@ async def _run_with_signals(
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, "sigint" if sig == signal.SIGINT else "sigterm")
     try:
-        if (workers is not None and workers > 1) or has_plan(job):  # a plan stays sharded
+        if job.run.workers > 1 or has_plan(job):  # a plan stays sharded
             if retry_errors:
                 raise JobError("--retry-errors does not work on a sharded run yet")
             return await arun_sharded(
                 job,
-                workers=workers or 1,
+                workers=job.run.workers,
                 restart=restart,
                 limit=limit,
                 progress=not quiet,

@@ -41,12 +41,12 @@ from batchrun.errors import (
 from batchrun.io.errors_file import tally_errors
 from batchrun.io.preflight import check_output_location
 from batchrun.io.readers import open_input
-from batchrun.io.runs import RunEntry, RunIndex
+from batchrun.io.runs import RunIndex
 from batchrun.io.state import RunState, clear, lock, unlock
 from batchrun.io.writers import write_atomic
 from batchrun.job import Job
 from batchrun.progress import Counts, Progress
-from batchrun.runner import RunControl
+from batchrun.runner import RunControl, _run_entry  # the same entry an unsharded run notes
 from batchrun.shards.plan import Shard, ShardPlan, check_plan, make_plan
 from batchrun.shards.worker import encode_job, shard_job
 from batchrun.summary import RunSummary, exit_code_for
@@ -170,12 +170,6 @@ def _refuse_unsharded(job: Job, state_dir: Path) -> None:
         raise JobError(
             f"{job.output.path}: the output exists without a run state; move it away or --restart"
         )
-
-
-def _run_entry(job: Job) -> RunEntry:
-    from batchrun import runner
-
-    return runner._run_entry(job)
 
 
 @dataclasses.dataclass(slots=True)
