@@ -130,6 +130,10 @@ def test_sigterm_exits_143_and_a_second_driver_is_refused(
     wait_for(lambda: endpoint_app.stats()["requests"] >= 20, 60, "the run sending")
     code, summary, _ = finish(start_run(job, "--workers", "2"))
     assert code == 8 and "another run" in summary["error"]
+    from batchrun.io.runs import RunIndex
+
+    live = [entry.output for entry, _ in RunIndex().live()]  # `batchrun status`: one run
+    assert live == [str((tmp_path / "out.jsonl").resolve())]
     pids = [p.pid for p in _workers(proc.pid)]
     proc.send_signal(signal.SIGTERM)
     code, summary, err = finish(proc)
