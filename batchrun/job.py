@@ -46,7 +46,7 @@ Provider = Literal["url", "hf", "local"]
 OnExit = Literal["pause", "scale-to-zero", "delete", "restore", "keep"]
 RequestFormat = Literal["inputs", "chat", "embeddings", "raw"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
-Executor = Literal["local"]
+Executor = Literal["local", "ray"]
 
 
 MAX_JOB_FILE_BYTES = 1024 * 1024

@@ -110,9 +110,10 @@ class _RunCommand(click.Command):
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local"]),
+    type=click.Choice(["local", "ray"]),
     default=None,
-    help="Where shard workers run (local: processes on this machine; [run] executor).",
+    help="Where shard workers run: local processes, or Ray tasks (RAY_ADDRESS joins a "
+    "cluster; extra batchrun[ray]) ([run] executor).",
 )
 def run(
     job_file: Path,

@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from batchrun.progress import Counts, Progress
 from batchrun.runner import RunControl, _run_entry  # the same entry an unsharded run notes
 from batchrun.shards.plan import Shard, ShardPlan, check_plan, make_plan
 from batchrun.shards.worker import encode_job, shard_job
-from batchrun.summary import RunSummary, exit_code_for
+from batchrun.summary import RunSummary, exit_code_for, one_line
 from batchrun.targets import StopReason, Target, open_target
 
 __all__ = ["arun_sharded", "has_plan"]
@@ -199,6 +200,8 @@ class _Driver:
         self.failure: tuple[int, str] | None = None
         self.stop: tuple[StopReason, float] | None = None
         self.procs: list[_Proc] = []
+        self._on_stop: Callable[[], None] | None = None
+        """Tells the Ray tasks' control actor of a stop (None: local workers)."""
         self.active: set[int] = set()
         """Shards handed out whose counts the progress bar still reads."""
         self.start = time.monotonic()
@@ -265,6 +268,9 @@ class _Driver:
         shown = asyncio.ensure_future(self._show_progress(target))
         respawns = _RESPAWNS_PER_WORKER * n
         try:
+            if self.job.run.executor == "ray":
+                await self._dispatch_ray(target, shares)
+                return
             running = {asyncio.ensure_future(self._serve(target, share)): share for share in shares}
             while running:
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -285,6 +291,70 @@ class _Driver:
             shown.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shown
+
+    async def _dispatch_ray(self, target: Target, shares: list[tuple[int, int]]) -> None:
+        """The shards as Ray tasks, `len(shares)` at a time (batchrun.shards.ray_executor)."""
+        from batchrun.shards.ray_executor import RayCluster
+
+        ray_address = os.environ.get("RAY_ADDRESS") or None
+        cluster = await asyncio.to_thread(RayCluster, len(shares), ray_address)
+        self._on_stop = lambda: cluster.stop(str(self.stop[0]), self.stop[1]) if self.stop else None
+        if self.stop is not None:
+            self._on_stop()
+        texts = [encode_job(self._share_job(share)) for share in shares]
+        free = list(range(len(shares)))
+        pending: dict[Any, tuple[Shard, int]] = {}
+        lost = 0
+        try:
+            while True:
+                while free and self.queue and self.stop is None and self.failure is None:
+                    slot = free.pop()
+                    shard = self.queue.popleft()
+                    self.active.add(shard.index)
+                    ref = cluster.submit(texts[slot], target.url, target.headers, shard)
+                    pending[ref] = (shard, slot)
+                if not pending:
+                    return
+                done, _ = await asyncio.to_thread(
+                    cluster.ray.wait, list(pending), num_returns=1, timeout=0.25
+                )
+                for ref in done:
+                    shard, slot = pending.pop(ref)
+                    free.append(slot)
+                    try:
+                        message = await asyncio.to_thread(cluster.ray.get, ref)
+                    except cluster.ray.exceptions.RayError as e:
+                        lost += 1
+                        log.warning("shard %d's task failed (%s)", shard.index, one_line(str(e)))
+                        self.queue.appendleft(shard)
+                        if lost > _RESPAWNS_PER_WORKER * len(shares):
+                            self.failure = (1, "shard tasks kept failing; a rerun resumes")
+                            self._stop_all(StopReason.STOPPED, 0.0)
+                        continue
+                    self._handle(message)
+        finally:
+            self._on_stop = None
+            await asyncio.to_thread(cluster.close)
+
+    def _share_job(self, share: tuple[int, int]) -> Job:
+        """The job a worker runs: its share of the concurrency and the rate."""
+        run = dataclasses.replace(
+            self.job.run, concurrency=share[0], max_requests_per_minute=share[1]
+        )
+        return dataclasses.replace(self.job, run=run)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        """A shard's final message: done, stopped in it, or failed."""
+        if "done" in message:
+            self._finished(message["done"], message["summary"], done=True)
+        elif "stopped" in message:
+            self._finished(message["stopped"], message["summary"], done=False)
+        elif "failed" in message:
+            if message.get("summary"):
+                self._finished(message["failed"], message["summary"], done=False)
+            if self.failure is None:
+                self.failure = (int(message["exit_code"]), str(message["error"]))
+            self._stop_all(StopReason.STOPPED, 0.0)
 
     def _committed(self, index: int) -> tuple[int, int]:
         """(results, errors) committed in shard `index`'s own run state."""
@@ -332,12 +402,7 @@ class _Driver:
 
     async def _serve(self, target: Target, share: tuple[int, int]) -> bool:
         """Run one worker until it has no more shards; whether it died with a shard."""
-        job = dataclasses.replace(
-            self.job,
-            run=dataclasses.replace(
-                self.job.run, concurrency=share[0], max_requests_per_minute=share[1]
-            ),
-        )
+        job = self._share_job(share)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -361,20 +426,11 @@ class _Driver:
                     for other in list(self.procs):
                         if other is not worker:
                             self._send(other, message)
-                elif "done" in message:
-                    self._finished(message["done"], message["summary"], done=True)
+                else:
+                    self._handle(message)
                     worker.shard = None
-                    self._next(worker)
-                elif "stopped" in message:
-                    self._finished(message["stopped"], message["summary"], done=False)
-                    worker.shard = None
-                elif "failed" in message:
-                    if message.get("summary"):
-                        self._finished(message["failed"], message["summary"], done=False)
-                    worker.shard = None
-                    if self.failure is None:
-                        self.failure = (int(message["exit_code"]), str(message["error"]))
-                    self._stop_all(StopReason.STOPPED, 0.0)
+                    if "done" in message:
+                        self._next(worker)
             await proc.wait()
         finally:
             self.procs.remove(worker)
@@ -438,6 +494,8 @@ class _Driver:
             self.stop = (self.stop[0] if self.stop else reason, grace)
         for worker in list(self.procs):
             self._send(worker, {"stop": str(self.stop[0]), "grace": self.stop[1]})
+        if self._on_stop is not None:
+            self._on_stop()
 
     async def _kill_all(self) -> None:
         for worker in list(self.procs):
