@@ -119,9 +119,8 @@ def test_ray_run_survives_a_killed_task_every_id_once(
     tasks = _shard_tasks()
     assert tasks
     tasks[0].kill()
-    code, summary, err = finish(proc, timeout=120)
+    code, _, err = finish(proc, timeout=120)
     assert code == 0, err
-    assert summary["succeeded"] + summary["failed"] >= 0
     assert _ids(tmp_path) == list(range(ROWS))
     assert endpoint_app.stats()["max_in_flight"] <= 6
 

@@ -9,17 +9,21 @@ W=1 sharded / unsharded (≥ 0.95) and W=2 / W=1 (≥ 1.8).
 
     python tests/perf/bench_scaleout.py              # W = 1, 2, 4 and unsharded
     python tests/perf/bench_scaleout.py --rows 2000 --workers 1 2
+    python tests/perf/bench_scaleout.py --ray     # and the Ray executor on a joined head
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -31,7 +35,9 @@ from tests.support.endpoint_app import EndpointProcess
 from tests.support.run import ROOT, job_sections, write_job, write_jsonl
 
 
-def _run(app_url: str, work: Path, rows: int, workers: int | None) -> dict[str, float]:
+def _run(
+    app_url: str, work: Path, rows: int, workers: int | None, executor: str = "local"
+) -> dict[str, float]:
     work.mkdir(parents=True)
     data = write_jsonl(work / "in.jsonl", [{"text": f"t{i}"} for i in range(rows)])
     concurrency = 64 * (workers or 1)
@@ -44,7 +50,7 @@ def _run(app_url: str, work: Path, rows: int, workers: int | None) -> dict[str, 
     job = write_job(work / "job.toml", sections)
     args = [sys.executable, "-m", "batchrun", "run", str(job), "--quiet"]
     if workers is not None:
-        args += ["--workers", str(workers)]
+        args += ["--workers", str(workers), "--executor", executor]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
@@ -65,17 +71,72 @@ def _run(app_url: str, work: Path, rows: int, workers: int | None) -> dict[str, 
     }
 
 
+@contextlib.contextmanager
+def _ray_head(cpus: int) -> Iterator[None]:
+    """A Ray head on 127.0.0.1 that the runs join (RAY_ADDRESS); its processes killed after."""
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            f"--num-cpus={cpus}",
+            "--include-dashboard=false",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--temp-dir=/tmp/brbench{os.getpid()}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield
+    finally:
+        members = [head.pid] + [p.pid for p in psutil.Process(head.pid).children(recursive=True)]
+        for pid in members:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+        head.wait(10)
+        del os.environ["RAY_ADDRESS"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=6000, help="rows per worker (64 in flight)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--ray", action="store_true", help="also the Ray executor (a head on 127.0.0.1, joined)"
+    )
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     with EndpointProcess(latency_ms=args.latency_ms) as app, tempfile.TemporaryDirectory() as tmp:
         results["unsharded"] = _run(app.url, Path(tmp) / "u", args.rows, None)
         for w in args.workers:
             results[f"W={w}"] = _run(app.url, Path(tmp) / f"w{w}", args.rows * w, w)
+        if args.ray:
+            with _ray_head(max(args.workers) + 1):
+                for w in args.workers:
+                    work = Path(tmp) / f"r{w}"
+                    results[f"ray W={w}"] = _run(app.url, work, args.rows * w, w, "ray")
     ideal = 64 / (args.latency_ms / 1000)
     print(
         f"# {args.latency_ms:.0f} ms latency, concurrency 64 x W, ideal {ideal:.0f} rows/s per 64"
