@@ -43,6 +43,7 @@ from batchrun.errors import (
     BatchrunError,
     EndpointFailedError,
     EndpointUnusableError,
+    JobError,
     OutputWriteError,
     RowInputError,
     RunningLoopError,
@@ -269,6 +270,11 @@ async def _arun(
         job.validate()  # a caller's limit has the range a job file's has
     control = control or RunControl()
     if reader is None:
+        if job.run.workers > 1 or _has_shard_plan(job):
+            raise JobError(  # a shard plan owns this output: its shards' states are the truth
+                f"{job.output.path}: a sharded run ([run] workers > 1, or a shard plan next to "
+                "the output): run it with `batchrun run` or batchrun.shards.driver.arun_sharded"
+            )
         reader = open_input(job.input, limit=job.run.limit, source=job.source)
     codec = codec_for(job)
     first = reader.first_fields()
@@ -323,6 +329,11 @@ async def _arun(
             f"{reason}; {run.summary.results_total} result(s) are committed and a rerun resumes"
         )
     return run.summary
+
+
+def _has_shard_plan(job: Job) -> bool:
+    """Whether a shard plan (batchrun.shards) owns the job's output."""
+    return Path(job.output.state_dir, "shards.json").exists()
 
 
 def _run_entry(job: Job) -> RunEntry:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from batchrun.shards.plan import ShardPlan
 from tests.support.endpoint_app import EndpointApp
@@ -182,3 +183,14 @@ def test_parquet_in_and_out_with_a_limit(endpoint_app: EndpointApp, tmp_path: Pa
     assert summary["succeeded"] == 300 and summary["input_rows"] == 300
     assert sorted(r["id"] for r in read_results(out)) == list(range(300))
     assert endpoint_app.stats()["requests"] == 300
+
+
+def test_run_job_refuses_a_sharded_output(endpoint_app: EndpointApp, tmp_path: Path) -> None:
+    import batchrun
+    from batchrun.errors import JobError
+    from batchrun.job import load_job
+
+    job = _job(tmp_path, endpoint_app.url, rows=50, workers=2)
+    with pytest.raises(JobError, match="sharded run"):
+        batchrun.run_job(load_job(job), progress=False)
+    assert endpoint_app.stats()["requests"] == 0
