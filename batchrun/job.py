@@ -49,6 +49,7 @@ OutputShape = Literal["batchrun", "openai-batch"]
 InputFormat = Literal["jsonl", "parquet", "csv"]
 OutputOrder = Literal["completion", "input"]
 Scale = Literal["fixed", "deadline"]
+Executor = Literal["local", "ray"]
 
 
 MAX_JOB_FILE_BYTES = 1024 * 1024
@@ -119,6 +120,7 @@ RANGES: dict[str, dict[str, KeyRange]] = {
         "outage_timeout": _seconds(),
         "limit": KeyRange(0, 2**62, unit="rows"),
         "max_replicas": KeyRange(1, 100, unit="replicas"),
+        "workers": KeyRange(1, 1024, unit="worker processes"),
     },
     "budget": {
         "max_cost_usd": KeyRange(0, 1_000_000, low_open=True, unit="USD"),
@@ -232,6 +234,8 @@ class RunSpec:
     breaker_window: int = 0  # 0: max(8, concurrency / 4) (batchrun.health)
     outage_timeout: float = 300.0
     limit: int | None = None
+    workers: int = 1
+    executor: Executor = "local"
     parameters: dict[str, Any] = field(default_factory=dict)
     # "deadline": the lease buys the replicas [budget] deadline needs (lifecycle/scaling.py)
     scale: Scale = "fixed"
@@ -386,6 +390,11 @@ class Job:
             )
         run = self.run
         self._check_openai_batch()
+        if run.workers > 1 and run.concurrency == "auto":
+            raise JobError(
+                f'{src}: [run] concurrency = "auto" does not work with workers > 1 yet: give a '
+                "number (the job's total, split among the workers)"
+            )
         if run.scale == "deadline":
             if self.budget.deadline is None:
                 raise JobError(f'{src}: [run] scale = "deadline" needs [budget] deadline')

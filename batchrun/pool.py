@@ -582,6 +582,9 @@ class Pool:
         self.stall_after = 2.0 * request_timeout
         self.verdict: Verdict | None = None
         self.lost: list[Request] = []
+        self.on_hold: Callable[[float], None] | None = None
+        """Called with the seconds of each Retry-After hold this pool begins or extends (a
+        shard passes it on, so every shard of a run holds)."""
         self._health = RouteHealth(self.breaker_window)
         self._routes: dict[str, RouteHealth] = {}  # the breakers of requests' own routes
         self._trouble = True  # a suspicion or hold may need clearing on the next success
@@ -1081,8 +1084,13 @@ class Pool:
 
     # --- dispatch gate: Retry-After and outage holds, the rate limit -----------------------
 
-    def _hold(self, seconds: float, status: int) -> None:
-        """Hold every worker's next dispatch for `seconds` (capped at retry_after_max)."""
+    def hold(self, seconds: float) -> None:
+        """Hold dispatch for `seconds`, as another shard's Retry-After asks."""
+        self._hold(seconds, None)
+
+    def _hold(self, seconds: float, status: int | None) -> None:
+        """Hold every worker's next dispatch for `seconds` (capped at retry_after_max);
+        `status` None: the hold came from another shard."""
         now = time.monotonic()
         until = now + min(max(seconds, 0.0), self.retry_after_max)
         hold = self._shared
@@ -1090,12 +1098,14 @@ class Pool:
             return
         if hold.until <= now:
             log.warning(
-                "endpoint answered %d with Retry-After %.1fs: holding all dispatch until then",
-                status,
+                "%s with Retry-After %.1fs: holding all dispatch until then",
+                "another shard was answered" if status is None else f"endpoint answered {status}",
                 until - now,
             )
         self.stats.held_s += until - max(hold.until, now)
         hold.until = until
+        if status is not None and self.on_hold is not None:
+            self.on_hold(until - now)
 
     async def _gate(self, request: Request) -> None:
         shared = self._shared

@@ -44,6 +44,7 @@ from batchrun.errors import (
     BatchrunError,
     EndpointFailedError,
     EndpointUnusableError,
+    JobError,
     OutputWriteError,
     RowInputError,
     RunningLoopError,
@@ -78,6 +79,20 @@ class RunControl:
         self.reason: StopReason | None = None
         self.grace: float | None = None
         self._listeners: list[Callable[[], None]] = []
+        self.on_hold: Callable[[float], None] | None = None
+        """Called with the seconds of each Retry-After hold the run's pools begin (a shard
+        worker tells its driver)."""
+        self._pools: list[Pool] = []
+
+    def attach(self, pool: Pool) -> None:
+        """The runner's pool, which `hold` reaches and whose holds go to `on_hold`."""
+        pool.on_hold = self.on_hold
+        self._pools.append(pool)
+
+    def hold(self, seconds: float) -> None:
+        """Hold the run's dispatch for `seconds` (another shard's Retry-After)."""
+        for pool in self._pools:
+            pool.hold(seconds)
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` on every later `stop` (the runner shortens the grace with it)."""
@@ -137,6 +152,7 @@ async def arun_job(
     progress: bool = True,
     control: RunControl | None = None,
     target: Target | None = None,
+    reader: InputReader | None = None,
 ) -> RunSummary:
     """Send every uncommitted row of the job's input once, committing results as they come.
 
@@ -150,6 +166,8 @@ async def arun_job(
         control: lets the caller stop the run (the CLI's signal handlers use it).
         target: where requests go; default `open_target(job)`. It is entered after the input
             and the run state were checked, and left (put to rest) however the run ends.
+        reader: the rows to send; default `open_input(job.input)` (a shard worker passes a
+            `batchrun.shards.ShardReader`).
 
     Returns:
         the summary, for exit codes 0, 3, 4, 130 and 143. When every input row is already
@@ -187,6 +205,7 @@ async def arun_job(
             progress=progress,
             control=control,
             target=target,
+            reader=reader,
         )
     except BatchrunError as e:
         started.annotate(e, job)
@@ -242,12 +261,19 @@ async def _arun(
     progress: bool,
     control: RunControl | None,
     target: Target | None,
+    reader: InputReader | None = None,
 ) -> RunSummary:
     if limit is not None:
         job = dataclasses.replace(job, run=dataclasses.replace(job.run, limit=limit))
         job.validate()  # a caller's limit has the range a job file's has
     control = control or RunControl()
-    reader = open_input(job.input, limit=job.run.limit, source=job.source)
+    if reader is None:
+        if job.run.workers > 1 or _has_shard_plan(job):
+            raise JobError(  # a shard plan owns this output: its shards' states are the truth
+                f"{job.output.path}: a sharded run ([run] workers > 1, or a shard plan next to "
+                "the output): run it with `batchrun run` or batchrun.shards.driver.arun_sharded"
+            )
+        reader = open_input(job.input, limit=job.run.limit, source=job.source)
     codec = codec_for(job)
     first = reader.first_fields()
     if first is not None:
@@ -303,6 +329,11 @@ async def _arun(
             f"{reason}; {run.summary.results_total} result(s) are committed and a rerun resumes"
         )
     return run.summary
+
+
+def _has_shard_plan(job: Job) -> bool:
+    """Whether a shard plan (batchrun.shards) owns the job's output."""
+    return Path(job.output.state_dir, "shards.json").exists()
 
 
 def _run_entry(job: Job) -> RunEntry:
@@ -510,6 +541,7 @@ class _Run:
             describe=_describe_rows,
         )
         self._pools.append(pool)
+        self.control.attach(pool)
         source = self._requests(rows, track=track)
         try:
             if self.stopping:

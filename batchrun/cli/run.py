@@ -25,6 +25,7 @@ from batchrun.io.state import RunState
 from batchrun.job import RANGES, Job, load_job, parse_overrides
 from batchrun.progress import show_summary
 from batchrun.runner import RunControl, RunSummary, arun_job
+from batchrun.shards.driver import arun_sharded, has_plan
 from batchrun.summary import one_line
 
 __all__ = ["run"]
@@ -130,6 +131,19 @@ class _RunCommand(click.Command):
     help='scale = "deadline": run even when the plan says the deadline cannot be met.',
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Run the input as shards in W worker processes, one endpoint lease ([run] workers).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where shard workers run: local processes, or Ray tasks (RAY_ADDRESS joins a "
+    "cluster; extra batchrun[ray]) ([run] executor).",
+)
 def run(
     job_file: Path,
     restart: bool,
@@ -143,6 +157,8 @@ def run(
     openai_batch: str | None,
     best_effort: bool,
     quiet: bool,
+    workers: int | None,
+    executor: str | None,
 ) -> None:
     """Run JOB_FILE: send every uncommitted input row once; resume by default.
 
@@ -164,6 +180,10 @@ def run(
         overrides.setdefault("run", {})["request_format"] = "openai-batch"
     if best_effort:
         overrides.setdefault("run", {})["best_effort"] = True
+    if workers is not None:
+        overrides.setdefault("run", {})["workers"] = workers
+    if executor is not None:
+        overrides.setdefault("run", {})["executor"] = executor
     job = load_job(job_file, **overrides)
     if restart and not yes:
         _confirm_restart(job)
@@ -171,7 +191,11 @@ def run(
         with _log_levels(quiet):
             summary = asyncio.run(
                 _run_with_signals(
-                    job, restart=restart, retry_errors=retry_errors, limit=limit, quiet=quiet
+                    job,
+                    restart=restart,
+                    retry_errors=retry_errors,
+                    limit=limit,
+                    quiet=quiet,
                 )
             )
     except BatchrunError as e:
@@ -233,7 +257,12 @@ def _print_summary(summary: RunSummary, *, quiet: bool = False) -> None:
 
 
 async def _run_with_signals(
-    job: Job, *, restart: bool, retry_errors: bool, limit: int | None, quiet: bool
+    job: Job,
+    *,
+    restart: bool,
+    retry_errors: bool,
+    limit: int | None,
+    quiet: bool,
 ) -> RunSummary:
     loop = asyncio.get_running_loop()
     control = RunControl()
@@ -250,6 +279,17 @@ async def _run_with_signals(
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, "sigint" if sig == signal.SIGINT else "sigterm")
     try:
+        if job.run.workers > 1 or has_plan(job):  # a plan stays sharded
+            if retry_errors:
+                raise JobError("--retry-errors does not work on a sharded run yet")
+            return await arun_sharded(
+                job,
+                workers=job.run.workers,
+                restart=restart,
+                limit=limit,
+                progress=not quiet,
+                control=control,
+            )
         return await arun_job(
             job,
             restart=restart,

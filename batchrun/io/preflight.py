@@ -87,8 +87,11 @@ def check_output_location(job: Job) -> None:
 
 def _check_not_in_state_dir(output: Path, prefix: str) -> None:
     """A run-state directory belongs to its run: an output inside one is lost by `--restart`."""
-    for parent in Path(os.path.abspath(output)).parents:
+    here = Path(os.path.abspath(output))
+    for parent in here.parents:
         if parent.name.endswith(_STATE_SUFFIXES):
+            if here.relative_to(parent).parts[0] == "shards":
+                continue  # a shard's own output, which that run's plan owns (batchrun.shards)
             raise JobError(
                 f"{prefix} is inside the run-state directory {str(parent)!r} of another output; "
                 "choose a path outside it"

@@ -78,7 +78,11 @@ class RunIndex:
 
     def note(self, entry: RunEntry) -> Path | None:
         """Write `entry` (call it while holding the output's lock); None if it could not be
-        written: a run does not stop because `status` would not list it."""
+        written: a run does not stop because `status` would not list it. A shard's run
+        (`<output>.batchrun/shards/<k>/`) is not noted: its driver's run is the one listed."""
+        parent = Path(entry.output).parent
+        if parent.parent.name == "shards" and parent.parent.parent.name.endswith(".batchrun"):
+            return None
         tmp: Path | None = None
         try:
             path = self.path_for(entry.output)
