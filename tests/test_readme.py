@@ -93,5 +93,5 @@ def test_the_first_two_commands_stay_as_they_are() -> None:
     assert commands == [
         "pip install torch==2.13.0 && pip install -e '.[local,models]' && "
         "batchrun run jobs/quickstart.toml",
-        "pip install torch==2.13.0 && pip install -e '.[local,models,dev]' && python -m pytest -q",
+        "pip install torch==2.13.0 && pip install -e '.[local,models,dev,ray]' && python -m pytest -q",
     ]
