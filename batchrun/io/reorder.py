@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from batchrun.io.writers import _MERGED_KEY, _conform, write_temp
+from batchrun.io.writers import _MERGED_KEY, _conform, write_all, write_temp
 
 __all__ = [
     "Rewritten",
@@ -86,13 +86,8 @@ class SeqLog:
         """
         if not self._buf:
             return
-        data = self._buf.tobytes()
-        fd = self._f.fileno()
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            write_all(self._f.fileno(), self._buf.tobytes())
         except OSError:
             self.rollback(self.rows)
             raise

@@ -27,6 +27,7 @@ __all__ = [
     "fsync_dir",
     "move_temp",
     "temp_path",
+    "write_all",
     "write_atomic",
     "write_temp",
 ]
@@ -105,12 +106,8 @@ class JsonlWriter:
         """
         if self._buf:
             data = b"".join(self._buf)
-            fd = self._f.fileno()
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                write_all(self._f.fileno(), data)
             except OSError:
                 self.rollback(self.offset)
                 raise
@@ -479,6 +476,18 @@ def move_temp(path: Path, *, tmp: Path | None = None) -> None:
     """
     os.replace(tmp or temp_path(path), path)
     fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` at `fd`'s offset (a short write goes on), then fsync.
+
+    Raises:
+        OSError: the write or the fsync failed (the caller cuts the file back).
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
 
 
 def fsync_dir(directory: Path) -> None:
