@@ -25,7 +25,11 @@ limit and the new; it ends after one sample per permit). At the end of a round:
   capacity shrank, the old limit only queues);
 - otherwise the limit doubles until the first decrease (slow start), then grows by
   sqrt(limit) while each rise pays off; holding, it probes one step up every `probe_every`
-  rounds (more capacity, say a second replica, shows only when tried);
+  rounds (more capacity, say a second replica, shows only when tried); each probe that finds
+  the same knee again (up gains nothing, a step below costs) doubles the rounds to the next
+  one, up to `probe_every_max` (the step below costs throughput every time: at a knee held
+  for minutes the probes must grow rare), and any change of the endpoint's answers (an
+  increase that pays off, an overload, a latency back-off) brings it back to `probe_every`;
 - when the limit is down at `initial` and the latency is still over tolerance, the endpoint
   became slower: its latency is taken as the new reference and floor.
 
@@ -56,6 +60,8 @@ class AdaptiveLimit:
         min_gain: an increase pays off when the throughput rises by at least this fraction of
             the relative step (1: throughput in proportion to the limit).
         probe_every: rounds held between two probes one step up.
+        probe_every_max: the most rounds between two probes, after the knee was found again
+            and again.
         min_round_s: the shortest round, seconds.
         clock: seconds, monotonic (`time.monotonic`; a fake one in tests).
     """
@@ -69,6 +75,7 @@ class AdaptiveLimit:
         "_last_change",
         "_last_cut",
         "_prev",
+        "_probe_wait",
         "_round_start",
         "_samples",
         "_settle",
@@ -84,6 +91,7 @@ class AdaptiveLimit:
         "min_round_s",
         "minimum",
         "probe_every",
+        "probe_every_max",
         "reference",
         "tolerance",
     )
@@ -98,6 +106,7 @@ class AdaptiveLimit:
         backoff: float = 0.5,
         min_gain: float = 0.15,
         probe_every: int = 8,
+        probe_every_max: int = 32,
         min_round_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -110,6 +119,8 @@ class AdaptiveLimit:
         self.backoff = backoff
         self.min_gain = min_gain
         self.probe_every = probe_every
+        self.probe_every_max = max(probe_every, probe_every_max)
+        self._probe_wait = probe_every  # rounds to hold before the next probe
         self.min_round_s = min_round_s
         self._clock = clock
         self.limit = self.initial
@@ -145,6 +156,7 @@ class AdaptiveLimit:
             return False
         self._last_cut = self._round_start = now
         self._samples = []
+        self._probe_wait = self.probe_every
         return self._down(math.floor(self.limit * self.backoff), now)
 
     def mean(self) -> float:
@@ -201,9 +213,11 @@ class AdaptiveLimit:
             self._below = None
             loss = (1.0 - throughput / below[1]) / max(1e-9, 1.0 - limit / below[0])
             if loss >= self.min_gain:  # it cost throughput: the knee is where it was
+                self._probe_wait = min(2 * self._probe_wait, self.probe_every_max)
                 self._set(below[0], now)
                 self._settle = True
                 return True
+            self._probe_wait = self.probe_every
             self._down(limit - max(1, math.isqrt(limit)), now)  # lost nothing: lower still
             self._below = (limit, throughput)
             return True
@@ -211,11 +225,14 @@ class AdaptiveLimit:
             if limit <= self.initial:
                 self.reference = self.floor = median  # this slow with few in flight: anew
                 return False
+            self._probe_wait = self.probe_every
             return self._down(math.floor(limit * max(0.5, self.tolerance * ref / median)), now)
         # an increase that paid off moves the reference up to its latency, never past
         # tolerance × the floor (noisy gains must not ratchet the latency guard up and away)
         self.reference = min(median, self.tolerance * self.floor) if measures else min(ref, median)
-        if self._slow_start or prev is not None or self._holds >= self.probe_every:
+        if prev is not None and measures:  # a rise that paid off: probe often again
+            self._probe_wait = self.probe_every
+        if self._slow_start or prev is not None or self._holds >= self._probe_wait:
             step = limit if self._slow_start else max(1, math.isqrt(limit))
             self._prev = (limit, throughput)
             self._holds = 0

@@ -104,6 +104,29 @@ def test_it_settles_at_the_knee_with_the_knees_throughput() -> None:
     assert max(steady) <= 64 and min(steady) >= 16
 
 
+def test_probes_that_find_the_same_knee_again_grow_rare() -> None:
+    # The bench against the local service's echo model (tests/perf/bench_capacity.py) held
+    # the knee at 0.937 × the best fixed C: every 8 rounds a probe up gained nothing, and the
+    # step below that follows cost a quarter of the throughput for a round. Each probe that
+    # finds the knee again now doubles the wait to the next one (up to probe_every_max).
+    def steady(probe_every_max: int) -> tuple[int, int, float]:
+        clock = FakeClock()
+        control = AdaptiveLimit(maximum=256, clock=clock, probe_every_max=probe_every_max)
+        server = Server(control, clock)
+        server.capacity = 32
+        server.run(20_000)
+        decreases = control.decreases
+        seen = server.run(60_000)
+        below = sum(1 for c in seen if c < 32)
+        return control.decreases - decreases, below, _throughput(seen, 32)
+
+    every_8 = steady(8)  # the wait never grows: the controller before this change
+    backed_off = steady(32)  # the default
+    assert backed_off[0] * 3 <= every_8[0]  # steps down: 18 before, 5 now (this seed)
+    assert backed_off[1] * 4 <= every_8[1]  # completions below the knee
+    assert backed_off[2] > every_8[2] and backed_off[2] >= 0.99
+
+
 def test_429s_halve_the_limit_and_it_stays_below_the_queue() -> None:
     clock = FakeClock()
     control = AdaptiveLimit(maximum=256, clock=clock)
