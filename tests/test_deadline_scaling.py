@@ -106,6 +106,27 @@ def test_a_deadline_safe_with_one_replica_never_scales_then_a_budget_that_cannot
     assert "deadline cannot be met" in err and "--best-effort" in err
     assert state_of(api, "safe") == "paused" and _scaling(api, "safe") == OWN
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 60  # nothing more was sent
+    # a budget that pays the work but not the cold starts of the replicas a tight deadline
+    # needs: at the measured rate and cold start, 1 replica serves about half the rows left
+    # in time, so more are needed, and the budget pays only half a cold start beyond the work
+    rate, cold = last["rows_per_s_per_replica"], last["cold_start_s"]
+    assert cold is not None and cold > 0  # measured from the resume's `initializing`
+    work = 540 / rate
+    budget = {"max_cost_usd": round((work + cold / 2) / 1000, 6), "price_per_hour": 3.6}
+    job = _job(
+        local_service,
+        "safe",
+        tmp_path,
+        rows=600,
+        deadline=_deadline((work / 2 + cold + 1) / 0.85),
+        budget=budget,
+        run={"max_replicas": 16},
+    )
+    code, summary, err = finish(start_run(job, local_service.token))
+    assert code == 2, err
+    assert "replicas" in err and "more than the budget left" in err, err
+    assert state_of(api, "safe") == "paused" and _scaling(api, "safe") == OWN
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 60
     assert LeaseRegistry().records() == []
 
 

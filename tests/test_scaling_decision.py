@@ -163,6 +163,7 @@ def test_rate_meter_waits_for_a_window_long_enough_to_measure() -> None:
     meter.sample(10, 1)  # the warm-up ends
     now[0] = 1.5
     assert meter.sample(12, 1) is None  # too short a span to say
+    assert meter.sample(12, 1, final=True) == pytest.approx(4.0)  # a short run's last word
     now[0] = 3.0
     assert meter.sample(30, 1) == pytest.approx(10.0)
 

@@ -162,7 +162,7 @@ class DeadlineScaler:
     def last_result(self, endpoint: Endpoint | None) -> None:
         """The runner has its last result: a last sample, so a short run has a rate too."""
         if self._progress is not None and endpoint is not None:
-            rate = self.meter.sample(self._progress()[0], endpoint.ready_replica or 0)
+            rate = self.meter.sample(self._progress()[0], endpoint.ready_replica or 0, final=True)
             self.rate = rate if rate is not None else self.rate
 
     def summary_fields(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ __all__ = [
     "Progress",
     "RateMeter",
     "ScaleDecision",
+    "carried_rates",
     "check_deadline_plan",
     "deadline_decision",
     "last_rates",
@@ -234,15 +235,19 @@ class RateMeter:
         self._warm: tuple[float, int] | None = None
         self.rate: float | None = None
 
-    def sample(self, settled: int, ready: int) -> float | None:
-        """Note the settled rows with `ready` replicas serving; the rate per replica, if known."""
+    def sample(self, settled: int, ready: int, *, final: bool = False) -> float | None:
+        """Note the settled rows with `ready` replicas serving; the rate per replica, if known.
+        `final`: the run's last sample, measured over whatever span it has (a short run)."""
         now = self._clock()
         if ready != self._ready:
             self._ready, self._start, self._warm = ready, now, None
         elif ready > 0 and now - self._start >= self.warmup_s:
             if self._warm is None:
                 self._warm = (now, settled)
-            elif now - self._warm[0] >= max(self.window_s, 1e-9) and settled > self._warm[1]:
+            elif (
+                now - self._warm[0] >= (1e-9 if final else max(self.window_s, 1e-9))
+                and settled > self._warm[1]
+            ):
                 self.rate = (settled - self._warm[1]) / (now - self._warm[0]) / ready
         return self.rate
 
@@ -255,6 +260,17 @@ def last_rates(job: Job) -> tuple[float | None, float | None]:
         float(rate) if isinstance(rate, int | float) and rate > 0 else None,
         float(cold) if isinstance(cold, int | float) and cold >= 0 else None,
     )
+
+
+def carried_rates(job: Job) -> dict[str, float]:
+    """For the summary of a `scale = "deadline"` run that measured nothing (refused up front,
+    stopped before serving): the last run's measured rate and cold start, so its
+    `last_run.json` does not lose them for the next `plan` and up-front check."""
+    if job.run.scale != "deadline":
+        return {}
+    rate, cold = last_rates(job)
+    kept = {"rows_per_s_per_replica": rate, "cold_start_s": cold}
+    return {key: value for key, value in kept.items() if value is not None}
 
 
 def rows_left_of(job: Job) -> int | None:
