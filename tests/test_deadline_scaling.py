@@ -31,6 +31,13 @@ from tests.support.waiting import wait_for
 
 OWN = {"min_replica": 1, "max_replica": 2}  # the endpoint's own scaling, which a run restores
 LATENCY = {"BATCHRUN_ECHO_LATENCY_MS": "100"}  # 4 in flight: about 40 rows/s per replica
+# the echo capacity model: each replica serves 2 requests at once in 200 ms, 10 rows/s, and
+# takes a second more to start (a known cold start, measured from `initializing`)
+CAPACITY = {
+    "BATCHRUN_ECHO_MAX_BATCH": "2",
+    "BATCHRUN_ECHO_BASE_MS": "200",
+    "BATCHRUN_ECHO_START_DELAY_MS": "1000",
+}
 
 
 @pytest.fixture
@@ -39,8 +46,10 @@ def api(local_service: Any) -> Iterator[SyncEndpointsClient]:
         yield client
 
 
-def _paused_endpoint(api: SyncEndpointsClient, name: str) -> None:
-    api.create(name, repository=ECHO, task="text-generation", env=LATENCY, **OWN)
+def _paused_endpoint(
+    api: SyncEndpointsClient, name: str, env: dict[str, str] | None = None
+) -> None:
+    api.create(name, repository=ECHO, task="text-generation", env=env or LATENCY, **OWN)
     api.wait(name, timeout=60, refresh_every=0.1)
     api.pause(name)
 
@@ -52,7 +61,7 @@ def _scaling(api: SyncEndpointsClient, name: str) -> dict[str, int | None]:
 
 def _deadline(seconds: float) -> str:
     return (dt.datetime.now().astimezone() + dt.timedelta(seconds=seconds)).isoformat(
-        timespec="seconds"
+        timespec="milliseconds"
     )
 
 
@@ -63,6 +72,10 @@ def _job(
     budget = {"deadline": deadline, "billing_quantum_s": 1, **extra.pop("budget", {})}
     sections = job_sections(service.api_url, name, tmp, rows=rows, run=run, budget=budget, **extra)
     return write_job(tmp / "job.toml", sections)
+
+
+def _decisions(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "for the deadline" in line]
 
 
 def _plan(job: Path) -> str:
@@ -93,30 +106,59 @@ def test_a_deadline_safe_with_one_replica_never_scales_then_a_budget_that_cannot
     assert "deadline cannot be met" in err and "--best-effort" in err
     assert state_of(api, "safe") == "paused" and _scaling(api, "safe") == OWN
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 60  # nothing more was sent
+    # a budget that pays the work but not the cold starts of the replicas a tight deadline
+    # needs: at the measured rate and cold start, 1 replica serves about half the rows left
+    # in time, so more are needed, and the budget pays only half a cold start beyond the work
+    rate, cold = last["rows_per_s_per_replica"], last["cold_start_s"]
+    assert cold is not None and cold > 0  # measured from the resume's `initializing`
+    work = 540 / rate
+    budget = {"max_cost_usd": round((work + cold / 2) / 1000, 6), "price_per_hour": 3.6}
+    job = _job(
+        local_service,
+        "safe",
+        tmp_path,
+        rows=600,
+        deadline=_deadline((work / 2 + cold + 1) / 0.85),
+        budget=budget,
+        run={"max_replicas": 16},
+    )
+    code, summary, err = finish(start_run(job, local_service.token))
+    assert code == 2, err
+    assert "replicas" in err and "more than the budget left" in err, err
+    assert state_of(api, "safe") == "paused" and _scaling(api, "safe") == OWN
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 60
     assert LeaseRegistry().records() == []
 
 
-def test_a_deadline_that_needs_more_replicas_gets_them_then_the_own_scaling_back(
+def test_a_deadline_that_needs_three_replicas_gets_three_and_finishes_then_the_own_scaling_back(
     local_service: Any, api: SyncEndpointsClient, tmp_path: Path
 ) -> None:
-    _paused_endpoint(api, "tight")
-    # 15 s or more of work for one replica, 11 s to the deadline: more replicas
-    job = _job(local_service, "tight", tmp_path, rows=600, deadline=_deadline(11))
-    run = start_run(job, local_service.token)
-    seen: list[dict[str, int | None]] = []
+    _paused_endpoint(api, "tight", CAPACITY)
+    # 600 rows at 10 rows/s per replica: ~57 replica-seconds of work left at the first
+    # decision, which comes ~9 s in (start, resume, the rate's warm-up and window) with ~31 s
+    # left, 85 % of it usable (~26 s): 2 replicas serve ~50 replica-s of it (the added one
+    # after its ~2-3 s cold start), 3 ~73: the fewest that finish is 3, with slack either side
+    # (a start 3 s faster or slower, a rate 10 % off, still make it 3)
+    deadline = _deadline(40)
+    run = {"concurrency": 24}  # 2 in service per replica, the rest queued: 3 replicas saturate
+    job = _job(local_service, "tight", tmp_path, rows=600, deadline=deadline, run=run)
+    proc = start_run(job, local_service.token, "-v")  # its decisions on stderr, if it fails
+    seen: list[tuple[int | None, int | None]] = []
 
     def scaled() -> bool:
-        now = _scaling(api, "tight")
-        seen.append(now)
-        return now["min_replica"] not in (None, OWN["min_replica"])
+        endpoint = api.get("tight")
+        seen.append((endpoint.min_replica, endpoint.ready_replica))
+        return (endpoint.ready_replica or 0) >= 3
 
-    wait_for(scaled, timeout=30, what="the run asks for more replicas")
-    code, summary, err = finish(run)
-    assert code in (0, 4), err  # done, or stopped at the deadline (one worker locally)
+    wait_for(scaled, timeout=30, what="three replicas serve")
+    code, summary, err = finish(proc)
+    assert code == 0, err  # done before the deadline (the budget stops at it: exit 4)
+    assert summary["succeeded"] == 600 and len(read_jsonl(tmp_path / "out.jsonl")) == 600
     asked = summary["replicas_asked"]
-    assert asked and 2 <= asked[0] <= 4, asked
-    first = next(s for s in seen if s["min_replica"] != OWN["min_replica"])
-    assert first == {"min_replica": asked[0], "max_replica": asked[0]}
+    assert asked[0] == 3 and max(asked) == 3, (asked, _decisions(err))  # 3, never 4
+    assert max(ready or 0 for _, ready in seen) == 3
+    assert {m for m, _ in seen} <= {OWN["min_replica"], *asked}
+    assert summary["cold_start_s"] is not None and summary["rows_per_s_per_replica"] > 0
     assert _scaling(api, "tight") == OWN and state_of(api, "tight") == "paused"
     assert LeaseRegistry().records() == []
 

@@ -64,6 +64,31 @@ def test_cold_start_of_added_replicas_counts() -> None:
     assert decide(seconds_left=40.0, cold_start_s=10.0, current=3)[0] == 3
 
 
+def test_a_scale_up_in_flight_is_not_asked_for_twice() -> None:
+    # 3 asked 5 s ago with a 10 s cold start: 1 ready, 2 serve in 5 s. Counting the 2 as
+    # new (a whole cold start from now) would want 4; they are partly started: 3 suffice
+    def at(starting: int, price: float | None = None, budget: float | None = None) -> Any:
+        return replicas_for_deadline(
+            rows_left=1000,
+            rate_per_replica=10.0,
+            seconds_left=38.0,
+            cold_start_s=10.0,
+            max_replicas=8,
+            current=1,
+            starting=starting,
+            starting_in_s=5.0,
+            price_per_hour=price,
+            budget_left_usd=budget,
+            margin=0.0,
+        )
+
+    assert at(0).replicas == 4
+    assert (at(2).replicas, at(2).feasible) == (3, True)
+    # the budget pays only the part of their cold start still to come: 100 + 2 × 5 s
+    priced = at(2, price=3600.0, budget=111.0)
+    assert (priced.replicas, priced.feasible, priced.cost_usd) == (3, True, 110.0)
+
+
 def test_margin_keeps_a_reserve() -> None:
     assert decide(seconds_left=100.0, margin=0.15)[0] == 2
 
@@ -129,6 +154,20 @@ def test_rate_meter_skips_warmup_and_restarts_on_a_replica_change() -> None:
     assert meter.sample(730, 2) == pytest.approx(20.0)  # 80 rows / 2 s / 2 replicas
 
 
+def test_rate_meter_waits_for_a_window_long_enough_to_measure() -> None:
+    # rows settle in bursts (2 at a time every 0.2 s here): half a second reads 4 or 8 rows/s
+    now = [0.0]
+    meter = RateMeter(warmup_s=1.0, window_s=2.0, clock=lambda: now[0])
+    meter.sample(0, 1)
+    now[0] = 1.0
+    meter.sample(10, 1)  # the warm-up ends
+    now[0] = 1.5
+    assert meter.sample(12, 1) is None  # too short a span to say
+    assert meter.sample(12, 1, final=True) == pytest.approx(4.0)  # a short run's last word
+    now[0] = 3.0
+    assert meter.sample(30, 1) == pytest.approx(10.0)
+
+
 def _endpoint(*, ready: int, target: int, scaling: dict[str, int]) -> dict[str, Any]:
     return {
         "name": "e",
@@ -185,6 +224,7 @@ def test_the_scaler_asks_once_for_what_the_deadline_needs_then_scales_down_calml
                 budget_left=lambda: None,
                 held=None,
                 every=1.0,
+                window_s=1.0,
                 clock=lambda: now[0],
             )
             scaler.watch_progress(lambda: (settled[0], left[0]))

@@ -37,7 +37,7 @@ from batchrun.lifecycle.drift import as_updated, check_found
 from batchrun.lifecycle.guard import LeaseGuard
 from batchrun.lifecycle.rest import RestOutcome, apply_on_exit, settle_even_if_cancelled
 from batchrun.lifecycle.scaler import DeadlineScaler, restore_own_scaling, runs_own_scaling
-from batchrun.lifecycle.scaling import Progress, check_deadline_plan
+from batchrun.lifecycle.scaling import Progress, carried_rates, check_deadline_plan
 from batchrun.lifecycle.wake import WaitingView, until_ready, wake
 from batchrun.lifecycle.watchers import EndpointReader, cancel_all, watch_state
 
@@ -155,7 +155,9 @@ class EndpointLease:
             "on_exit": self.on_exit,
             "endpoint_state_at_exit": self.state_at_exit,
             **self.cost.summary_fields(),
-            **(self.scaler.summary_fields() if self.scaler is not None else {}),
+            **(
+                self.scaler.summary_fields() if self.scaler is not None else carried_rates(self.job)
+            ),
         }
 
     # -- entering: wake + wait --------------------------------------------------------------

@@ -80,6 +80,7 @@ class DeadlineScaler:
         held: the lease, whose file gets the endpoint's own scaling before the first change.
         every: seconds between two decisions.
         warmup_s: the rate meter's warm-up (default: two decisions' time).
+        window_s: the shortest span the rate is measured over (default: four decisions').
         clock: the monotonic clock.
 
     Attributes:
@@ -102,6 +103,7 @@ class DeadlineScaler:
         held: HeldLease | None,
         every: float = 1.0,
         warmup_s: float | None = None,
+        window_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -113,7 +115,11 @@ class DeadlineScaler:
         self.budget_left = budget_left
         self.held = held
         self.every = every
-        self.meter = RateMeter(warmup_s=2 * every if warmup_s is None else warmup_s, clock=clock)
+        self.meter = RateMeter(
+            warmup_s=2 * every if warmup_s is None else warmup_s,
+            window_s=4 * every if window_s is None else window_s,
+            clock=clock,
+        )
         self._clock = clock
         self.own: dict[str, int] | None = None
         self.cold_start_s: float | None = None
@@ -156,7 +162,7 @@ class DeadlineScaler:
     def last_result(self, endpoint: Endpoint | None) -> None:
         """The runner has its last result: a last sample, so a short run has a rate too."""
         if self._progress is not None and endpoint is not None:
-            rate = self.meter.sample(self._progress()[0], endpoint.ready_replica or 0)
+            rate = self.meter.sample(self._progress()[0], endpoint.ready_replica or 0, final=True)
             self.rate = rate if rate is not None else self.rate
 
     def summary_fields(self) -> dict[str, Any]:
@@ -194,15 +200,21 @@ class DeadlineScaler:
             return None
         self.rate = rate
         own_max = (self.own or {}).get("max_replica", 1)
+        cold = self.cold_start_s or DEFAULT_COLD_START_S
+        # a scale-up in flight: its replicas are starting, their cold start partly gone
+        starting = max((self.asked or 0) - ready, 0) if self._asked_at is not None else 0
+        starting_in = max(cold - (self._clock() - (self._asked_at or 0.0)), 0.0)
 
         def decide(margin: float) -> ScaleDecision:
             return replicas_for_deadline(
                 rows_left=rows_left,
                 rate_per_replica=rate,
                 seconds_left=seconds_left,
-                cold_start_s=self.cold_start_s or DEFAULT_COLD_START_S,
+                cold_start_s=cold,
                 max_replicas=self.max_replicas or own_max,
                 current=ready,
+                starting=starting,
+                starting_in_s=starting_in,
                 price_per_hour=self.price_per_hour(),
                 budget_left_usd=self.budget_left(),
                 margin=margin,

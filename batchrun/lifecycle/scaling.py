@@ -37,6 +37,7 @@ __all__ = [
     "Progress",
     "RateMeter",
     "ScaleDecision",
+    "carried_rates",
     "check_deadline_plan",
     "deadline_decision",
     "last_rates",
@@ -80,11 +81,25 @@ class ScaleDecision:
         return self.meets_deadline and self.affordable
 
 
-def _rows_by(n: int, current: int, rate: float, usable_s: float, cold_start_s: float) -> float:
-    """Rows `n` replicas serve in `usable_s` when `current` run now (added ones start later)."""
+def _rows_by(
+    n: int,
+    current: int,
+    rate: float,
+    usable_s: float,
+    cold_start_s: float,
+    starting: int = 0,
+    starting_in_s: float = 0.0,
+) -> float:
+    """Rows `n` replicas serve in `usable_s` when `current` run now, `starting` more serve in
+    `starting_in_s` (asked for already) and any others only after a whole cold start."""
     kept = min(n, current)
-    added = max(n - current, 0)
-    return rate * (kept * usable_s + added * max(usable_s - cold_start_s, 0.0))
+    pending = min(max(n - current, 0), starting)
+    added = max(n - current - starting, 0)
+    return rate * (
+        kept * usable_s
+        + pending * max(usable_s - starting_in_s, 0.0)
+        + added * max(usable_s - cold_start_s, 0.0)
+    )
 
 
 def replicas_for_deadline(
@@ -95,6 +110,8 @@ def replicas_for_deadline(
     cold_start_s: float,
     max_replicas: int,
     current: int = 1,
+    starting: int = 0,
+    starting_in_s: float = 0.0,
     price_per_hour: float | None = None,
     budget_left_usd: float | None = None,
     margin: float = MARGIN,
@@ -108,6 +125,10 @@ def replicas_for_deadline(
         cold_start_s: seconds from asking for a replica until it serves.
         max_replicas: the most replicas the run may ask for (`[run] max_replicas`).
         current: the replicas ready now (they serve without a cold start).
+        starting: replicas asked for already, not ready yet: they serve in `starting_in_s`,
+            and their cold start is paid already (so a scale-up in flight is not counted
+            twice, which would ask for more while the first ones are still starting).
+        starting_in_s: seconds until the `starting` replicas serve.
         price_per_hour: USD per replica-hour (None: no budget arithmetic).
         budget_left_usd: what `max_cost_usd` has left (None: no cost limit).
         margin: the share of `seconds_left` kept in reserve.
@@ -125,22 +146,29 @@ def replicas_for_deadline(
     def cost(n: int) -> float | None:
         if price_per_hour is None:
             return None
-        return (work_s + max(n - current, 0) * cold_start_s) * price_per_hour / 3600.0
+        starts = max(n - current - starting, 0) * cold_start_s
+        starts += min(max(n - current, 0), starting) * starting_in_s
+        return (work_s + starts) * price_per_hour / 3600.0
 
+    starting = max(starting, 0)
+    starting_in_s = max(min(starting_in_s, cold_start_s), 0.0)
     affordable_max = max_replicas
     if price_per_hour is not None and budget_left_usd is not None and price_per_hour > 0:
-        spare_s = budget_left_usd * 3600.0 / price_per_hour - work_s
+        spare_s = budget_left_usd * 3600.0 / price_per_hour - work_s - starting * starting_in_s
         if spare_s < 0:
             affordable_max = 0  # not even the work itself
         elif cold_start_s > 0:
-            affordable_max = min(max_replicas, current + math.floor(spare_s / cold_start_s))
+            affordable_max = min(
+                max_replicas, current + starting + math.floor(spare_s / cold_start_s)
+            )
     if rows_left <= 0:
         return ScaleDecision(replicas=1, meets_deadline=True, affordable=True, cost_usd=0.0)
     need = next(
         (
             n
             for n in range(1, max_replicas + 1)
-            if _rows_by(n, current, rate, usable, cold_start_s) >= rows_left
+            if _rows_by(n, current, rate, usable, cold_start_s, starting, starting_in_s)
+            >= rows_left
         ),
         None,
     )
@@ -181,33 +209,45 @@ class RateMeter:
 
     A window starts at the first sample and again at each change of the ready count; its
     first `warmup_s` seconds are left out (connections, a new replica's first requests). The
-    rate is the rows settled since the warm-up ended over the time since, per ready replica.
-    The last rate measured stays until a newer window has one.
+    rate is the rows settled since the warm-up ended over the time since, per ready replica,
+    once that spans `window_s` (rows settle in bursts: a short span misreads the rate, and a
+    low misread buys a replica too many). The last rate measured stays until a newer window
+    has one.
 
     Args:
         warmup_s: seconds after a window starts before it counts.
+        window_s: the shortest span a rate is measured over.
         clock: the monotonic clock.
     """
 
     def __init__(
-        self, *, warmup_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        warmup_s: float = 2.0,
+        window_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.warmup_s = warmup_s
+        self.window_s = window_s
         self._clock = clock
         self._ready = -1
         self._start = 0.0
         self._warm: tuple[float, int] | None = None
         self.rate: float | None = None
 
-    def sample(self, settled: int, ready: int) -> float | None:
-        """Note the settled rows with `ready` replicas serving; the rate per replica, if known."""
+    def sample(self, settled: int, ready: int, *, final: bool = False) -> float | None:
+        """Note the settled rows with `ready` replicas serving; the rate per replica, if known.
+        `final`: the run's last sample, measured over whatever span it has (a short run)."""
         now = self._clock()
         if ready != self._ready:
             self._ready, self._start, self._warm = ready, now, None
         elif ready > 0 and now - self._start >= self.warmup_s:
             if self._warm is None:
                 self._warm = (now, settled)
-            elif now > self._warm[0] and settled > self._warm[1]:
+            elif (
+                now - self._warm[0] >= (1e-9 if final else max(self.window_s, 1e-9))
+                and settled > self._warm[1]
+            ):
                 self.rate = (settled - self._warm[1]) / (now - self._warm[0]) / ready
         return self.rate
 
@@ -220,6 +260,17 @@ def last_rates(job: Job) -> tuple[float | None, float | None]:
         float(rate) if isinstance(rate, int | float) and rate > 0 else None,
         float(cold) if isinstance(cold, int | float) and cold >= 0 else None,
     )
+
+
+def carried_rates(job: Job) -> dict[str, float]:
+    """For the summary of a `scale = "deadline"` run that measured nothing (refused up front,
+    stopped before serving): the last run's measured rate and cold start, so its
+    `last_run.json` does not lose them for the next `plan` and up-front check."""
+    if job.run.scale != "deadline":
+        return {}
+    rate, cold = last_rates(job)
+    kept = {"rows_per_s_per_replica": rate, "cold_start_s": cold}
+    return {key: value for key, value in kept.items() if value is not None}
 
 
 def rows_left_of(job: Job) -> int | None:
