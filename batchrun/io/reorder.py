@@ -8,7 +8,7 @@ and a rewrite is a k-way merge of those runs, one pass, in flat memory: a window
 rows at a time, to which each run contributes one contiguous slice (found by bisection in the
 side file, mapped), sorted together in C (JSONL) or by Arrow (Parquet), so no Python work is
 done per row. Memory: one window (8192 rows) plus a small read buffer per run (never more
-than the run's own bytes, so a thousand short runs of errors hold ~1 MB, not 16), and the
+than the run's own bytes, so a thousand short runs of errors hold ~1 MB), and the
 mapped side file's pages are dropped as the merge goes.
 Parquet parts are first copied to a spill file of 64-row Arrow batches, so a run's cursor
 holds one small batch instead of a decoded row group.
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 _SEQ = 8  # bytes per sequence number in the side file
-_BUFFER_BUDGET = 16 * 1024 * 1024  # read buffers of all runs together
+_BUFFER_BUDGET = 4 * 1024 * 1024  # read buffers of all runs together (~3x that as split lines)
 _OUT_CHUNK = 1 << 20  # bytes (JSONL) gathered before a write
 _ROW_GROUP = 8192  # rows per Parquet row group of the rewritten part
 
