@@ -9,6 +9,8 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -358,55 +360,88 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.mark.models
-def test_transformers_serve_with_a_tiny_random_gpt2(tmp_path: Path) -> None:
-    for module in ("torch", "transformers", "tokenizers", "fastapi", "uvicorn", "openai"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed (transformers serve: transformers[serving])")
-    model = tmp_path / "tiny-gpt2"
+_SERVE_TEST = "test_transformers_serve_with_a_tiny_random_gpt2"
+_SERVING_MODULES = ("torch", "transformers", "tokenizers", "fastapi", "uvicorn", "openai")
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class _Serve:
+    process: subprocess.Popen[bytes]
+    url: str
+    model: Path
+    log: Path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_gpt2_serve(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[_Serve | None]:
+    """`transformers serve` started with the module's first test, when its test is selected:
+    its start (~10 s, nearly all importing torch and transformers) overlaps the other tests."""
+    selected = any(item.name == _SERVE_TEST for item in request.session.items)
+    if not selected or any(importlib.util.find_spec(m) is None for m in _SERVING_MODULES):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("serve")
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with (tmp_path / "serve.log").open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-c", _SERVE_TINY_GPT2, str(model), str(port)],
+    with (root / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_TINY_GPT2, str(root / "tiny-gpt2"), str(port)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(url) or server.poll() is not None, 90, "transformers serve")
-        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-        lines = [_line(i) for i in range(6) if BATCH_ROUTES[i % 3] != "/v1/embeddings"]
-        write_jsonl(tmp_path / "in.jsonl", lines)
-        job = write_job(
-            tmp_path / "job.toml",
-            {
-                "endpoint": {"url": url},
-                "output": {"path": str(tmp_path / "out.jsonl")},
-                "run": {"model": str(model), "concurrency": 2, "request_timeout": 60},
-            },
+        yield _Serve(
+            process=process,
+            url=f"http://127.0.0.1:{port}",
+            model=root / "tiny-gpt2",
+            log=root / "serve.log",
         )
-        code, summary, err = _cli(str(job), "--openai-batch", str(tmp_path / "in.jsonl"))
-        assert code == 0 and summary["succeeded"] == 4, err
-        for line in read_jsonl(tmp_path / "out.jsonl"):
-            assert list(line) == ["id", "custom_id", "response", "error", "batchrun"]
-            assert line["id"] == batch_request_id(line["custom_id"]) and line["error"] is None
-            response = line["response"]
-            assert response["status_code"] == 200
-            body = response["body"]
-            assert response["request_id"] == body["id"]  # its x-request-id header
-            choice = body["choices"][0]
-            if body["object"] == "chat.completion":
-                assert isinstance(choice["message"]["content"], str)
-            else:
-                assert body["object"] == "text_completion" and isinstance(choice["text"], str)
-            assert choice["finish_reason"] in ("length", "stop")
-            assert body["usage"]["completion_tokens"] <= 8
     finally:
-        server.terminate()
+        process.terminate()
         try:
-            server.wait(timeout=20)
+            process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.models
+def test_transformers_serve_with_a_tiny_random_gpt2(
+    tmp_path: Path, tiny_gpt2_serve: _Serve | None
+) -> None:
+    if tiny_gpt2_serve is None:
+        pytest.skip(
+            f"one of {', '.join(_SERVING_MODULES)} is not installed (transformers[serving])"
+        )
+    server, url, model = tiny_gpt2_serve.process, tiny_gpt2_serve.url, tiny_gpt2_serve.model
+    wait_for(lambda: _answers(url) or server.poll() is not None, 90, "transformers serve")
+    assert server.poll() is None, tiny_gpt2_serve.log.read_text()[-2000:]
+    lines = [_line(i) for i in range(6) if BATCH_ROUTES[i % 3] != "/v1/embeddings"]
+    write_jsonl(tmp_path / "in.jsonl", lines)
+    job = write_job(
+        tmp_path / "job.toml",
+        {
+            "endpoint": {"url": url},
+            "output": {"path": str(tmp_path / "out.jsonl")},
+            "run": {"model": str(model), "concurrency": 2, "request_timeout": 60},
+        },
+    )
+    code, summary, err = _cli(str(job), "--openai-batch", str(tmp_path / "in.jsonl"))
+    assert code == 0 and summary["succeeded"] == 4, err
+    for line in read_jsonl(tmp_path / "out.jsonl"):
+        assert list(line) == ["id", "custom_id", "response", "error", "batchrun"]
+        assert line["id"] == batch_request_id(line["custom_id"]) and line["error"] is None
+        response = line["response"]
+        assert response["status_code"] == 200
+        body = response["body"]
+        assert response["request_id"] == body["id"]  # its x-request-id header
+        choice = body["choices"][0]
+        if body["object"] == "chat.completion":
+            assert isinstance(choice["message"]["content"], str)
+        else:
+            assert body["object"] == "text_completion" and isinstance(choice["text"], str)
+        assert choice["finish_reason"] in ("length", "stop")
+        assert body["usage"]["completion_tokens"] <= 8

@@ -7,7 +7,9 @@ of ascending runs (at most one per commit; a run left sorted by an earlier rewri
 and a rewrite is a k-way merge of those runs, one pass, in flat memory: a window of input
 rows at a time, to which each run contributes one contiguous slice (found by bisection in the
 side file, mapped), sorted together in C (JSONL) or by Arrow (Parquet), so no Python work is
-done per row. Memory: one window (8192 rows) plus a small read buffer per run.
+done per row. Memory: one window (8192 rows) plus a small read buffer per run (never more
+than the run's own bytes, so a thousand short runs of errors hold ~1 MB), and the
+mapped side file's pages are dropped as the merge goes.
 Parquet parts are first copied to a spill file of 64-row Arrow batches, so a run's cursor
 holds one small batch instead of a decoded row group.
 
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 _SEQ = 8  # bytes per sequence number in the side file
-_BUFFER_BUDGET = 16 * 1024 * 1024  # read buffers of all runs together
+_BUFFER_BUDGET = 4 * 1024 * 1024  # read buffers of all runs together (~3x that as split lines)
 _OUT_CHUNK = 1 << 20  # bytes (JSONL) gathered before a write
 _ROW_GROUP = 8192  # rows per Parquet row group of the rewritten part
 
@@ -126,13 +128,14 @@ def error_seq(row: Any) -> int:
 
 
 # -- reading runs ------------------------------------------------------------------------------
-def _lines(fd: int, start: int, count: int, chunk: int) -> Iterator[bytes]:
-    """`count` lines of a file from byte `start`, read `chunk` bytes at a time."""
+def _lines(fd: int, start: int, count: int, chunk: int, end: int) -> Iterator[bytes]:
+    """`count` lines of a file from byte `start`, read `chunk` bytes at a time, never past
+    byte `end` (the run's end: a short run then holds only its own bytes, not a whole chunk)."""
     pos = start
     rest = b""
     left = count
     while left:
-        data = os.pread(fd, chunk, pos)
+        data = os.pread(fd, max(1, min(chunk, end - pos)), pos)
         if not data:
             raise OSError(f"the output ends early (at byte {pos}, {left} line(s) missing)")
         pos += len(data)
@@ -141,6 +144,16 @@ def _lines(fd: int, start: int, count: int, chunk: int) -> Iterator[bytes]:
         for line in lines[:left]:
             yield line + b"\n"
         left -= min(left, len(lines))
+
+
+def _drop_pages(mapped: mmap.mmap) -> None:
+    """Let the kernel drop the mapped side file's pages from the process (they are read again
+    from the page cache when touched): a scan of it then costs no resident memory."""
+    if hasattr(mmap, "MADV_DONTNEED") and len(mapped):
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
+_DROP_EVERY = 64  # windows merged between two `_drop_pages`
 
 
 def _run_starts(seqs: Iterator[int]) -> list[int]:
@@ -246,12 +259,14 @@ def merge_jsonl_results(
     ):
         rfd = r.fileno()
         starts = _run_starts(iter(seqs))
+        _drop_pages(mapped)
         bounds = [*starts, rows]
         offsets = _line_offsets(rfd, starts, size)
         k = max(1, len(starts))
         line_chunk = max(4096, _BUFFER_BUDGET // k)
+        ends = [*offsets[1:], size]
         lines = [
-            _lines(rfd, offsets[i], bounds[i + 1] - bounds[i], line_chunk)
+            _lines(rfd, offsets[i], bounds[i + 1] - bounds[i], line_chunk, ends[i])
             for i in range(len(starts))
         ]
         at = {i: bounds[i] for i in range(len(starts))}  # the next row of each unfinished run
@@ -260,7 +275,11 @@ def merge_jsonl_results(
         def write(f: BinaryIO) -> None:
             # a window of input rows at a time: each run's rows in it are a contiguous slice
             # (bisection in the mapped side file), sorted together in C
-            while at:
+            for n in itertools.count(1):
+                if not at:
+                    break
+                if n % _DROP_EVERY == 0:
+                    _drop_pages(mapped)
                 low = min(seqs[j] for j in at.values())
                 high = low + _ROW_GROUP
                 window: list[bytes] = []
@@ -304,7 +323,7 @@ def merge_errors(src: Path, *, size: int, tmp: Path) -> Rewritten:
         counts: list[int] = []
         last = -1
         pos = 0
-        for line in _lines(fd, 0, _count_lines(fd, size), _OUT_CHUNK):
+        for line in _lines(fd, 0, _count_lines(fd, size), _OUT_CHUNK, size):
             seq = error_seq(orjson.loads(line))
             if not starts or seq < last:
                 starts.append(pos)
@@ -314,9 +333,10 @@ def merge_errors(src: Path, *, size: int, tmp: Path) -> Rewritten:
             pos += len(line)
         k = max(1, len(starts))
         chunk = max(4096, _BUFFER_BUDGET // k)
+        ends = [*starts[1:], pos]
 
         def run(i: int) -> Iterator[tuple[int, bytes]]:
-            for line in _lines(fd, starts[i], counts[i], chunk):
+            for line in _lines(fd, starts[i], counts[i], chunk, ends[i]):
                 yield error_seq(orjson.loads(line)), line
 
         def write(f: BinaryIO) -> None:
@@ -456,6 +476,7 @@ def _merge_parquet(
         seqs = view.cast("q")
         stack.callback(seqs.release)
         starts = _run_starts(iter(seqs)) if rows else []
+        _drop_pages(mapped)
         bounds = [*starts, rows]
         sources = [_SpillRun(reader, spill_starts, bounds[i]) for i in range(len(starts))]
         at = {i: bounds[i] for i in range(len(starts))}  # the next row of each unfinished run
@@ -463,7 +484,11 @@ def _merge_parquet(
 
         def write(f: BinaryIO) -> None:
             with pq.ParquetWriter(f, schema, compression="zstd") as out:
-                while at:
+                for n in itertools.count(1):
+                    if not at:
+                        break
+                    if n % _DROP_EVERY == 0:
+                        _drop_pages(mapped)
                     low = min(seqs[j] for j in at.values())
                     high = low + _ROW_GROUP
                     batches: list[Any] = []
