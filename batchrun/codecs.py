@@ -365,7 +365,11 @@ class ChatCodec(RequestCodec):
         return [user]
 
     def encode_rendered(self, items: Sequence[Any]) -> bytes:
-        body: dict[str, Any] = {"messages": items[0]}
+        return self._body("messages", items[0])
+
+    def _body(self, key: str, value: Any) -> bytes:
+        """An OpenAI-style body: `value` under `key`, then `model` and the mapped parameters."""
+        body: dict[str, Any] = {key: value}
         if self.model:
             body["model"] = self.model
         if self.extra:
@@ -402,12 +406,7 @@ class CompletionsCodec(ChatCodec):
         return text if isinstance(text, str) else str(text)
 
     def encode_rendered(self, items: Sequence[Any]) -> bytes:
-        body: dict[str, Any] = {"prompt": items[0]}
-        if self.model:
-            body["model"] = self.model
-        if self.extra:
-            body.update(self.extra)
-        return orjson.dumps(body)
+        return self._body("prompt", items[0])
 
     def decode(self, payload: Any, n: int) -> list[dict[str, Any]]:
         try:
