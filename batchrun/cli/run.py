@@ -162,11 +162,13 @@ def run(
 ) -> None:
     """Run JOB_FILE: send every uncommitted input row once; resume by default.
 
-    Prints a JSON summary on stdout. Exit codes: 0 all rows succeeded, 2 bad job or input (or
-    an endpoint that differs from the job: see --update-endpoint), 3 rows in the errors file,
-    4 budget or deadline, 5 endpoint failed or the API unreachable, 6 endpoint not put to rest,
-    7 output could not be written (disk full; resumable), 8 another run holds this output,
-    130/143 interrupted (resumable).
+    Prints a JSON summary on stdout on every exit. Exit codes: 0 all rows succeeded, 1 a bug
+    or a stalled run, 2 bad job or input (or an endpoint that differs from the job: see
+    --update-endpoint), 3 rows in the errors file, 4 budget or deadline, 5 endpoint failed,
+    failed endpoint-wide (401/403/404, unreachable, undecodable: rows stay pending) or the API
+    unreachable, 6 endpoint not put to rest, 7 output could not be written (disk full;
+    resumable), 8 another run holds this output, 130/143 interrupted (resumable), 141 stdout
+    was closed.
     """
     overrides = parse_overrides(list(assignments))
     if concurrency is not None:
