@@ -151,7 +151,11 @@ def test_secrets_from_stdin_the_hf_token_file_and_a_readable_file_warning(
 @pytest.mark.parametrize(
     ("args", "file_text", "message"),
     [
-        (["--env-file", "{file}"], "A=1\n\n# ok\nB C\n", "{file}:4: expected KEY=VALUE after B"),
+        (
+            ["--env-file", "{file}"],
+            "A=1\n\n# ok\nB C\n",
+            "{file}:4: expected KEY=VALUE (a name, then",
+        ),
         (["--secrets-file", "{file}"], f"OK=1\n{SECRET}\n", "{file}:2: expected KEY=VALUE"),
         (["--secrets-file", "{file}"], f"K='{SECRET}\n", "{file}:1: the quoted value has no"),
         (["--env-file", "{file}"], f"9X={SECRET}\n", "{file}:1: the name before '='"),

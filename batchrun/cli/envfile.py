@@ -59,7 +59,7 @@ def parse_env_text(text: str, source: str, environ: Mapping[str, str]) -> dict[s
             )
         if not equals:
             if rest and not rest.startswith("#"):
-                raise InputError(f"{where}: expected KEY=VALUE after {key}")
+                raise InputError(f"{where}: expected KEY=VALUE (a name, then '=' and the value)")
             out[key] = _from_environ(key, environ, where)
             continue
         out[key] = _value(rest, where)
