@@ -147,6 +147,11 @@ def test_sigterm_exits_143_and_a_second_driver_is_refused(
     assert sorted(_ids(tmp_path)) == list(range(ROWS))
 
 
+@pytest.mark.xfail(
+    reason="issue 16, open: on a busy machine the other shard still sends during the hold "
+    "(the relay through the driver's pipe is late or lost); passes on a quiet one",
+    strict=False,
+)
 def test_a_retry_after_seen_by_one_shard_holds_every_shard(
     endpoint_app: EndpointApp, tmp_path: Path
 ) -> None:
